@@ -1,0 +1,302 @@
+/**
+ * Configuration: found with cosmiconfig, `${ENV}` and `${file:PATH}` references filled in, the
+ * whole file validated with zod — including every plugin's own options — before anything runs.
+ * All problems are reported at once, each with its exact path.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { cosmiconfig } from 'cosmiconfig';
+import { z } from 'zod';
+import { PipelineError } from './errors.js';
+import type { Plugin } from './plugin.js';
+import { resolvePlugin } from './resolve-plugin.js';
+import { SecretRegistry } from './secrets.js';
+
+const Name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]*$/, 'use letters, digits, "-" and "_" (starting with a letter or digit)');
+
+const PluginRef = z
+  .object({ use: z.string().min(1).describe('Plugin: a built-in short name, an npm package name, or a path to a module.') })
+  .catchall(z.unknown());
+
+export const PipelineSchema = z
+  .object({
+    description: z.string().optional().describe('What this pipeline is for.'),
+    source: Name.optional().describe('Name of the source in set ids (default: the pipeline name).'),
+    stages: z.array(PluginRef).min(1).describe('Stage plugins in order; each entry is `use:` plus the plugin\'s options.'),
+    destinations: z.array(Name).default([]).describe('Names of destinations (declared under `destinations:`) the set is shipped to, concurrently.'),
+    stageTimeoutMinutes: z.number().positive().default(720).describe('A stage still running after this long fails the run with STAGE_TIMEOUT.'),
+  })
+  .strict();
+
+export const ConfigSchema = z
+  .object({
+    $schema: z.string().optional(),
+    workDir: z.string().default('./backups').describe('Staging folder; completed sets are kept there too (retention applies). Relative to the config file.'),
+    timezone: z
+      .string()
+      .default('UTC')
+      .refine((tz) => {
+        try {
+          new Intl.DateTimeFormat('en', { timeZone: tz });
+          return true;
+        } catch {
+          return false;
+        }
+      }, 'not a known IANA time zone')
+      .describe('Time zone for retention calendar buckets (IANA name, e.g. Europe/Berlin).'),
+    concurrency: z.number().int().min(1).max(32).default(4).describe('How many uploads and other queued tasks run at once.'),
+    destinations: z.record(Name, PluginRef).default({}).describe('Named destinations: `use:` a destination plugin plus its options.'),
+    pipelines: z
+      .record(Name, PipelineSchema)
+      .refine((p) => Object.keys(p).length > 0, 'declare at least one pipeline')
+      .describe('Named pipelines; `pipeline run NAME` runs one.'),
+  })
+  .strict();
+
+export type ConfigInput = z.input<typeof ConfigSchema>;
+type Config = z.output<typeof ConfigSchema>;
+
+export interface ConfiguredStage {
+  plugin: Plugin;
+  options: unknown;
+  /** Config path of this stage, for messages: `pipelines.nightly.stages[2]`. */
+  path: string;
+}
+
+export interface ConfiguredDestination {
+  name: string;
+  plugin: Plugin;
+  options: unknown;
+}
+
+export interface ResolvedPipeline {
+  name: string;
+  source: string;
+  stages: ConfiguredStage[];
+  destinations: string[];
+  stageTimeoutMinutes: number;
+}
+
+export interface ResolvedConfig {
+  file: string;
+  dir: string;
+  workDir: string;
+  timezone: string;
+  concurrency: number;
+  pipelines: Record<string, ResolvedPipeline>;
+  destinations: Record<string, ConfiguredDestination>;
+  /** Values read through `${file:…}` references or secret-looking variables. */
+  secrets: SecretRegistry;
+  raw: Config;
+}
+
+export interface Problem {
+  path: string;
+  message: string;
+}
+
+/** `pipelines.nightly.stages[3].recipients` */
+export function formatPath(path: ReadonlyArray<PropertyKey>): string {
+  let out = '';
+  for (const seg of path) {
+    if (typeof seg === 'number') out += `[${seg}]`;
+    else out += out ? `.${String(seg)}` : String(seg);
+  }
+  return out || '(root)';
+}
+
+function zodProblems(error: z.ZodError, prefix: ReadonlyArray<PropertyKey> = []): Problem[] {
+  return error.issues.map((issue) => ({ path: formatPath([...prefix, ...issue.path]), message: issue.message }));
+}
+
+const SECRET_NAME = /PASS|SECRET|TOKEN|KEY|CREDENTIAL/i;
+
+/** Fills `${NAME}` from the environment and `${file:PATH}` from a file (trailing newline dropped). `$${` escapes. */
+export function interpolate(value: unknown, env: NodeJS.ProcessEnv, dir: string, secrets: SecretRegistry, problems: Problem[], path: PropertyKey[] = []): unknown {
+  if (typeof value === 'string') {
+    return value.replace(/\$?\$\{([^}]*)\}/g, (match, ref: string) => {
+      if (match.startsWith('$$')) return match.slice(1);
+      if (ref.startsWith('file:')) {
+        const file = resolve(dir, ref.slice(5).replace(/^~(?=\/)/, env.HOME ?? '~'));
+        try {
+          const text = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+          secrets.add(text);
+          return text;
+        } catch (error) {
+          problems.push({ path: formatPath(path), message: `cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}` });
+          return '';
+        }
+      }
+      const [name, fallback] = ref.split(':-', 2) as [string, string | undefined];
+      const v = env[name];
+      if (v === undefined || v === '') {
+        if (fallback !== undefined) return fallback;
+        problems.push({ path: formatPath(path), message: `environment variable ${name} is not set` });
+        return '';
+      }
+      if (SECRET_NAME.test(name)) secrets.add(v);
+      return v;
+    });
+  }
+  if (Array.isArray(value)) return value.map((v, i) => interpolate(v, env, dir, secrets, problems, [...path, i]));
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, interpolate(v, env, dir, secrets, problems, [...path, k])]));
+  }
+  return value;
+}
+
+export const CONFIG_SEARCH_PLACES = [
+  'pipeline.config.yaml',
+  'pipeline.config.yml',
+  'pipeline.config.json',
+  'pipeline.config.js',
+  'pipeline.config.mjs',
+  'pipeline.config.ts',
+  '.pipelinerc',
+  '.pipelinerc.yaml',
+  '.pipelinerc.yml',
+  '.pipelinerc.json',
+  'package.json',
+];
+
+export interface LoadConfigOptions {
+  /** An explicit config file (`--config`). */
+  file?: string;
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Extra folders to resolve plugins from (the CLI passes its own, where built-ins live). */
+  pluginSearchDirs?: string[];
+}
+
+/** Finds and reads the config file. */
+export async function findConfig(options: LoadConfigOptions = {}): Promise<{ file: string; content: unknown }> {
+  const explorer = cosmiconfig('pipeline', { searchPlaces: CONFIG_SEARCH_PLACES, searchStrategy: 'project', cache: false });
+  let result;
+  try {
+    result = options.file ? await explorer.load(resolve(options.cwd ?? process.cwd(), options.file)) : await explorer.search(options.cwd ?? process.cwd());
+  } catch (error) {
+    const e = error as NodeJS.ErrnoException;
+    if (e.code === 'ENOENT') throw new PipelineError('CONFIG_NOT_FOUND', `config file ${options.file} does not exist`);
+    throw new PipelineError('CONFIG_UNREADABLE', `cannot read config ${options.file ?? ''}: ${e.message.split('\n')[0]}`, { cause: error });
+  }
+  if (!result || result.isEmpty) {
+    if (options.file) throw new PipelineError('CONFIG_INVALID', `config file ${options.file} is empty`);
+    throw new PipelineError('CONFIG_NOT_FOUND', `no config found from ${options.cwd ?? process.cwd()} upwards (${CONFIG_SEARCH_PLACES.slice(0, 6).join(', ')}, .pipelinerc*, package.json#pipeline)`);
+  }
+  return { file: result.filepath, content: result.config };
+}
+
+/** Validates config content and every plugin's options. Throws CONFIG_INVALID listing all problems. */
+export async function resolveConfig(file: string, content: unknown, options: LoadConfigOptions = {}): Promise<ResolvedConfig> {
+  const dir = dirname(file);
+  const secrets = new SecretRegistry();
+  const problems: Problem[] = [];
+  const interpolated = interpolate(content, options.env ?? process.env, dir, secrets, problems);
+  const parsed = ConfigSchema.safeParse(interpolated);
+  if (!parsed.success) problems.push(...zodProblems(parsed.error));
+
+  // Validate plugins even when the top level has problems, so every problem shows at once.
+  const raw = (interpolated ?? {}) as Partial<Record<'pipelines' | 'destinations', Record<string, unknown>>>;
+  const searchDirs = [dir, options.cwd ?? process.cwd(), ...(options.pluginSearchDirs ?? [])];
+  const seen = new Map<string, Plugin>();
+  const load = async (use: unknown, path: PropertyKey[]): Promise<Plugin | undefined> => {
+    if (typeof use !== 'string' || !use) return undefined;
+    try {
+      const { plugin, file: pluginFile } = await resolvePlugin(use, searchDirs, dir);
+      const other = seen.get(plugin.name);
+      if (other && other !== plugin) {
+        problems.push({ path: formatPath([...path, 'use']), message: `plugin name "${plugin.name}" (${pluginFile}) is already taken by another plugin module` });
+      }
+      seen.set(plugin.name, plugin);
+      return plugin;
+    } catch (error) {
+      problems.push({ path: formatPath([...path, 'use']), message: (error as Error).message });
+      return undefined;
+    }
+  };
+  const validate = (schema: z.ZodType | undefined, entry: Record<string, unknown>, path: PropertyKey[]): unknown => {
+    const { use: _use, ...rest } = entry;
+    if (!schema) {
+      for (const key of Object.keys(rest)) problems.push({ path: formatPath([...path, key]), message: 'this plugin takes no options' });
+      return {};
+    }
+    const result = schema.safeParse(rest);
+    if (!result.success) {
+      problems.push(...zodProblems(result.error, path));
+      return undefined;
+    }
+    return result.data;
+  };
+
+  const destinations: Record<string, ConfiguredDestination> = {};
+  for (const [name, entry] of Object.entries(raw.destinations ?? {})) {
+    if (!entry || typeof entry !== 'object') continue;
+    const path = ['destinations', name];
+    const plugin = await load((entry as Record<string, unknown>).use, path);
+    if (!plugin) continue;
+    if (!plugin.destination) {
+      problems.push({ path: formatPath([...path, 'use']), message: `plugin "${plugin.name}" is not a destination type` });
+      continue;
+    }
+    const opts = validate(plugin.destination.options, entry as Record<string, unknown>, path);
+    if (opts !== undefined) destinations[name] = { name, plugin, options: opts };
+  }
+
+  const pipelines: Record<string, ResolvedPipeline> = {};
+  for (const [name, p] of Object.entries(raw.pipelines ?? {})) {
+    if (!p || typeof p !== 'object') continue;
+    const pipe = p as Record<string, unknown>;
+    const stages: ConfiguredStage[] = [];
+    const stageList = Array.isArray(pipe.stages) ? pipe.stages : [];
+    for (const [i, entry] of stageList.entries()) {
+      if (!entry || typeof entry !== 'object') continue;
+      const path = ['pipelines', name, 'stages', i];
+      const plugin = await load((entry as Record<string, unknown>).use, path);
+      if (!plugin) continue;
+      if (!plugin.apply) {
+        problems.push({ path: formatPath([...path, 'use']), message: `plugin "${plugin.name}" is a destination type, not a stage; declare it under destinations:` });
+        continue;
+      }
+      const opts = validate(plugin.options, entry as Record<string, unknown>, path);
+      if (opts !== undefined) stages.push({ plugin, options: opts, path: formatPath(path) });
+    }
+    const destNames = Array.isArray(pipe.destinations) ? (pipe.destinations as unknown[]) : [];
+    destNames.forEach((d, i) => {
+      if (typeof d === 'string' && !(raw.destinations && d in raw.destinations)) {
+        problems.push({ path: formatPath(['pipelines', name, 'destinations', i]), message: `destination "${d}" is not declared under destinations:` });
+      }
+    });
+    if (parsed.success) {
+      const pp = parsed.data.pipelines[name]!;
+      pipelines[name] = { name, source: pp.source ?? name, stages, destinations: pp.destinations, stageTimeoutMinutes: pp.stageTimeoutMinutes };
+    }
+  }
+
+  if (problems.length > 0 || !parsed.success) {
+    throw configProblems(file, problems);
+  }
+  const config = parsed.data;
+  return {
+    file,
+    dir,
+    workDir: resolve(dir, config.workDir.replace(/^~(?=\/|$)/, options.env?.HOME ?? process.env.HOME ?? '~')),
+    timezone: config.timezone,
+    concurrency: config.concurrency,
+    pipelines,
+    destinations,
+    secrets,
+    raw: config,
+  };
+}
+
+export function configProblems(file: string, problems: Problem[]): PipelineError {
+  const lines = problems.map((p) => `  ${p.path}: ${p.message}`);
+  return new PipelineError('CONFIG_INVALID', `${file} has ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n${lines.join('\n')}`, {
+    details: { file, problems },
+  });
+}
+
+export async function loadConfig(options: LoadConfigOptions = {}): Promise<ResolvedConfig> {
+  const { file, content } = await findConfig(options);
+  return resolveConfig(file, content, options);
+}

@@ -1,0 +1,55 @@
+/**
+ * A destination stores backup sets. Built-in and community destinations implement this same
+ * small interface, so shipping, retention, `list`, `verify` and `restore` work for all of them.
+ *
+ * Layout rule every destination keeps: a set is a folder (or key prefix) named by its id holding
+ * its artifacts and, written last, `manifest.json`. A set without a readable manifest is
+ * incomplete and never counts as a backup.
+ */
+export const MANIFEST_NAME = 'manifest.json';
+
+export interface StoredSet {
+  id: string;
+  /** Whether `manifest.json` is present. Validity is checked by the caller reading it. */
+  hasManifest: boolean;
+  /** When the destination last saw a write to this set (for the incomplete-set grace period). */
+  modifiedAt?: Date;
+}
+
+export interface PutSource {
+  /** Local file to upload. Destinations must stream it, never read it whole into memory. */
+  path: string;
+  bytes: number;
+  sha256: string;
+}
+
+export interface DestinationOperationOptions {
+  signal?: AbortSignal;
+  onBytes?: (bytes: number) => void;
+}
+
+export interface Destination {
+  /** One line naming where this is, without secrets: `rsync backup@host:/srv/backups`. */
+  describe(): string;
+  /** Optional reachability/permission check run in preflight (and in --dry-run). */
+  check?(options?: DestinationOperationOptions): Promise<void>;
+  /**
+   * Stores `source` as `setId/name`. Must be atomic per file where the protocol allows it (a
+   * reader never sees a half-written file under the final name), and should verify the stored
+   * checksum where the protocol allows it.
+   */
+  put(setId: string, name: string, source: PutSource, options?: DestinationOperationOptions): Promise<void>;
+  /** Every set (complete or not) this destination holds. */
+  list(options?: DestinationOperationOptions): Promise<StoredSet[]>;
+  /** Downloads `setId/name` into the local file `toPath`. */
+  get(setId: string, name: string, toPath: string, options?: DestinationOperationOptions): Promise<void>;
+  /** Removes a whole set. Deleting a set that does not exist is not an error. */
+  delete(setId: string, options?: DestinationOperationOptions): Promise<void>;
+}
+
+/** A destination as configured: its config name and the plugin that made it. */
+export interface NamedDestination {
+  name: string;
+  plugin: string;
+  destination: Destination;
+}

@@ -1,0 +1,102 @@
+/**
+ * The one error type of backup-pipeline. Every failure a user can see carries a stable `code`,
+ * a one-line `message` saying what went wrong and where, and a `hint` saying how to fix it.
+ * The runner tags errors thrown inside a hook tap with the plugin and hook that raised them.
+ */
+
+/** Process exit codes, documented in the README and in `pipeline --help`. */
+export const EXIT = Object.freeze({
+  ok: 0,
+  failed: 1,
+  usage: 2,
+  locked: 75,
+  sigint: 130,
+  sigterm: 143,
+});
+
+interface CodeDefinition {
+  /** Exit code of the `pipeline` command when this error ends it. */
+  exit: number;
+  /** Default hint, used when the thrower gives none. */
+  hint: string;
+}
+
+/** The registry of the core's error codes. Plugins may use their own codes (with their own hints). */
+export const ERROR_CODES = {
+  CONFIG_NOT_FOUND: { exit: EXIT.usage, hint: 'Create pipeline.config.yaml (see `pipeline init`) or pass --config FILE.' },
+  CONFIG_INVALID: { exit: EXIT.usage, hint: 'Fix each listed problem; `pipeline validate` checks the file without running anything.' },
+  CONFIG_UNREADABLE: { exit: EXIT.usage, hint: 'Check the file exists, is readable and is valid YAML, JSON or JavaScript.' },
+  USAGE: { exit: EXIT.usage, hint: 'Run `pipeline --help` for the commands and their options.' },
+  PLUGIN_NOT_FOUND: { exit: EXIT.usage, hint: 'Install the package next to the config file (npm install NAME) or fix the name.' },
+  PLUGIN_INVALID: { exit: EXIT.usage, hint: 'A plugin module must default-export definePlugin({ name, options, apply }).' },
+  PLUGIN_DUPLICATE: { exit: EXIT.usage, hint: 'Two different modules declare the same plugin name; remove one of them.' },
+  PLUGIN_FAILED: { exit: EXIT.failed, hint: 'See the message above; the plugin that threw is named in it.' },
+  STAGE_TIMEOUT: { exit: EXIT.failed, hint: 'Raise `stageTimeoutMinutes` in the pipeline, or find why the stage hangs.' },
+  STAGE_NEVER_SETTLED: { exit: EXIT.failed, hint: 'A plugin returned a promise that can never settle; report it to the plugin author.' },
+  LOCKED: { exit: EXIT.locked, hint: 'Another run of this pipeline is in progress; wait for it, or remove the lock file if its process is gone.' },
+  ABORTED: { exit: EXIT.failed, hint: 'The run was interrupted; nothing partial was kept. Run it again.' },
+  EXEC_FAILED: { exit: EXIT.failed, hint: 'The command failed; its last lines of stderr are shown above.' },
+  EXEC_NOT_FOUND: { exit: EXIT.failed, hint: 'Install the missing program (see the README for the Debian packages).' },
+  NO_ARTIFACTS: { exit: EXIT.failed, hint: 'Add a stage that produces a backup (pg-dump, rake, command or files).' },
+  DESTINATION_UNKNOWN: { exit: EXIT.usage, hint: 'Declare the destination under `destinations:` or fix its name.' },
+  DESTINATION_FAILED: { exit: EXIT.failed, hint: 'Check the destination is reachable and writable; other destinations were still shipped.' },
+  CHECKSUM_MISMATCH: { exit: EXIT.failed, hint: 'The stored file differs from what was written; do not trust this set, use an older one.' },
+  SET_NOT_FOUND: { exit: EXIT.failed, hint: 'Run `pipeline list` to see the sets each destination holds.' },
+  SET_INCOMPLETE: { exit: EXIT.failed, hint: 'This set has no valid manifest (an interrupted run); use a complete set.' },
+  MANIFEST_INVALID: { exit: EXIT.failed, hint: 'The manifest is corrupt; the set cannot be trusted. Use another set.' },
+  ENV_FILE_INVALID: { exit: EXIT.usage, hint: 'Fix the named line of the env file.' },
+} as const satisfies Record<string, CodeDefinition>;
+
+export type CoreErrorCode = keyof typeof ERROR_CODES;
+
+export interface PipelineErrorOptions {
+  hint?: string;
+  cause?: unknown;
+  exitCode?: number;
+  plugin?: string;
+  hook?: string;
+  /** Extra facts for --json output and logs. Never put secrets here. */
+  details?: Record<string, unknown>;
+}
+
+const BRAND = Symbol.for('backup-pipeline.PipelineError');
+
+export class PipelineError extends Error {
+  override name = 'PipelineError';
+  readonly code: string;
+  hint: string;
+  exitCode: number;
+  plugin?: string;
+  hook?: string;
+  details?: Record<string, unknown>;
+
+  constructor(code: CoreErrorCode | (string & {}), message: string, options: PipelineErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    const known = (ERROR_CODES as Record<string, CodeDefinition>)[code];
+    this.code = code;
+    this.hint = options.hint ?? known?.hint ?? '';
+    this.exitCode = options.exitCode ?? known?.exit ?? EXIT.failed;
+    this.plugin = options.plugin;
+    this.hook = options.hook;
+    this.details = options.details;
+    Object.defineProperty(this, BRAND, { value: true });
+  }
+
+  /** `[plugin → hook] CODE: message` — the one line printed for a failed run. */
+  describe(): string {
+    const where = this.plugin ? `[${this.plugin}${this.hook ? ` → ${this.hook}` : ''}] ` : '';
+    return `${where}${this.code}: ${this.message}`;
+  }
+}
+
+/** Works across copies of this package (a community plugin may bundle its own). */
+export function isPipelineError(error: unknown): error is PipelineError {
+  return typeof error === 'object' && error !== null && (error as Record<symbol, unknown>)[BRAND] === true;
+}
+
+/** Wraps anything thrown into a PipelineError, keeping PipelineErrors as they are. */
+export function toPipelineError(error: unknown, code: string = 'PLUGIN_FAILED'): PipelineError {
+  if (isPipelineError(error)) return error;
+  const message = error instanceof Error ? error.message : String(error);
+  return new PipelineError(code, message, { cause: error });
+}

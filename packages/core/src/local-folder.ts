@@ -1,0 +1,70 @@
+/**
+ * A destination in a local folder. It serves the `local` plugin and the run's work dir, and is the
+ * reference implementation of the Destination interface.
+ */
+import { createReadStream } from 'node:fs';
+import { readdir, rm, stat, access } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ensurePrivateDir, writeFileAtomic, PARTIAL_SUFFIX } from './atomic-file.js';
+import { MANIFEST_NAME, type Destination, type DestinationOperationOptions, type PutSource, type StoredSet } from './destination.js';
+import { PipelineError } from './errors.js';
+import { parseSetId } from './manifest.js';
+
+export class LocalFolderDestination implements Destination {
+  constructor(readonly root: string) {}
+
+  describe(): string {
+    return `local folder ${this.root}`;
+  }
+
+  async check(): Promise<void> {
+    await ensurePrivateDir(this.root);
+    await access(this.root, 2 /* W_OK */).catch(() => {
+      throw new PipelineError('DESTINATION_FAILED', `${this.root} is not writable`);
+    });
+  }
+
+  async put(setId: string, name: string, source: PutSource, options: DestinationOperationOptions = {}): Promise<void> {
+    const target = join(this.setDir(setId), name);
+    const written = await writeFileAtomic(target, createReadStream(source.path), { signal: options.signal, onBytes: options.onBytes });
+    if (written.sha256 !== source.sha256 || written.bytes !== source.bytes) {
+      await rm(target, { force: true });
+      throw new PipelineError('CHECKSUM_MISMATCH', `${name} changed while it was copied to ${this.root} (sha256 ${written.sha256}, expected ${source.sha256})`);
+    }
+  }
+
+  async list(): Promise<StoredSet[]> {
+    const entries = await readdir(this.root, { withFileTypes: true }).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return [];
+      throw e;
+    });
+    const sets: StoredSet[] = [];
+    for (const entry of entries) {
+      if (!entry.isDirectory() || !parseSetId(entry.name)) continue;
+      const dir = join(this.root, entry.name);
+      const manifest = await stat(join(dir, MANIFEST_NAME)).catch(() => undefined);
+      const modifiedAt = manifest?.mtime ?? (await stat(dir)).mtime;
+      sets.push({ id: entry.name, hasManifest: manifest !== undefined, modifiedAt });
+    }
+    return sets.sort((a, b) => a.id.localeCompare(b.id));
+  }
+
+  async get(setId: string, name: string, toPath: string, options: DestinationOperationOptions = {}): Promise<void> {
+    const from = join(this.setDir(setId), name);
+    await stat(from).catch(() => {
+      throw new PipelineError('SET_NOT_FOUND', `${setId}/${name} is not in ${this.root}`);
+    });
+    await writeFileAtomic(toPath, createReadStream(from), { signal: options.signal, onBytes: options.onBytes });
+  }
+
+  async delete(setId: string): Promise<void> {
+    await rm(this.setDir(setId), { recursive: true, force: true });
+  }
+
+  private setDir(setId: string): string {
+    if (!parseSetId(setId) || setId.endsWith(PARTIAL_SUFFIX)) {
+      throw new PipelineError('SET_NOT_FOUND', `"${setId}" is not a backup set id`);
+    }
+    return join(this.root, setId);
+  }
+}

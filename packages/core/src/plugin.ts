@@ -1,0 +1,96 @@
+/**
+ * The plugin API. A plugin is a small static object: a name, a zod schema for its options, and
+ * `apply` (taps lifecycle hooks) and/or `destination` (a destination type). The options schemas
+ * are static, so the core validates every plugin before anything runs and generates the JSON
+ * Schema and the config reference from them without running plugin code.
+ */
+import { homedir } from 'node:os';
+import { isAbsolute, resolve } from 'node:path';
+import type { Logger } from 'pino';
+import type { z } from 'zod';
+import type { Destination } from './destination.js';
+import type { HookName, PipelineHooks, TapOnlyHooks } from './hooks.js';
+import type { SecretRegistry } from './secrets.js';
+
+/** What the core hands a plugin besides its hooks and options. */
+export interface PluginApi {
+  /** The plugin's name. */
+  readonly name: string;
+  /** A logger child tagged with the plugin's name; secrets are masked. */
+  readonly log: Logger;
+  /** The secrets registry: add every secret the plugin reads. */
+  readonly secrets: SecretRegistry;
+  /** Folder of the config file; relative paths in options are relative to it. */
+  readonly configDir: string;
+  /** Resolves `~/x` and paths relative to the config file. */
+  resolvePath(path: string): string;
+}
+
+export interface DestinationType<S extends z.ZodType = z.ZodType> {
+  /** Options of one configured destination of this type. */
+  options: S;
+  create(options: z.output<S>, api: PluginApi): Destination | Promise<Destination>;
+}
+
+export interface PluginDefinition<S extends z.ZodType = z.ZodType, D extends z.ZodType = z.ZodType> {
+  /** Unique name, used in taps, errors and logs. */
+  name: string;
+  /** One line for `pipeline plugins` and the docs. */
+  description: string;
+  /** Options of the plugin as a pipeline stage. */
+  options?: S;
+  /** Taps lifecycle hooks. Called once per stage that uses the plugin. */
+  apply?(hooks: TapOnlyHooks, options: z.output<S>, api: PluginApi): void;
+  /** Makes this plugin a destination type. */
+  destination?: DestinationType<D>;
+}
+
+const BRAND = Symbol.for('backup-pipeline.plugin');
+
+export type Plugin = PluginDefinition & { readonly [BRAND]: true };
+
+export function definePlugin<S extends z.ZodType = z.ZodType, D extends z.ZodType = z.ZodType>(
+  definition: PluginDefinition<S, D>,
+): PluginDefinition<S, D> {
+  return Object.freeze(Object.assign({}, definition, { [BRAND]: true as const }));
+}
+
+/** Shape check (works across copies of the core): used when loading a module by name. */
+export function isPlugin(value: unknown): value is Plugin {
+  if (typeof value !== 'object' || value === null) return false;
+  const p = value as Partial<PluginDefinition> & Record<symbol, unknown>;
+  const isSchema = (s: unknown) => typeof s === 'object' && s !== null && typeof (s as z.ZodType).safeParse === 'function';
+  return (
+    p[BRAND] === true &&
+    typeof p.name === 'string' &&
+    p.name.length > 0 &&
+    (p.options === undefined || isSchema(p.options)) &&
+    (p.apply === undefined || typeof p.apply === 'function') &&
+    (p.destination === undefined || (isSchema(p.destination.options) && typeof p.destination.create === 'function')) &&
+    (p.apply !== undefined || p.destination !== undefined)
+  );
+}
+
+/** A tap-only view of the hooks for one plugin: taps are always named after the plugin. */
+export function tapOnlyHooks(hooks: PipelineHooks, pluginName: string): TapOnlyHooks {
+  const view: Record<string, unknown> = {};
+  for (const [name, hook] of Object.entries(hooks) as Array<[HookName, PipelineHooks[HookName]]>) {
+    const named = (options: string | { name: string }) =>
+      typeof options === 'string' ? { name: pluginName } : { ...options, name: pluginName };
+    const h = hook as unknown as Record<'tap' | 'tapAsync' | 'tapPromise', (o: unknown, fn: unknown) => void>;
+    view[name] = Object.freeze({
+      tap: (options: string | { name: string }, fn: unknown) => h.tap.call(hook, named(options), fn),
+      tapAsync: (options: string | { name: string }, fn: unknown) => h.tapAsync.call(hook, named(options), fn),
+      tapPromise: (options: string | { name: string }, fn: unknown) => h.tapPromise.call(hook, named(options), fn),
+    });
+  }
+  return Object.freeze(view) as unknown as TapOnlyHooks;
+}
+
+export function makePathResolver(configDir: string): (path: string) => string {
+  return (path: string) => {
+    if (path === '~') return homedir();
+    if (path.startsWith('~/')) return resolve(homedir(), path.slice(2));
+    return isAbsolute(path) ? path : resolve(configDir, path);
+  };
+}
