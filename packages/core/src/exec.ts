@@ -69,8 +69,9 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     cwd: options.cwd,
     env: env as Record<string, string>,
     extendEnv: false,
-    stdin: typeof stdin === 'string' || stdin instanceof Uint8Array ? 'pipe' : (stdin as never),
-    input: typeof stdin === 'string' || stdin instanceof Uint8Array ? stdin : undefined,
+    // The default 'ignore' is a stdio mode, not input text (it is a string too).
+    stdin: options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array) ? 'pipe' : (stdin as never),
+    input: options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array) ? stdin : undefined,
     stdout: stdoutMode === 'stream' ? 'pipe' : (stdoutMode as never),
     stderr: 'pipe',
     buffer: { stdout: stdoutMode === 'pipe', stderr: true },
