@@ -137,3 +137,51 @@ export function quoteIdent(name: string): string {
 export function quoteLiteral(value: string): string {
   return `'${value.replace(/'/g, "''")}'`;
 }
+
+/**
+ * Recognises libpq's connection failures in an error from psql, pg_dump or pg_restore and turns
+ * them into a PipelineError with a stable code and a hint: CREDENTIALS_REJECTED,
+ * SOURCE_UNREACHABLE, DATABASE_NOT_FOUND or INSUFFICIENT_PRIVILEGE. Returns undefined otherwise.
+ * The text it reads is libpq's stderr, which never holds the password.
+ */
+export function pgConnectionError(error: unknown, source: PgSource): PipelineError | undefined {
+  const e = error as { message?: string; details?: { stderr?: unknown } } | undefined;
+  const text = `${typeof e?.details?.stderr === 'string' ? e.details.stderr : ''}\n${e?.message ?? ''}`;
+  const where = describePg(source);
+  const cause = error;
+  if (/password authentication failed|no password supplied|fe_sendauth|SCRAM authentication|authentication failed for user|role ".*" does not exist/i.test(text)) {
+    const peer = /Peer authentication failed|Ident authentication failed/i.test(text);
+    return new PipelineError('CREDENTIALS_REJECTED', `the server rejected the credentials for ${where}`, {
+      cause,
+      hint: /no password supplied/i.test(text)
+        ? 'The server wants a password and none was configured: set DB_PASS (or the password option / a .pgpass entry).'
+        : 'Check the user name and password (DB_USER / DB_PASS); the password is case-sensitive and must match the server exactly.',
+      details: { host: source.host, port: source.port, database: source.database, user: source.user, peer },
+    });
+  }
+  if (/Peer authentication failed|Ident authentication failed/i.test(text)) {
+    return new PipelineError('CREDENTIALS_REJECTED', `peer authentication failed for ${where}`, {
+      cause,
+      hint: `Run the backup as the Unix user "${source.user}" (e.g. sudo -u ${source.user}), or connect over TCP with a password.`,
+    });
+  }
+  if (/database ".*" does not exist/i.test(text)) {
+    return new PipelineError('DATABASE_NOT_FOUND', `database "${source.database}" does not exist on ${source.host}:${source.port}`, {
+      cause,
+      hint: 'Check the database name (DB_NAME); `psql -l` lists the databases of the server.',
+    });
+  }
+  if (/could not connect|connection refused|could not translate host name|timeout expired|No such file or directory|Connection timed out|server closed the connection unexpectedly|Network is unreachable|the database system is (starting up|shutting down)/i.test(text)) {
+    return new PipelineError('SOURCE_UNREACHABLE', `cannot reach the PostgreSQL server at ${source.host}:${source.port}`, {
+      cause,
+      hint: 'Check that PostgreSQL is running (systemctl status postgresql) and that DB_HOST / DB_PORT point at it.',
+    });
+  }
+  if (/permission denied/i.test(text)) {
+    return new PipelineError('INSUFFICIENT_PRIVILEGE', `${source.user} lacks a privilege on ${where}: ${text.match(/permission denied[^\n]*/i)?.[0] ?? ''}`, {
+      cause,
+      hint: `Grant read access: GRANT pg_read_all_data TO ${quoteIdent(source.user)}; (PostgreSQL 14 or newer), or run as the database owner.`,
+    });
+  }
+  return undefined;
+}

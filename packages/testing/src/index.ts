@@ -4,3 +4,4 @@ export * from './s3-server.js';
 export * from './destination-conformance.js';
 export * from './postgres.js';
 export * from './mastodon-schema.js';
+export * from './run-pipeline.js';

@@ -373,8 +373,13 @@ ALTER TABLE statuses_tags ADD CONSTRAINT fk_3081861e21 FOREIGN KEY (tag_id) REFE
 ALTER TABLE statuses_tags ADD CONSTRAINT fk_rails_df0fe11427 FOREIGN KEY (status_id) REFERENCES statuses(id) ON DELETE CASCADE;
 `;
 
-export async function loadMastodonSchema(pg: SqlRunner, db: string): Promise<void> {
-  await pg.psql(`BEGIN;\n${MASTODON_SCHEMA_SQL}\nCOMMIT;\n`, db);
+/** Creates the tables; with `owner`, as that role (like Mastodon's own `mastodon` user owns them). */
+export async function loadMastodonSchema(pg: SqlRunner, db: string, options: { owner?: string } = {}): Promise<void> {
+  await pg.psql(`${setRole(options.owner)}BEGIN;\n${MASTODON_SCHEMA_SQL}\nCOMMIT;\n`, db);
+}
+
+function setRole(owner: string | undefined): string {
+  return owner ? `SET ROLE ${quoteIdent(owner)};\n` : '';
 }
 
 /** Strings that break naive dumps, CSV/COPY handling, shells and terminals. NUL-free. */
@@ -423,11 +428,11 @@ export function accountsForScale(scale: MastodonScale): number {
  * ~10 follows, favourites, notifications; fewer blocks, mutes, mentions, media and reports.
  * Plus `hostileStrings()` in accounts, statuses, settings, custom emojis and reports.
  */
-export async function generateMastodonData(pg: SqlRunner, db: string, options: { scale?: MastodonScale } = {}): Promise<{ accounts: number }> {
+export async function generateMastodonData(pg: SqlRunner, db: string, options: { scale?: MastodonScale; owner?: string } = {}): Promise<{ accounts: number }> {
   const n = accountsForScale(options.scale ?? 'tiny');
   const statuses = n * 20;
   const t0 = `'2024-01-01 00:00:00'::timestamp`;
-  const sql = String.raw`
+  const sql = setRole(options.owner) + String.raw`
 SET synchronous_commit = off;
 BEGIN;
 INSERT INTO accounts (id, username, domain, public_key, created_at, updated_at, note, display_name, uri, url, locked, fields, actor_type, discoverable, also_known_as, indexable)
@@ -512,7 +517,7 @@ SELECT s, (SELECT id FROM tags WHERE name = 'tag' || (s % 50)) FROM generate_ser
 COMMIT;
 `;
   await pg.psql(sql, db);
-  await pg.psql(hostileRowsSql(n, statuses), db);
+  await pg.psql(setRole(options.owner) + hostileRowsSql(n, statuses), db);
   await pg.psql('ANALYZE;', db);
   return { accounts: n };
 }

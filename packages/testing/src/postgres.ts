@@ -210,6 +210,8 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
   };
   const haltServer = async () => {
     if (!running) return;
+    // synchronous_commit=off would lose the last commits in an immediate stop: flush them first.
+    if (!stopping) await psql('CHECKPOINT;').catch(() => undefined);
     await run('pg_ctl', ['stop', '-D', dataDir, '-m', 'immediate', '-w']).catch(() => undefined);
     running = false;
   };
@@ -226,7 +228,7 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
   const psql = async (sql: string, db = 'postgres'): Promise<string[][]> => {
     const { stdout } = await exec(psqlPath, ['-X', '-q', '-A', '-t', '-F', '\t', '-v', 'ON_ERROR_STOP=1', '-h', socketDir, '-p', String(port), '-U', superuser, '-d', db, '-f', '-'], {
       stdin: sql,
-      env: { PGPASSWORD: undefined, PGPASSFILE: '/dev/null', PGCLIENTENCODING: 'UTF8', PGOPTIONS: undefined },
+      env: { PGPASSWORD: undefined, PGPASSFILE: join(privDir, 'no-pgpass'), PGCLIENTENCODING: 'UTF8', PGOPTIONS: undefined },
       label: 'psql',
     });
     return stdout
@@ -237,6 +239,7 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
 
   let passCounter = 0;
   let stopped = false;
+  let stopping = false;
   const server: PostgresServer = {
     host: '127.0.0.1',
     get port() {
@@ -282,6 +285,7 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
     async stop() {
       if (stopped) return;
       stopped = true;
+      stopping = true;
       await haltServer();
       live.delete(record);
       await rm(root, { recursive: true, force: true });
