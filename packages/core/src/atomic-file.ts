@@ -4,7 +4,7 @@
  * write leaves nothing under the final name.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Readable, Transform, Writable } from 'node:stream';
@@ -58,7 +58,9 @@ export async function writeFileAtomic(path: string, source: Source, options: Ato
   const digest = new DigestStream(options.onBytes);
   try {
     const input = typeof source === 'string' || source instanceof Uint8Array ? Readable.from([Buffer.from(source)]) : source;
-    const sink = handle.createWriteStream({ autoClose: false });
+    // A stream on the raw fd: a stream on the FileHandle itself holds a reference that (on Node 20)
+    // makes `handle.close()` wait forever when autoClose is false.
+    const sink = createWriteStream('', { fd: handle.fd, autoClose: false });
     await pipeline(input, digest, sink, { signal: options.signal });
     await handle.sync();
     await handle.close();
