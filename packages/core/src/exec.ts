@@ -56,6 +56,10 @@ export function displayCommand(file: string, args: readonly string[], secrets?: 
   return secrets ? secrets.mask(line) : line;
 }
 
+function isNodeReadable(value: unknown): value is Readable {
+  return typeof value === 'object' && value !== null && typeof (value as Readable).pipe === 'function' && typeof (value as Readable).read === 'function';
+}
+
 export function exec(file: string, args: readonly string[] = [], options: ExecOptions = {}): ExecProcess {
   const label = options.label ?? file.split('/').pop()!;
   const env: Record<string, string | undefined> = { ...process.env, ...options.env };
@@ -69,9 +73,10 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     cwd: options.cwd,
     env: env as Record<string, string>,
     extendEnv: false,
-    // The default 'ignore' is a stdio mode, not input text (it is a string too).
-    stdin: options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array) ? 'pipe' : (stdin as never),
-    input: options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array) ? stdin : undefined,
+    // The default 'ignore' is a stdio mode, not input text (it is a string too). Text, bytes and
+    // Node streams (which need not have a file descriptor) are written through execa's `input`.
+    stdin: options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array || isNodeReadable(stdin)) ? 'pipe' : (stdin as never),
+    input: options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array || isNodeReadable(stdin)) ? stdin : undefined,
     stdout: stdoutMode === 'stream' ? 'pipe' : (stdoutMode as never),
     stderr: 'pipe',
     buffer: { stdout: stdoutMode === 'pipe', stderr: true },

@@ -72,6 +72,21 @@ async function retrying<T>(fn: () => Promise<T>, signal: AbortSignal, attempts =
   }
 }
 
+/** A destination that cannot be reached or written fails the run before any data moves. */
+async function checkDestination(d: NamedDestination, signal: AbortSignal): Promise<void> {
+  try {
+    await retrying(() => d.destination.check?.({ signal }) ?? Promise.resolve(), signal);
+  } catch (caught) {
+    const error = toPipelineError(caught, 'DESTINATION_FAILED');
+    throw new PipelineError('DESTINATION_FAILED', `destination "${d.name}" (${d.destination.describe()}) is not usable: ${error.message}`, {
+      cause: caught,
+      plugin: d.plugin,
+      hook: 'preflight',
+      hint: error.code === 'DESTINATION_FAILED' || error.code === 'PLUGIN_FAILED' ? undefined : error.hint,
+    });
+  }
+}
+
 export class Runner {
   constructor(
     readonly config: ResolvedConfig,
@@ -194,7 +209,7 @@ export class Runner {
       if (ctx.dryRun) {
         await hooks.connect.promise(ctx);
         await hooks.preflight.promise(ctx);
-        await Promise.all(destinations.map((d) => d.destination.check?.({ signal })));
+        await Promise.all(destinations.map((d) => checkDestination(d, signal)));
         const plan = makePlan();
         for (const d of destinations) plan.add({ plugin: d.plugin, hook: 'ship', description: `ship to "${d.name}": ${d.destination.describe()}` });
         plan.add({ plugin: 'core', hook: 'ship', description: `keep the set in the work dir ${config.workDir}` });
@@ -207,7 +222,7 @@ export class Runner {
       await hooks.started.promise(ctx);
       await hooks.connect.promise(ctx);
       await hooks.preflight.promise(ctx);
-      await Promise.all(destinations.map((d) => retrying(() => d.destination.check?.({ signal }) ?? Promise.resolve(), signal)));
+      await Promise.all(destinations.map((d) => checkDestination(d, signal)));
       await hooks.produce.promise(ctx);
       if (artifacts.length === 0) throw new PipelineError('NO_ARTIFACTS', `pipeline "${pipeline.name}" produced no artifact`);
       for (const artifact of artifacts) await hooks.verify.promise(artifact, ctx);

@@ -1,0 +1,89 @@
+import type { Command } from 'commander';
+import { candidateNames, createHooks, loadConfig, resolvePlugin, SecretRegistry, tapOnlyHooks, z, type Plugin, type HookName } from '@backup-pipeline/core';
+import { BUILTIN_PLUGINS, CLI_DIR } from '../builtins.js';
+import { dim } from '../output.js';
+import { globalOptions, openLogger } from '../session.js';
+
+/** The hooks a plugin taps, found by applying it to a fresh set of hooks that only records. */
+export function tappedHooks(plugin: Plugin, options: unknown, log: import('@backup-pipeline/core').Logger): HookName[] {
+  if (!plugin.apply) return [];
+  const hooks = createHooks();
+  try {
+    plugin.apply(tapOnlyHooks(hooks, plugin.name), options as never, { name: plugin.name, log, secrets: new SecretRegistry(), configDir: process.cwd(), resolvePath: (p) => p });
+  } catch {
+    // Options may be required to apply; the list stays partial.
+  }
+  return (Object.keys(hooks) as HookName[]).filter((h) => (hooks[h] as { taps: unknown[] }).taps.length > 0);
+}
+
+interface OptionDoc {
+  name: string;
+  type: string;
+  default?: unknown;
+  required: boolean;
+  description?: string;
+}
+
+export function describeOptions(schema: z.ZodType | undefined): OptionDoc[] {
+  if (!schema) return [];
+  const json = z.toJSONSchema(schema, { io: 'input', unrepresentable: 'any' }) as { properties?: Record<string, Record<string, unknown>>; required?: string[] };
+  return Object.entries(json.properties ?? {}).map(([name, p]) => ({
+    name,
+    type: typeName(p),
+    default: p.default,
+    required: (json.required ?? []).includes(name) && p.default === undefined,
+    description: p.description as string | undefined,
+  }));
+}
+
+function typeName(p: Record<string, unknown>): string {
+  if (Array.isArray(p.enum)) return p.enum.map((v) => JSON.stringify(v)).join(' | ');
+  if (p.const !== undefined) return JSON.stringify(p.const);
+  if (Array.isArray(p.anyOf)) return (p.anyOf as Array<Record<string, unknown>>).map(typeName).join(' | ');
+  if (p.type === 'array') return `${typeName((p.items ?? {}) as Record<string, unknown>)}[]`;
+  return typeof p.type === 'string' ? p.type : Array.isArray(p.type) ? p.type.join(' | ') : 'object';
+}
+
+export default async function plugins(command: Command): Promise<number> {
+  const options = globalOptions(command);
+  const log = await openLogger({ ...options, logLevel: 'silent' });
+  const specs = new Set(BUILTIN_PLUGINS);
+  const config = await loadConfig({ file: options.config, pluginSearchDirs: [CLI_DIR] }).catch(() => undefined);
+  for (const p of Object.values(config?.pipelines ?? {})) for (const s of p.stages) specs.add(s.plugin.name);
+  const loaded: Array<{ spec: string; plugin: Plugin }> = [];
+  for (const spec of specs) {
+    const found = await resolvePlugin(spec, [config?.dir ?? process.cwd(), process.cwd(), CLI_DIR], config?.dir ?? process.cwd()).catch(() => undefined);
+    if (found && !loaded.some((l) => l.plugin.name === found.plugin.name)) loaded.push({ spec, plugin: found.plugin });
+  }
+  const described = loaded.map(({ spec, plugin }) => ({
+    name: plugin.name,
+    package: candidateNames(spec)[0],
+    description: plugin.description,
+    kind: [plugin.apply ? 'stage' : '', plugin.destination ? 'destination' : ''].filter(Boolean).join(' + '),
+    hooks: tappedHooks(plugin, parseDefaults(plugin.options), log),
+    options: describeOptions(plugin.options),
+    destinationOptions: describeOptions(plugin.destination?.options),
+  }));
+  if (options.json) {
+    process.stdout.write(JSON.stringify(described, null, 2) + '\n');
+    return 0;
+  }
+  for (const p of described) {
+    process.stdout.write(`${p.name} (${p.kind}) — ${p.description}\n`);
+    if (p.hooks.length) process.stdout.write(`  ${dim('taps:')} ${p.hooks.join(', ')}\n`);
+    for (const [title, list] of [['options', p.options], ['destination options', p.destinationOptions]] as const) {
+      if (list.length === 0) continue;
+      process.stdout.write(`  ${dim(title + ':')}\n`);
+      for (const o of list) {
+        const def = o.default !== undefined ? ` = ${JSON.stringify(o.default)}` : o.required ? ' (required)' : '';
+        process.stdout.write(`    ${o.name}: ${o.type}${def}${o.description ? `  — ${o.description}` : ''}\n`);
+      }
+    }
+  }
+  return 0;
+}
+
+function parseDefaults(schema: z.ZodType | undefined): unknown {
+  const r = schema?.safeParse({});
+  return r?.success ? r.data : {};
+}
