@@ -5,7 +5,7 @@
  * (initdb refuses root). Passwords never travel in argv: SQL goes to psql on stdin, and the
  * harness's admin connects over its private socket.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { chmod, chown, mkdir, mkdtemp, readdir, rm, writeFile, appendFile } from 'node:fs/promises';
@@ -80,6 +80,22 @@ function installExitHook(): void {
   });
 }
 
+/**
+ * A detached watchdog that stops the cluster and removes its files when this process dies in a
+ * way that skips 'exit' handlers (SIGKILL, SIGTERM from a test runner's timeout).
+ */
+function startReaper(c: { bindir: string; dataDir: string; root: string; asPostgres: boolean }): void {
+  const stop = `${c.asPostgres ? 'runuser -u postgres -- ' : ''}"$BP_BINDIR/pg_ctl" stop -D "$BP_DATA" -m immediate -w`;
+  const script = `while kill -0 "$BP_PARENT" 2>/dev/null && [ -d "$BP_ROOT" ]; do sleep 1; done; if [ -d "$BP_ROOT" ]; then cd /; ${stop} >/dev/null 2>&1; rm -rf "$BP_ROOT"; fi`;
+  const child = spawn('sh', ['-c', script], {
+    detached: true,
+    stdio: 'ignore',
+    cwd: '/',
+    env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', BP_PARENT: String(process.pid), BP_ROOT: c.root, BP_DATA: c.dataDir, BP_BINDIR: c.bindir },
+  });
+  child.unref();
+}
+
 /** Newest `/usr/lib/postgresql/N/bin` holding initdb, else `pg_config --bindir`. */
 export async function findServerBinDir(): Promise<string> {
   const versions = (await readdir('/usr/lib/postgresql').catch(() => [] as string[])).filter((d) => /^\d+$/.test(d)).sort((a, b) => Number(b) - Number(a));
@@ -137,6 +153,7 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
   const record = { bindir, dataDir, root, asPostgres };
   live.add(record);
   installExitHook();
+  startReaper(record);
 
   const run = (program: string, args: string[], extra: { stdin?: string } = {}) => {
     const file = join(bindir, program);

@@ -1,0 +1,108 @@
+/**
+ * How dump bytes are compressed and read back. zstd and lz4 run as separate processes on the
+ * stream (pg_dump writes with -Z0); gzip is pg_dump's own compression (inside a custom or
+ * directory archive, so those files are read by pg_restore as they are). Restore and verify use
+ * `plaintextStream` / `decompressToFile` so the knowledge lives in one place.
+ */
+import { createReadStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { PipelineError, writeFileAtomic, type Artifact, type Compression, type ExecProcess, type RunContext } from '@backup-pipeline/core';
+
+export interface CompressionOptions {
+  method: Compression;
+  level?: number;
+  /** zstd worker threads; 0 = one per core. */
+  threads?: number;
+}
+
+/** Default levels: zstd 3 (fast, good ratio), lz4 1, gzip 6. */
+export function defaultLevel(method: Compression): number | undefined {
+  return { zstd: 3, lz4: 1, gzip: 6, none: undefined }[method];
+}
+
+/** The command that compresses stdin to stdout, or undefined for `none`. */
+export function compressCommand(options: CompressionOptions): [string, string[]] | undefined {
+  const level = options.level ?? defaultLevel(options.method);
+  switch (options.method) {
+    case 'zstd':
+      return ['zstd', ['-q', '-c', `-T${options.threads ?? 0}`, ...(level && level > 19 ? ['--ultra'] : []), `-${level}`]];
+    case 'lz4':
+      return ['lz4', ['-q', '-c', `-${level}`]];
+    case 'gzip':
+      return ['gzip', ['-c', `-${level}`]];
+    case 'none':
+      return undefined;
+  }
+}
+
+/** The command that decompresses stdin to stdout, or undefined for `none`. */
+export function decompressCommand(method: Compression): [string, string[]] | undefined {
+  switch (method) {
+    case 'zstd':
+      return ['zstd', ['-q', '-d', '-c']];
+    case 'lz4':
+      return ['lz4', ['-q', '-d', '-c']];
+    case 'gzip':
+      return ['gzip', ['-d', '-c']];
+    case 'none':
+      return undefined;
+  }
+}
+
+/** The artifact fields that say how to read it (an artifact, or its manifest entry). */
+export type ReadableArtifact = Pick<Artifact, 'path' | 'format' | 'compression' | 'name'> & { meta?: Record<string, unknown> };
+
+/**
+ * The compression wrapped around the whole file, which must be undone before PostgreSQL's tools
+ * read it. pg_dump's own gzip inside a custom or directory archive is not: pg_restore reads those.
+ */
+export function outerCompression(artifact: Pick<ReadableArtifact, 'format' | 'compression' | 'meta'>): Compression {
+  const insideArchive = artifact.meta?.compressedBy === 'pg_dump' && artifact.format !== 'pg-plain';
+  return insideArchive ? 'none' : artifact.compression;
+}
+
+export interface PlaintextStream {
+  stream: Readable;
+  /** Settles when the stream is fully read: rejects when the decompressor failed (truncated or corrupt input). */
+  done: Promise<void>;
+  /** Stops reading early. */
+  cancel(): void;
+}
+
+/** The artifact's content with its outer compression undone, as a stream (nothing buffered). */
+export function plaintextStream(artifact: ReadableArtifact, ctx: Pick<RunContext, 'exec'>): PlaintextStream {
+  const cmd = decompressCommand(outerCompression(artifact));
+  if (!cmd) {
+    const stream = createReadStream(artifact.path);
+    const done = new Promise<void>((resolve, reject) => {
+      stream.on('close', resolve);
+      stream.on('error', reject);
+    });
+    return { stream, done, cancel: () => stream.destroy() };
+  }
+  const proc: ExecProcess = ctx.exec(cmd[0], cmd[1], { stdin: { file: artifact.path }, stdout: 'stream', label: `${cmd[0]} -d (${artifact.name})` });
+  const done = proc.then(
+    () => undefined,
+    (error: unknown) => {
+      throw new PipelineError('ARTIFACT_CORRUPT', `${artifact.name} cannot be decompressed with ${cmd[0]}: ${(error as Error).message}`, {
+        hint: 'The file is truncated or corrupt; do not trust this backup.',
+        cause: error,
+      });
+    },
+  );
+  return { stream: proc.stdout!, done, cancel: () => void proc.kill() };
+}
+
+/** Writes the artifact's content, outer compression undone, to `dest` (one temp file, mode 0600). */
+export async function decompressToFile(artifact: ReadableArtifact, dest: string, ctx: Pick<RunContext, 'exec' | 'signal'>): Promise<{ bytes: number }> {
+  const plain = plaintextStream(artifact, ctx);
+  try {
+    const [digest] = await Promise.all([writeFileAtomic(dest, plain.stream, { signal: ctx.signal }), plain.done]);
+    return { bytes: digest.bytes };
+  } catch (error) {
+    plain.cancel();
+    await rm(dest, { force: true });
+    throw error;
+  }
+}

@@ -1,0 +1,125 @@
+/**
+ * The pg-dump stage: picks a pg_dump matching the server in preflight, then dumps the database in
+ * produce — one consistent snapshot shared with the row counts, compressed on the stream, hashed
+ * while written, every exit status checked.
+ */
+import { definePlugin, PipelineError, z, type PgSource } from '@backup-pipeline/core';
+import { describeDump, pickBinaries, runDump, serverInfo, type Binaries, type DumpOptions, type ServerInfo } from './dump.js';
+
+export {
+  compressCommand,
+  decompressCommand,
+  decompressToFile,
+  defaultLevel,
+  outerCompression,
+  plaintextStream,
+  type CompressionOptions,
+  type PlaintextStream,
+  type ReadableArtifact,
+} from './compression.js';
+export { artifactName, pgDumpArgs, pickBinaries, serverInfo, type DumpFormat, type DumpOptions, type ServerInfo } from './dump.js';
+export { SnapshotSession } from './snapshot-session.js';
+
+const pgIdentList = (what: string) => z.array(z.string().min(1)).default([]).describe(what);
+
+export const optionsSchema = z
+  .object({
+    format: z
+      .enum(['custom', 'directory', 'plain'])
+      .default('custom')
+      .describe('Archive format: `custom` (one file, pg_restore can restore selectively and in parallel), `directory` (dumped in parallel with `jobs`, shipped as one tar), `plain` (SQL).'),
+    jobs: z.number().int().min(1).max(64).default(1).describe('Parallel pg_dump workers; more than 1 needs `format: directory`.'),
+    compression: z
+      .object({
+        method: z.enum(['zstd', 'gzip', 'lz4', 'none']).default('zstd').describe('`zstd` and `lz4` run as separate processes on the stream (multi-threaded zstd); `gzip` is pg_dump\'s own (single-threaded).'),
+        level: z.number().int().min(1).max(22).optional().describe('Compression level (default: zstd 3, lz4 1, gzip 6; gzip max 9, lz4 max 12).'),
+        threads: z.number().int().min(0).max(256).default(0).describe('zstd worker threads (0 = one per CPU core).'),
+      })
+      .strict()
+      .default({ method: 'zstd', threads: 0 })
+      .describe('How the dump is compressed.'),
+    lockWaitTimeout: z
+      .string()
+      .regex(/^\d+\s*(us|ms|s|min|h|d)?$/, 'a duration such as 5min, 30s or 1h')
+      .default('5min')
+      .describe('pg_dump --lock-wait-timeout: give up instead of queueing behind a migration\'s lock (and making every query wait behind it).'),
+    schemas: pgIdentList('Dump only these schemas (pg_dump --schema patterns).'),
+    excludeSchemas: pgIdentList('Skip these schemas (pg_dump --exclude-schema patterns).'),
+    tables: pgIdentList('Dump only these tables (pg_dump --table patterns).'),
+    excludeTables: pgIdentList('Skip these tables (pg_dump --exclude-table patterns).'),
+    noBlobs: z.boolean().default(false).describe('Leave large objects out (pg_dump --no-blobs).'),
+    globals: z.boolean().default(false).describe('Also dump roles and tablespaces (pg_dumpall --globals-only) into a second artifact; role passwords are left out when the user is not a superuser.'),
+    binDir: z.string().min(1).optional().describe('Folder holding pg_dump (e.g. /usr/lib/postgresql/16/bin); default: the newest found that is at least the server\'s major version.'),
+    output: z
+      .string()
+      .regex(/^[^/\\]+$/, 'a file name, without folders')
+      .optional()
+      .describe('Artifact file name (default `<database>.dump[.zst]`, `<database>.dir.tar[.zst]` or `<database>.sql[.zst]`).'),
+    countRows: z.boolean().default(true).describe('Count every table\'s rows in the dump\'s own snapshot (stored as meta.rowCounts; verify compares a test restore with them).'),
+  })
+  .strict()
+  .superRefine((o, ctx) => {
+    if (o.jobs > 1 && o.format !== 'directory') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['jobs'],
+        message: `pg_dump can only dump in parallel into a directory: use \`format: directory\` with jobs: ${o.jobs} (format ${o.format} is written by one process)`,
+      });
+    }
+    const max = { zstd: 22, lz4: 12, gzip: 9, none: 22 }[o.compression.method];
+    if (o.compression.level !== undefined && o.compression.level > max) {
+      ctx.addIssue({ code: 'custom', path: ['compression', 'level'], message: `${o.compression.method} levels go up to ${max}` });
+    }
+  });
+
+export type PgDumpOptions = z.output<typeof optionsSchema>;
+
+export default definePlugin({
+  name: 'pg-dump',
+  description: 'Dumps the PostgreSQL database with a pg_dump matching the server, compressed on the stream, with row counts from the same snapshot.',
+  options: optionsSchema,
+  apply(hooks, rawOptions) {
+    const options = rawOptions as DumpOptions;
+    let bins: Binaries | undefined;
+    let server: ServerInfo | undefined;
+    const sourceOf = (pg: PgSource | undefined): PgSource => {
+      if (!pg) throw new PipelineError('CREDENTIALS_MISSING', 'no database connection was resolved before pg-dump', { hint: 'Add a credentials stage before pg-dump.' });
+      return pg;
+    };
+
+    hooks.preflight.tapPromise('pg-dump', async (ctx) => {
+      const source = sourceOf(ctx.pg);
+      server = await serverInfo(source, ctx);
+      bins = await pickBinaries(options, server, ctx);
+      ctx.facts.serverVersion ??= server.version;
+      ctx.facts.databaseSize ??= server.databaseSize;
+      ctx.tools.pg_dump = bins.pgDump.version;
+      if (bins.pgDumpall) ctx.tools.pg_dumpall = bins.pgDumpall.version;
+      if (bins.compressor) ctx.tools[bins.compressor.command] = bins.compressor.version;
+      ctx.log.info({ pg_dump: bins.pgDump.path, server: server.version }, `using ${bins.pgDump.path} (${bins.pgDump.version}) for PostgreSQL ${server.version}`);
+    });
+
+    hooks.plan.tapPromise('pg-dump', async (plan, ctx) => {
+      const source = sourceOf(ctx.pg);
+      plan.add({
+        plugin: 'pg-dump',
+        hook: 'produce',
+        description: `dump ${source.database} (${options.format}, ${options.compression.method}${options.jobs > 1 ? `, ${options.jobs} jobs` : ''})${options.countRows ? ' with row counts from the same snapshot' : ''}${options.globals ? ', plus roles and tablespaces' : ''}`,
+        command: describeDump(options, source, bins, ctx),
+      });
+    });
+
+    hooks.produce.tapPromise('pg-dump', async (ctx) => {
+      const source = sourceOf(ctx.pg);
+      if (!bins || !server) {
+        server = await serverInfo(source, ctx);
+        bins = await pickBinaries(options, server, ctx);
+      }
+      const { artifacts } = await runDump(ctx, options, source, bins, server);
+      for (const artifact of artifacts) {
+        ctx.addArtifact(artifact);
+        ctx.log.info({ artifact: artifact.name, bytes: artifact.bytes }, `dumped ${artifact.name} (${artifact.bytes} bytes)`);
+      }
+    });
+  },
+});
