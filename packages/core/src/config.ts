@@ -106,7 +106,11 @@ export function formatPath(path: ReadonlyArray<PropertyKey>): string {
 }
 
 function zodProblems(error: z.ZodError, prefix: ReadonlyArray<PropertyKey> = []): Problem[] {
-  return error.issues.map((issue) => ({ path: formatPath([...prefix, ...issue.path]), message: issue.message }));
+  return error.issues.map((issue) => {
+    // A bad record key (a pipeline or destination name): say what is wrong with the name itself.
+    const nested = issue.code === 'invalid_key' ? (issue as { issues?: Array<{ message: string }> }).issues?.[0]?.message : undefined;
+    return { path: formatPath([...prefix, ...issue.path]), message: nested ? `invalid name: ${nested}` : issue.message };
+  });
 }
 
 const SECRET_NAME = /PASS|SECRET|TOKEN|KEY|CREDENTIAL/i;

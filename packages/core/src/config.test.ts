@@ -1,0 +1,148 @@
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { interpolate, loadConfig, resolveConfig, formatPath, type Problem } from './config.js';
+import { SecretRegistry } from './secrets.js';
+import { tempDir } from './test-fixtures.js';
+
+const CORE_DIR = resolve(fileURLToPath(import.meta.url), '../..');
+
+/** A plugin package in a temp folder outside the repository, as a community author would publish it. */
+async function communityProject(pluginSource: string, name = 'backup-pipeline-plugin-hello'): Promise<string> {
+  const project = await tempDir('bp-community-');
+  const pkg = join(project, 'node_modules', name);
+  await mkdir(pkg, { recursive: true });
+  await mkdir(join(project, 'node_modules', '@backup-pipeline'), { recursive: true });
+  await symlink(CORE_DIR, join(project, 'node_modules', '@backup-pipeline', 'core'));
+  await writeFile(join(pkg, 'package.json'), JSON.stringify({ name, version: '1.0.0', type: 'module', exports: { '.': { default: './index.js' } } }));
+  await writeFile(join(pkg, 'index.js'), pluginSource);
+  return project;
+}
+
+const HELLO_PLUGIN = `
+import { definePlugin, z } from '@backup-pipeline/core';
+export default definePlugin({
+  name: 'hello',
+  description: 'says hello',
+  options: z.object({ greeting: z.string().min(1), times: z.number().int().positive().default(1) }).strict(),
+  apply(hooks, options) {
+    hooks.preflight.tapPromise('hello', async (ctx) => { ctx.facts.greeting = options.greeting.repeat(options.times); });
+  },
+});
+`;
+
+async function write(dir: string, name: string, text: string): Promise<string> {
+  const file = join(dir, name);
+  await writeFile(file, text);
+  return file;
+}
+
+describe('config validation', () => {
+  it('reports every problem at once with its exact path', async () => {
+    const project = await communityProject(HELLO_PLUGIN);
+    const file = await write(
+      project,
+      'pipeline.config.yaml',
+      `
+workDir: ./backups
+timezone: Mars/Olympus
+colour: blue
+destinations:
+  offsite: { use: hello }
+pipelines:
+  nightly:
+    stages:
+      - use: hello
+        greeting: ""
+        times: -2
+        extra: true
+      - use: no-such-plugin
+    destinations: [offsite, missing]
+  "bad name":
+    stages: []
+`,
+    );
+    const error = await loadConfig({ file, cwd: project }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'CONFIG_INVALID', exitCode: 2 });
+    const problems = (error as { details: { problems: Problem[] } }).details.problems.map((p) => `${p.path}: ${p.message}`);
+    expect(problems).toMatchInlineSnapshot(`
+      [
+        "timezone: not a known IANA time zone",
+        "pipelines.bad name: invalid name: use letters, digits, "-" and "_" (starting with a letter or digit)",
+        "(root): Unrecognized key: "colour"",
+        "destinations.offsite.use: plugin "hello" is not a destination type",
+        "pipelines.nightly.stages[0].greeting: Too small: expected string to have >=1 characters",
+        "pipelines.nightly.stages[0].times: Too small: expected number to be >0",
+        "pipelines.nightly.stages[0]: Unrecognized key: "extra"",
+        "pipelines.nightly.stages[1].use: plugin "no-such-plugin" is not installed (looked for @backup-pipeline/plugin-no-such-plugin, no-such-plugin, backup-pipeline-plugin-no-such-plugin)",
+        "pipelines.nightly.destinations[1]: destination "missing" is not declared under destinations:",
+      ]
+    `);
+  });
+
+  it('loads a community plugin package by name from the config folder, outside the repository', async () => {
+    const project = await communityProject(HELLO_PLUGIN);
+    await write(project, 'pipeline.config.json', JSON.stringify({ pipelines: { nightly: { stages: [{ use: 'hello', greeting: 'hi', times: 2 }] } } }));
+    const config = await loadConfig({ cwd: project });
+    const stage = config.pipelines.nightly!.stages[0]!;
+    expect(stage.plugin.name).toBe('hello');
+    expect(stage.options).toEqual({ greeting: 'hi', times: 2 });
+    expect(config.workDir).toBe(join(project, 'backups'));
+  });
+
+  it('rejects a module that is not a plugin, and two modules claiming one plugin name', async () => {
+    const project = await communityProject('export default { name: "fake" };', 'not-a-plugin');
+    await mkdir(join(project, 'node_modules', 'hello-copy'), { recursive: true });
+    await writeFile(join(project, 'node_modules', 'hello-copy', 'package.json'), JSON.stringify({ name: 'hello-copy', type: 'module', exports: { '.': './index.js' } }));
+    await writeFile(join(project, 'node_modules', 'hello-copy', 'index.js'), HELLO_PLUGIN);
+    await writeFile(join(project, 'hello.mjs'), HELLO_PLUGIN);
+    const file = await write(
+      project,
+      'pipeline.config.json',
+      JSON.stringify({ pipelines: { a: { stages: [{ use: 'not-a-plugin' }, { use: 'hello-copy', greeting: 'x' }, { use: './hello.mjs', greeting: 'y' }] } } }),
+    );
+    const error = await loadConfig({ file }).catch((e: unknown) => e);
+    const problems = (error as { details: { problems: Problem[] } }).details.problems;
+    expect(problems[0]!.path).toBe('pipelines.a.stages[0].use');
+    expect(problems[0]!.message).toMatch(/is not a backup-pipeline plugin/);
+    expect(problems[1]!.path).toBe('pipelines.a.stages[2].use');
+    expect(problems[1]!.message).toMatch(/plugin name "hello" .* is already taken/);
+  });
+
+  it('names a missing config file and an unreadable one', async () => {
+    const dir = await tempDir();
+    await expect(loadConfig({ cwd: dir })).rejects.toMatchObject({ code: 'CONFIG_NOT_FOUND', exitCode: 2 });
+    await expect(loadConfig({ file: join(dir, 'nope.yaml') })).rejects.toMatchObject({ code: 'CONFIG_NOT_FOUND' });
+    const broken = await write(dir, 'broken.yaml', 'pipelines: [unclosed\n');
+    await expect(loadConfig({ file: broken })).rejects.toMatchObject({ code: 'CONFIG_UNREADABLE' });
+  });
+
+  it('fills ${ENV} and ${file:…} references, registers them as secrets, and names unset variables', async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, 'secret.txt'), 's3cr3t:with\\colon\n');
+    const secrets = new SecretRegistry();
+    const problems: Problem[] = [];
+    const out = interpolate(
+      { a: '${HOME_DIR}/x', b: ['${file:secret.txt}'], c: '${NOPE}', d: '${NOPE:-fallback}', e: '$${LITERAL}', f: '${DB_PASSWORD}' },
+      { HOME_DIR: '/home/m', DB_PASSWORD: 'pw-from-env' },
+      dir,
+      secrets,
+      problems,
+    );
+    expect(out).toEqual({ a: '/home/m/x', b: ['s3cr3t:with\\colon'], c: '', d: 'fallback', e: '${LITERAL}', f: 'pw-from-env' });
+    expect(problems).toEqual([{ path: 'c', message: 'environment variable NOPE is not set' }]);
+    expect(secrets.mask('s3cr3t:with\\colon and pw-from-env and /home/m')).toBe('*** and *** and /home/m');
+  });
+
+  it('formats paths like pipelines.nightly.stages[3].recipients', () => {
+    expect(formatPath(['pipelines', 'nightly', 'stages', 3, 'recipients'])).toBe('pipelines.nightly.stages[3].recipients');
+    expect(formatPath([])).toBe('(root)');
+  });
+
+  it('validates content given directly (config as code)', async () => {
+    const project = await communityProject(HELLO_PLUGIN);
+    const config = await resolveConfig(join(project, 'pipeline.config.mjs'), { pipelines: { x: { source: 'mastodon', stages: [{ use: 'hello', greeting: 'a' }] } } }, { cwd: project });
+    expect(config.pipelines.x!.source).toBe('mastodon');
+  });
+});
