@@ -1,0 +1,234 @@
+/**
+ * The destination conformance suite: every destination plugin (built-in or community) runs it
+ * against itself with vitest to prove it keeps the Destination contract and the layout rule.
+ *
+ *   describeDestinationConformance('my-destination', async () => ({ destination, teardown }));
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hashFile, listSets, MANIFEST_FORMAT, MANIFEST_NAME, makeSetId, type Destination, type PutSource } from '@backup-pipeline/core';
+
+export interface ConformanceSetup {
+  destination: Destination;
+  teardown(): Promise<void>;
+}
+
+export interface ConformanceOptions {
+  /** Size of the large-file case (default 64 MiB). */
+  largeFileBytes?: number;
+  /** Source name used in the set ids this suite makes (default `conformance`). */
+  source?: string;
+}
+
+/** Writes `bytes` pseudo-random bytes to `path` as a stream (never held whole in memory). */
+export async function writeLargeFile(path: string, bytes: number): Promise<PutSource> {
+  const hash = createHash('sha256');
+  const chunk = 1024 * 1024;
+  let left = bytes;
+  const seed = randomBytes(chunk);
+  let n = 0;
+  const source = Readable.from(
+    (function* () {
+      while (left > 0) {
+        const size = Math.min(chunk, left);
+        // Vary each chunk cheaply so no two chunks are equal.
+        const buf = Buffer.from(seed.subarray(0, size));
+        buf.writeUInt32BE(n++, 0);
+        hash.update(buf);
+        left -= size;
+        yield buf;
+      }
+    })(),
+  );
+  await pipeline(source, createWriteStream(path, { mode: 0o600 }));
+  return { path, bytes, sha256: hash.digest('hex') };
+}
+
+export function describeDestinationConformance(name: string, setup: () => Promise<ConformanceSetup>, options: ConformanceOptions = {}): void {
+  const source = options.source ?? 'conformance';
+  const largeBytes = options.largeFileBytes ?? 64 * 1024 * 1024;
+
+  describe(`destination conformance: ${name}`, () => {
+    let d: Destination;
+    let teardown: (() => Promise<void>) | undefined;
+    let dir: string;
+    // Each case uses its own set ids, all distinct, so cases never see each other's sets.
+    let clock = Date.UTC(2030, 0, 1, 0, 0, 0);
+    const newSetId = () => makeSetId(new Date((clock += 60_000)), source);
+    let fileNo = 0;
+
+    const file = async (content: string | Buffer, fileName = `src-${++fileNo}`): Promise<PutSource> => {
+      const path = join(dir, fileName);
+      await writeFile(path, content, { mode: 0o600 });
+      return { path, bytes: Buffer.byteLength(content), sha256: createHash('sha256').update(content).digest('hex') };
+    };
+    const manifestFor = (setId: string, artifacts: Array<{ name: string } & PutSource>) =>
+      file(
+        JSON.stringify({
+          format: MANIFEST_FORMAT,
+          id: setId,
+          pipeline: 'conformance',
+          source,
+          createdAt: new Date().toISOString(),
+          completedAt: new Date().toISOString(),
+          framework: { name: 'backup-pipeline', version: '0.0.0', node: process.version },
+          host: 'conformance',
+          artifacts: artifacts.map((a) => ({ name: a.name, kind: 'file', format: 'file', compression: 'none', bytes: a.bytes, sha256: a.sha256, meta: {} })),
+          stages: [],
+          facts: {},
+          tools: {},
+          verified: false,
+        }),
+      );
+    const fetch = async (setId: string, fileName: string) => {
+      const to = join(dir, `get-${++fileNo}`);
+      await d.get(setId, fileName, to);
+      return { path: to, ...(await hashFile(to)) };
+    };
+    const ours = async (ids: string[]) => (await d.list()).filter((s) => ids.includes(s.id));
+
+    beforeAll(async () => {
+      dir = await mkdtemp(join(tmpdir(), 'conformance-'));
+      const made = await setup();
+      d = made.destination;
+      teardown = made.teardown;
+    });
+    afterAll(async () => {
+      await teardown?.();
+      if (dir) await rm(dir, { recursive: true, force: true });
+    });
+
+    it('describes itself in one line', () => {
+      const text = d.describe();
+      expect(typeof text).toBe('string');
+      expect(text.length).toBeGreaterThan(0);
+      expect(text).not.toContain('\n');
+    });
+
+    it('passes its own check', async () => {
+      await d.check?.();
+    });
+
+    it('round-trips put, list, get and delete with the sha256 kept', async () => {
+      const setId = newSetId();
+      const art = await file(randomBytes(100_000));
+      await d.put(setId, 'db.dump', art);
+      const manifest = await manifestFor(setId, [{ name: 'db.dump', ...art }]);
+      await d.put(setId, MANIFEST_NAME, manifest);
+
+      expect(await ours([setId])).toEqual([expect.objectContaining({ id: setId, hasManifest: true })]);
+      const got = await fetch(setId, 'db.dump');
+      expect(got.sha256).toBe(art.sha256);
+      expect(got.bytes).toBe(art.bytes);
+      expect((await stat(got.path)).mode & 0o077).toBe(0);
+      expect((await fetch(setId, MANIFEST_NAME)).sha256).toBe(manifest.sha256);
+
+      const [info] = (await listSets(d, { scratchDir: dir })).filter((s) => s.id === setId);
+      expect(info).toMatchObject({ id: setId, complete: true });
+
+      await d.delete(setId);
+      expect(await ours([setId])).toEqual([]);
+      await expect(d.get(setId, 'db.dump', join(dir, 'gone'))).rejects.toThrow();
+    });
+
+    it('lists a set without manifest as incomplete, then complete once the manifest is put last', async () => {
+      const setId = newSetId();
+      const a = await file('first artifact\n');
+      const b = await file('second artifact\n');
+      await d.put(setId, 'a.txt', a);
+      await d.put(setId, 'b.txt', b);
+      const [before] = await ours([setId]);
+      expect(before).toMatchObject({ id: setId, hasManifest: false });
+      const [info] = (await listSets(d, { scratchDir: dir })).filter((s) => s.id === setId);
+      expect(info?.complete).toBe(false);
+
+      await d.put(setId, MANIFEST_NAME, await manifestFor(setId, [{ name: 'a.txt', ...a }, { name: 'b.txt', ...b }]));
+      expect(await ours([setId])).toEqual([expect.objectContaining({ id: setId, hasManifest: true })]);
+      const [after] = (await listSets(d, { scratchDir: dir })).filter((s) => s.id === setId);
+      expect(after?.complete).toBe(true);
+      await d.delete(setId);
+    });
+
+    it('overwrites the same file idempotently', async () => {
+      const setId = newSetId();
+      const one = await file('version one\n');
+      await d.put(setId, 'x.txt', one);
+      await d.put(setId, 'x.txt', one);
+      expect((await fetch(setId, 'x.txt')).sha256).toBe(one.sha256);
+      const two = await file('version two, longer than one\n');
+      await d.put(setId, 'x.txt', two);
+      expect((await fetch(setId, 'x.txt')).sha256).toBe(two.sha256);
+      expect(await ours([setId])).toHaveLength(1);
+      await d.delete(setId);
+    });
+
+    it('rejects a put whose source does not match its declared sha256', async () => {
+      const setId = newSetId();
+      const real = await file('the real content\n');
+      await expect(d.put(setId, 'bad.txt', { ...real, sha256: 'f'.repeat(64) })).rejects.toThrow();
+      await expect(d.get(setId, 'bad.txt', join(dir, 'bad-get'))).rejects.toThrow();
+      await d.delete(setId);
+    });
+
+    it('deletes a missing set without error, and deletes twice', async () => {
+      const setId = newSetId();
+      await d.delete(setId);
+      await d.put(setId, 'y.txt', await file('y\n'));
+      await d.delete(setId);
+      await d.delete(setId);
+      expect(await ours([setId])).toEqual([]);
+    });
+
+    it('refuses set ids that are not set ids', async () => {
+      const src = await file('z\n');
+      for (const bad of ['..', '../x', 'not-a-set', '', '20300101T000000Z-x/../..']) {
+        await expect(d.put(bad, 'z.txt', src)).rejects.toThrow();
+        await expect(d.delete(bad)).rejects.toThrow();
+      }
+    });
+
+    it('keeps names with spaces and unicode', async () => {
+      const setId = newSetId();
+      const names = ['dump with spaces.sql', 'données été 名前 ✓.tar', "it's (1) & $HOME;.txt"];
+      for (const n of names) await d.put(setId, n, await file(`content of ${n}\n`));
+      for (const n of names) expect((await fetch(setId, n)).sha256).toBe(createHash('sha256').update(`content of ${n}\n`).digest('hex'));
+      await d.delete(setId);
+    });
+
+    it('rejects a get of a missing file or set', async () => {
+      const setId = newSetId();
+      await expect(d.get(setId, 'nothing.dump', join(dir, 'missing-1'))).rejects.toThrow();
+      await d.put(setId, 'present.txt', await file('present\n'));
+      await expect(d.get(setId, 'absent.txt', join(dir, 'missing-2'))).rejects.toThrow();
+      await expect(stat(join(dir, 'missing-2'))).rejects.toThrow();
+      await d.delete(setId);
+    });
+
+    it('lists set ids in time order', async () => {
+      const ids = [newSetId(), newSetId(), newSetId()];
+      for (const id of [ids[2]!, ids[0]!, ids[1]!]) await d.put(id, MANIFEST_NAME, await manifestFor(id, [{ name: 'a', ...(await file('a')) }]));
+      const listed = (await ours(ids)).map((s) => s.id);
+      expect(listed).toEqual(ids);
+      for (const id of ids) await d.delete(id);
+    });
+
+    it(`round-trips a large file (${Math.round(largeBytes / 1024 / 1024)} MiB) streamed`, async () => {
+      const setId = newSetId();
+      const big = await writeLargeFile(join(dir, 'large.bin'), largeBytes);
+      let reported = 0;
+      await d.put(setId, 'large.bin', big, { onBytes: (b) => (reported = Math.max(reported, b)) });
+      expect(reported).toBeLessThanOrEqual(big.bytes);
+      await rm(big.path);
+      const got = await fetch(setId, 'large.bin');
+      expect(got).toMatchObject({ bytes: big.bytes, sha256: big.sha256 });
+      await rm(got.path);
+      await d.delete(setId);
+    });
+  });
+}
