@@ -1,0 +1,167 @@
+/**
+ * The `files` stage: archives Mastodon's `.env.production` (the secrets a restored database needs)
+ * and/or its local media (`public/system`) as tar artifacts, streamed from the system `tar`
+ * (through `zstd -T0` or `gzip`) straight into the set — never held in memory.
+ *
+ * The secrets must only ever leave the host encrypted: a late `transform` tap refuses an
+ * unencrypted secrets artifact (FILES_UNENCRYPTED_SECRETS) unless `allowUnencrypted: true`, so put
+ * an encryption stage (gpg) in the pipeline.
+ */
+import { readFile, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { definePlugin, PipelineError, writeFileAtomic, z, type Artifact, type ExecProcess, type RunContext } from '@backup-pipeline/core';
+
+export const FilesOptions = z
+  .object({
+    envFile: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('Mastodon env file to archive as the `secrets` artifact (e.g. ~/live/.env.production). Also read for S3_ENABLED.'),
+    mediaDir: z.string().min(1).optional().describe('Local media folder to archive (e.g. ~/live/public/system). Skipped when the env file says S3_ENABLED=true.'),
+    excludeCache: z.boolean().default(true).describe('Leave out `cache/` inside mediaDir (remote media Mastodon fetches again).'),
+    compression: z.enum(['zstd', 'gzip', 'none']).default('zstd').describe('Compress the tar streams with `zstd -T0` (default), `gzip`, or not at all.'),
+    allowUnencrypted: z
+      .boolean()
+      .default(false)
+      .describe('Ship the secrets artifact even when no stage encrypted it. Default false: the run fails with FILES_UNENCRYPTED_SECRETS.'),
+  })
+  .strict()
+  .refine((o) => o.envFile !== undefined || o.mediaDir !== undefined, { message: 'set envFile, mediaDir, or both' });
+
+export type FilesOptions = z.output<typeof FilesOptions>;
+
+const SECRET_NAME = /PASS|SECRET|KEY|TOKEN|SALT|CREDENTIAL|OTP/i;
+
+/** Minimal dotenv reading (KEY=VALUE, quotes, comments): enough for S3_ENABLED and masking secrets. */
+export function parseEnvText(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const raw of text.split(/\r?\n/)) {
+    const m = /^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/.exec(raw);
+    if (!m) continue;
+    let value = m[2]!.trim();
+    const q = value[0];
+    if ((q === '"' || q === "'") && value.indexOf(q, 1) > 0) {
+      value = value.slice(1, value.indexOf(q, 1));
+      if (q === '"') value = value.replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
+    } else value = value.replace(/\s+#.*$/, '');
+    out[m[1]!] = value;
+  }
+  return out;
+}
+
+const EXTENSION = { zstd: '.tar.zst', gzip: '.tar.gz', none: '.tar' } as const;
+const COMPRESSION = { zstd: 'zstd', gzip: 'gzip', none: 'none' } as const;
+
+interface TarJob {
+  /** Folder tar changes into. */
+  cwd: string;
+  members: string[];
+  excludes?: string[];
+  target: string;
+  compression: FilesOptions['compression'];
+  /** tar exit codes accepted (1: a file changed while it was read). */
+  okExitCodes: number[];
+}
+
+/** tar → (zstd|gzip) → atomic file, all streamed; every process's exit status is checked. */
+export async function streamTar(ctx: Pick<RunContext, 'exec' | 'signal'>, job: TarJob): Promise<{ bytes: number; sha256: string; tarExitCode: number }> {
+  const excludes = (job.excludes ?? []).map((e) => `--exclude=${e}`);
+  const tar = ctx.exec('tar', ['-C', job.cwd, '--sort=name', '--anchored', ...excludes, '-cf', '-', '--', ...job.members], {
+    stdout: 'stream',
+    okExitCodes: job.okExitCodes,
+  });
+  const procs: ExecProcess[] = [tar];
+  let out = tar.stdout!;
+  if (job.compression !== 'none') {
+    const compressor = job.compression === 'zstd' ? ctx.exec('zstd', ['-T0', '-q', '-c'], { stdin: out, stdout: 'stream' }) : ctx.exec('gzip', ['-c'], { stdin: out, stdout: 'stream' });
+    procs.push(compressor);
+    out = compressor.stdout!;
+  }
+  // Attach a consumer now: execa resumes (and discards) a `buffer: false` stdout nobody reads within a
+  // tick, and writeFileAtomic only starts reading after opening its file. PassThrough keeps backpressure.
+  const sink = out.pipe(new PassThrough());
+  try {
+    const [digest, tarResult] = await Promise.all([writeFileAtomic(job.target, sink, { signal: ctx.signal }), ...procs]);
+    return { ...digest, tarExitCode: tarResult.exitCode };
+  } catch (error) {
+    for (const p of procs) p.kill();
+    await Promise.allSettled(procs);
+    await rm(job.target, { force: true });
+    throw error;
+  }
+}
+
+export default definePlugin({
+  name: 'files',
+  description: "Archives Mastodon's .env.production (secrets, must be encrypted) and local media as streamed tar artifacts.",
+  options: FilesOptions,
+  apply(hooks, options, { log, resolvePath, secrets }) {
+    const envFile = options.envFile === undefined ? undefined : resolvePath(options.envFile);
+    const mediaDir = options.mediaDir === undefined ? undefined : resolvePath(options.mediaDir);
+    const ext = EXTENSION[options.compression];
+
+    const readEnv = async (): Promise<Record<string, string>> => {
+      if (!envFile) return {};
+      const vars = parseEnvText(await readFile(envFile, 'utf8'));
+      for (const [name, value] of Object.entries(vars)) if (SECRET_NAME.test(name) && value.length >= 6) secrets.add(value);
+      return vars;
+    };
+
+    hooks.preflight.tapPromise('files', async () => {
+      if (envFile && !(await stat(envFile).catch(() => undefined))?.isFile()) {
+        throw new PipelineError('FILES_MISSING', `env file ${envFile} does not exist`, { hint: 'Fix `envFile` (usually ~/live/.env.production) or run as the user that can read it.' });
+      }
+      const s3 = (await readEnv()).S3_ENABLED === 'true';
+      if (mediaDir && !s3 && !(await stat(mediaDir).catch(() => undefined))?.isDirectory()) {
+        throw new PipelineError('FILES_MISSING', `media folder ${mediaDir} does not exist`, { hint: 'Fix `mediaDir` (usually ~/live/public/system).' });
+      }
+    });
+
+    hooks.plan.tapPromise('files', async (plan) => {
+      if (envFile) plan.add({ description: `archive ${envFile} as secrets${ext}${options.allowUnencrypted ? ' (unencrypted allowed)' : ' (refused unless encrypted)'}` });
+      if (mediaDir) plan.add({ description: `archive ${mediaDir} as media${ext}${options.excludeCache ? ' without cache/' : ''} (skipped when S3_ENABLED=true)` });
+    });
+
+    hooks.produce.tapPromise('files', async (ctx) => {
+      const env = await readEnv();
+      const add = (name: string, kind: string, digest: { bytes: number; sha256: string }, meta: Record<string, unknown>) => {
+        const artifact: Artifact = { name, path: join(ctx.setDir, name), kind, format: 'tar', compression: COMPRESSION[options.compression], bytes: digest.bytes, sha256: digest.sha256, meta };
+        ctx.addArtifact(artifact);
+        log.info({ artifact: name, bytes: digest.bytes }, `archived ${name} (${digest.bytes} bytes)`);
+      };
+      if (envFile) {
+        const name = `secrets${ext}`;
+        const digest = await streamTar(ctx, { cwd: dirname(envFile), members: [basename(envFile)], target: join(ctx.setDir, name), compression: options.compression, okExitCodes: [0] });
+        add(name, 'secrets', digest, { file: basename(envFile) });
+      }
+      if (mediaDir) {
+        if (env.S3_ENABLED === 'true') {
+          log.info({ mediaDir }, `media not archived: ${basename(envFile ?? '.env')} says S3_ENABLED=true (media lives in object storage; back it up there)`);
+          return;
+        }
+        const name = `media${ext}`;
+        const digest = await streamTar(ctx, {
+          cwd: mediaDir,
+          members: ['.'],
+          excludes: options.excludeCache ? ['./cache'] : [],
+          target: join(ctx.setDir, name),
+          compression: options.compression,
+          okExitCodes: [0, 1],
+        });
+        if (digest.tarExitCode === 1) log.warn({ mediaDir }, 'some media files changed while they were archived (tar exit 1); the archive is still usable');
+        add(name, 'files', digest, { folder: basename(mediaDir), excludeCache: options.excludeCache });
+      }
+    });
+
+    hooks.transform.tapPromise({ name: 'files', stage: 100 }, async (artifact) => {
+      if (artifact.kind === 'secrets' && !artifact.encryption && !options.allowUnencrypted) {
+        throw new PipelineError('FILES_UNENCRYPTED_SECRETS', `${artifact.name} holds the Mastodon secrets and no stage encrypted it`, {
+          hint: 'Add an encryption stage (gpg) to the pipeline, or set allowUnencrypted: true if the destinations are yours alone.',
+        });
+      }
+      return artifact;
+    });
+  },
+});
