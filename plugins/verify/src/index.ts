@@ -1,0 +1,47 @@
+/**
+ * The verify stage: every database artifact must open with pg_restore, read to the end, hold table
+ * data and the expected tables — and, with `restoreTest`, restore into a scratch database with the
+ * row counts of the dump's own snapshot. A failure stops the run before anything is shipped.
+ */
+import { definePlugin, z } from '@backup-pipeline/core';
+import { verifyDatabaseArtifact, type VerifyOptions } from './verify.js';
+
+export { tableDataEntries, verifyDatabaseArtifact, type Verification, type VerifyOptions } from './verify.js';
+
+export const MASTODON_TABLES = ['accounts', 'users', 'statuses', 'follows'];
+
+export const optionsSchema = z
+  .object({
+    expectTables: z
+      .array(z.string().min(1))
+      .default(MASTODON_TABLES)
+      .describe('Tables that must have data in the dump (`accounts` matches any schema, `public.accounts` one); default: Mastodon\'s core tables. `[]` disables the check.'),
+    fullRead: z.boolean().default(true).describe('Read the whole archive (pg_restore to /dev/null), so a truncated or corrupt dump fails; implied by restoreTest.'),
+    restoreTest: z.boolean().default(false).describe('Restore into a scratch database (bp_verify_<random>, always dropped) and compare every table\'s row count with the dump\'s snapshot. The user needs CREATEDB.'),
+    jobs: z.number().int().min(1).max(64).default(1).describe('pg_restore workers for the restore test (more than 1 decompresses into one temporary file first).'),
+  })
+  .strict();
+
+export default definePlugin({
+  name: 'verify',
+  description: 'Proves each database dump is usable: pg_restore --list, a full read, expected tables, optionally a test restore with row counts compared.',
+  options: optionsSchema,
+  apply(hooks, options) {
+    hooks.verify.tapPromise('verify', async (artifact, ctx) => {
+      if (artifact.kind !== 'database') return;
+      const verification = await verifyDatabaseArtifact(artifact, options as VerifyOptions, ctx);
+      artifact.meta.verification = verification;
+      ctx.log.info(
+        { artifact: artifact.name, tables: verification.tableData, restoreTest: verification.restoreTest?.database },
+        `verified ${artifact.name}: ${verification.tableData} tables with data${verification.restoreTest ? `, test restore matched ${verification.restoreTest.rows} rows` : ''}`,
+      );
+    });
+    hooks.plan.tapPromise('verify', async (plan) => {
+      plan.add({
+        plugin: 'verify',
+        hook: 'verify',
+        description: `check each database dump with pg_restore --list${options.fullRead || options.restoreTest ? ', read it to the end' : ''}${options.expectTables.length ? `, expect tables ${options.expectTables.join(', ')}` : ''}${options.restoreTest ? `, restore it into a scratch database (jobs ${options.jobs}) and compare row counts` : ''}`,
+      });
+    });
+  },
+});

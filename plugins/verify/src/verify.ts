@@ -1,0 +1,270 @@
+/**
+ * Proving a database artifact is usable before anything is shipped: its archive opens with
+ * `pg_restore --list` and is read to the end (truncation shows), it holds table data, the expected
+ * tables are there; optionally it is restored into a scratch database whose row counts must match
+ * the counts taken in the dump's own snapshot. The scratch database is always dropped.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import {
+  findPgBinary,
+  parsePgVersion,
+  pgConnectionError,
+  pgEnv,
+  PipelineError,
+  psql,
+  quoteIdent,
+  quoteLiteral,
+  type Artifact,
+  type PgSource,
+  type RunContext,
+} from '@backup-pipeline/core';
+import { decompressToFile, outerCompression, plaintextStream } from '@backup-pipeline/plugin-pg-dump';
+
+export interface VerifyOptions {
+  expectTables: string[];
+  fullRead: boolean;
+  restoreTest: boolean;
+  jobs: number;
+}
+
+export interface Verification {
+  verifiedAt: string;
+  listed: boolean;
+  tableData: number;
+  fullRead: boolean;
+  expectTables: string[];
+  restoreTest?: { database: string; jobs: number; tables: number; rows: number; matched: number; durationMs: number };
+  durationMs: number;
+}
+
+type Ctx = Pick<RunContext, 'exec' | 'signal' | 'secrets' | 'tmpDir' | 'defer' | 'log' | 'progress'> & { pg?: PgSource };
+
+function failed(artifact: Artifact, why: string, cause?: unknown): PipelineError {
+  return new PipelineError('VERIFY_FAILED', `${artifact.name}: ${why}`, {
+    hint: 'Do not trust this backup: nothing was shipped and retention did not run. Check disk space and the dump stage, then run again.',
+    cause,
+    details: { artifact: artifact.name },
+  });
+}
+
+function why(error: unknown): string {
+  const e = error as { message?: string; details?: { stderr?: string } };
+  const tail = e?.details?.stderr?.trim().split('\n').slice(-2).join(' ') ?? '';
+  return (tail || e?.message || String(error)).slice(0, 400);
+}
+
+/** Runs `consumer` with the artifact's plaintext on stdin; checks both the decompressor and the consumer. */
+async function pipeInto(artifact: Artifact, ctx: Ctx, file: string, args: string[], options: { env?: Record<string, string | undefined>; label: string; partial?: boolean }): Promise<string> {
+  const plain = plaintextStream(artifact, ctx);
+  const proc = ctx.exec(file, args, { stdin: plain.stream, env: options.env, label: options.label });
+  const [consumer, producer] = await Promise.allSettled([proc, plain.done]);
+  if (consumer.status === 'rejected') {
+    plain.cancel();
+    if (producer.status === 'rejected') throw failed(artifact, `it is truncated or corrupt (${why(producer.reason)})`, producer.reason);
+    throw failed(artifact, `it is not a readable PostgreSQL archive (${options.label}: ${why(consumer.reason)})`, consumer.reason);
+  }
+  // --list stops reading after the table of contents: the decompressor then sees a closed pipe.
+  if (producer.status === 'rejected' && !options.partial) throw failed(artifact, `it is truncated or corrupt (${why(producer.reason)})`, producer.reason);
+  return consumer.value.stdout;
+}
+
+/** `TABLE DATA public accounts owner` entries of a pg_restore --list. */
+export function tableDataEntries(list: string): string[] {
+  const out: string[] = [];
+  for (const line of list.split('\n')) {
+    const m = /^\s*\d+;\s+\d+\s+\d+\s+TABLE DATA\s+(\S+)\s+(\S+)/.exec(line);
+    if (m) out.push(`${m[1]}.${m[2]}`);
+  }
+  return out;
+}
+
+function missingTables(expected: string[], present: string[]): string[] {
+  return expected.filter((t) => !present.some((p) => p === t || (!t.includes('.') && p.endsWith(`.${t}`))));
+}
+
+async function pgRestoreFor(artifact: Artifact): Promise<string> {
+  const dumped = typeof artifact.meta.pgDumpVersion === 'string' ? parsePgVersion(artifact.meta.pgDumpVersion)?.major : undefined;
+  return (await findPgBinary('pg_restore', { minMajor: dumped })).path;
+}
+
+/** Extracts a directory-format tar into a fresh folder of tmpDir. */
+async function extractDirectory(artifact: Artifact, ctx: Ctx): Promise<string> {
+  const dir = join(ctx.tmpDir, `verify-${randomBytes(4).toString('hex')}`);
+  await mkdir(dir, { mode: 0o700 });
+  await pipeInto(artifact, ctx, 'tar', ['-x', '-C', dir, '-f', '-'], { label: 'tar -x' });
+  return dir;
+}
+
+async function scanPlain(artifact: Artifact, ctx: Ctx): Promise<{ tables: string[]; complete: boolean }> {
+  const plain = plaintextStream(artifact, ctx);
+  const tables: string[] = [];
+  let complete = false;
+  let bytes = 0;
+  const rl = createInterface({ input: plain.stream, crlfDelay: Infinity });
+  for await (const line of rl) {
+    bytes += line.length + 1;
+    const m = /^COPY (\S+) \(/.exec(line);
+    if (m) tables.push(m[1]!.replace(/"/g, ''));
+    if (line === '-- PostgreSQL database dump complete') complete = true;
+  }
+  await plain.done.catch((error: unknown) => {
+    throw failed(artifact, `it is truncated or corrupt (${why(error)})`, error);
+  });
+  if (bytes === 0) throw failed(artifact, 'it is empty');
+  return { tables, complete };
+}
+
+export async function verifyDatabaseArtifact(artifact: Artifact, options: VerifyOptions, ctx: Ctx): Promise<Verification> {
+  const started = Date.now();
+  if (artifact.bytes === 0) throw failed(artifact, 'it is empty');
+  let tables: string[];
+  let dir: string | undefined;
+  let fullRead = false;
+  const pgRestore = artifact.format === 'pg-plain' ? '' : await pgRestoreFor(artifact);
+
+  if (artifact.format === 'pg-plain') {
+    const scan = await scanPlain(artifact, ctx);
+    if (!scan.complete) throw failed(artifact, 'the SQL dump is truncated (no "PostgreSQL database dump complete" trailer)');
+    tables = scan.tables;
+    fullRead = true;
+  } else if (artifact.format === 'pg-directory-tar') {
+    dir = await extractDirectory(artifact, ctx);
+    const list = await ctx.exec(pgRestore, ['--list', dir], { label: 'pg_restore --list' }).catch((error: unknown) => {
+      throw failed(artifact, `it is not a readable directory archive (${why(error)})`, error);
+    });
+    tables = tableDataEntries(list.stdout);
+    if (options.fullRead && !options.restoreTest) {
+      await ctx.exec(pgRestore, ['--file=/dev/null', dir], { label: 'pg_restore' }).catch((error: unknown) => {
+        throw failed(artifact, `it is truncated or corrupt (${why(error)})`, error);
+      });
+      fullRead = true;
+    }
+  } else if (artifact.format === 'pg-custom') {
+    const list = await pipeInto(artifact, ctx, pgRestore, ['--list'], { label: 'pg_restore --list', partial: true });
+    tables = tableDataEntries(list);
+    if (options.fullRead && !options.restoreTest) {
+      await pipeInto(artifact, ctx, pgRestore, ['--file=/dev/null'], { label: 'pg_restore' });
+      fullRead = true;
+    }
+  } else {
+    throw failed(artifact, `format ${artifact.format} cannot be verified (expected pg-custom, pg-directory-tar or pg-plain)`);
+  }
+
+  if (tables.length === 0) throw failed(artifact, 'the archive holds no TABLE DATA: it contains no rows of any table');
+  const missing = missingTables(options.expectTables, tables);
+  if (missing.length > 0) {
+    throw failed(artifact, `expected tables are missing from the dump: ${missing.join(', ')} (it has ${tables.length} tables with data)`);
+  }
+
+  const verification: Verification = {
+    verifiedAt: new Date().toISOString(),
+    listed: true,
+    tableData: tables.length,
+    fullRead,
+    expectTables: options.expectTables,
+    durationMs: 0,
+  };
+  if (options.restoreTest) {
+    verification.restoreTest = await restoreTest(artifact, options, ctx, pgRestore, dir);
+    verification.fullRead = true;
+  }
+  if (dir) await rm(dir, { recursive: true, force: true });
+  verification.durationMs = Date.now() - started;
+  return verification;
+}
+
+async function restoreTest(artifact: Artifact, options: VerifyOptions, ctx: Ctx, pgRestore: string, dir: string | undefined): Promise<NonNullable<Verification['restoreTest']>> {
+  const source = ctx.pg;
+  if (!source) throw new PipelineError('CREDENTIALS_MISSING', 'restoreTest needs the database connection of a credentials stage', { hint: 'Add a credentials stage before verify.' });
+  const started = Date.now();
+  const scratch = `bp_verify_${randomBytes(6).toString('hex')}`;
+  const q = { signal: ctx.signal, secrets: ctx.secrets };
+  try {
+    await psql(source, `CREATE DATABASE ${quoteIdent(scratch)} TEMPLATE template0`, q);
+  } catch (error) {
+    const conn = pgConnectionError(error, source);
+    if (conn && conn.code !== 'INSUFFICIENT_PRIVILEGE') throw conn;
+    throw new PipelineError('VERIFY_RESTORE_UNAVAILABLE', `${source.user} cannot create the scratch database for the restore test: ${why(error)}`, {
+      hint: `Allow it (as a superuser: ALTER ROLE ${quoteIdent(source.user)} CREATEDB;) or set restoreTest: false.`,
+      cause: error,
+    });
+  }
+  let dropped = false;
+  const drop = async () => {
+    if (dropped) return;
+    dropped = true;
+    await psql(source, `DROP DATABASE IF EXISTS ${quoteIdent(scratch)} WITH (FORCE)`, { secrets: ctx.secrets }).catch((error: unknown) => {
+      dropped = false;
+      ctx.log.warn({ database: scratch }, `could not drop the scratch database ${scratch}: ${why(error)}`);
+    });
+  };
+  ctx.defer(drop);
+  try {
+    const env = pgEnv(source, scratch);
+    const restoreArgs = ['--no-owner', '--no-acl', '--exit-on-error', `--dbname=${scratch}`];
+    ctx.progress({ task: 'restore-test', message: scratch });
+    try {
+      if (artifact.format === 'pg-plain') {
+        await pipeInto(artifact, ctx, (await findPgBinary('psql')).path, ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '--dbname', scratch], { env, label: 'psql (restore test)' });
+      } else if (dir) {
+        await ctx.exec(pgRestore, [...restoreArgs, `--jobs=${options.jobs}`, dir], { env, label: 'pg_restore' });
+      } else if (options.jobs > 1) {
+        // Parallel restore needs a seekable file: undo the outer compression into one temp file.
+        let file = artifact.path;
+        if (outerCompression(artifact) !== 'none') {
+          file = join(ctx.tmpDir, `verify-${randomBytes(4).toString('hex')}.dump`);
+          await decompressToFile(artifact, file, ctx).catch((error: unknown) => {
+            throw failed(artifact, `it is truncated or corrupt (${why(error)})`, error);
+          });
+        }
+        try {
+          await ctx.exec(pgRestore, [...restoreArgs, `--jobs=${options.jobs}`, file], { env, label: 'pg_restore' });
+        } finally {
+          if (file !== artifact.path) await rm(file, { force: true });
+        }
+      } else {
+        await pipeInto(artifact, ctx, pgRestore, restoreArgs, { env, label: 'pg_restore (restore test)' });
+      }
+    } catch (error) {
+      if ((error as PipelineError).code === 'VERIFY_FAILED') throw error;
+      throw failed(artifact, `the test restore failed (${why(error)})`, error);
+    }
+
+    const expected = (artifact.meta.rowCounts ?? {}) as Record<string, number>;
+    const names = Object.keys(expected);
+    const restored: Record<string, number> = {};
+    if (names.length > 0) {
+      const present = await psql(
+        source,
+        `SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname || '.' || c.relname IN (${names.map(quoteLiteral).join(', ')})`,
+        { ...q, database: scratch },
+      );
+      const have = new Set(present.map((r) => r[0]!));
+      const countable = names.filter((n) => have.has(n));
+      for (let i = 0; i < countable.length; i += 200) {
+        const batch = countable.slice(i, i + 200);
+        const sql = batch
+          .map((n) => {
+            const dot = n.indexOf('.');
+            return `SELECT ${quoteLiteral(n)}, count(*) FROM ${quoteIdent(n.slice(0, dot))}.${quoteIdent(n.slice(dot + 1))}`;
+          })
+          .join(' UNION ALL ');
+        for (const [name, count] of await psql(source, sql, { ...q, database: scratch })) restored[name!] = Number(count);
+      }
+      const filtered = artifact.meta.filters !== undefined;
+      const mismatches = names
+        .filter((n) => (n in restored ? restored[n] !== expected[n] : !filtered && expected[n]! > 0))
+        .map((n) => `${n}: ${expected[n]} in the dump's snapshot, ${n in restored ? restored[n] : 'table missing'} restored`);
+      if (mismatches.length > 0) {
+        throw failed(artifact, `the test restore does not match the dump's row counts: ${mismatches.slice(0, 5).join('; ')}${mismatches.length > 5 ? ` (+${mismatches.length - 5} more)` : ''}`);
+      }
+    }
+    const rows = Object.values(restored).reduce((a, b) => a + b, 0);
+    return { database: scratch, jobs: options.jobs, tables: Object.keys(restored).length, rows, matched: Object.keys(restored).length, durationMs: Date.now() - started };
+  } finally {
+    await drop();
+  }
+}
