@@ -2,10 +2,10 @@
  * A destination in a local folder. It serves the `local` plugin and the run's work dir, and is the
  * reference implementation of the Destination interface.
  */
-import { createReadStream } from 'node:fs';
+import { constants, createReadStream } from 'node:fs';
 import { readdir, rm, stat, access } from 'node:fs/promises';
-import { join } from 'node:path';
-import { ensurePrivateDir, writeFileAtomic, PARTIAL_SUFFIX } from './atomic-file.js';
+import { dirname, join } from 'node:path';
+import { writeFileAtomic, PARTIAL_SUFFIX } from './atomic-file.js';
 import { MANIFEST_NAME, type Destination, type DestinationOperationOptions, type PutSource, type StoredSet } from './destination.js';
 import { PipelineError } from './errors.js';
 import { parseSetId } from './manifest.js';
@@ -17,11 +17,21 @@ export class LocalFolderDestination implements Destination {
     return `local folder ${this.root}`;
   }
 
+  /** Checks the folder (or the nearest folder above it, which `put` will create it in) is writable. Creates nothing. */
   async check(): Promise<void> {
-    await ensurePrivateDir(this.root);
-    await access(this.root, 2 /* W_OK */).catch(() => {
-      throw new PipelineError('DESTINATION_FAILED', `${this.root} is not writable`);
-    });
+    let dir = this.root;
+    for (;;) {
+      const info = await stat(dir).catch(() => undefined);
+      if (info) {
+        if (!info.isDirectory()) throw new PipelineError('DESTINATION_FAILED', `${dir} is not a folder`);
+        await access(dir, constants.W_OK).catch(() => {
+          throw new PipelineError('DESTINATION_FAILED', `${dir} is not writable`);
+        });
+        return;
+      }
+      if (dirname(dir) === dir) return;
+      dir = dirname(dir);
+    }
   }
 
   async put(setId: string, name: string, source: PutSource, options: DestinationOperationOptions = {}): Promise<void> {

@@ -151,7 +151,6 @@ export class Runner {
       setId = setId.replace(/Z-/, `${String(startedAt.getMilliseconds()).padStart(3, '0')}Z-`);
     }
     const setDir = join(config.workDir, setId);
-    await mkdir(config.workDir, { recursive: true, mode: DIR_MODE });
     const tmpDir = await mkdtemp(join(tmpdir(), 'backup-pipeline-'));
     const artifacts: Artifact[] = [];
     const queue = new PQueue({ concurrency: config.concurrency });
@@ -217,6 +216,7 @@ export class Runner {
         return { summary: summary(), plan };
       }
 
+      await mkdir(config.workDir, { recursive: true, mode: DIR_MODE });
       lock = await acquireLock(join(config.workDir, '.locks', `${pipeline.name}.lock`));
       await mkdir(setDir, { mode: DIR_MODE });
       await hooks.started.promise(ctx);

@@ -1,0 +1,147 @@
+/** The `pipeline` command through a real child process: exit codes, output, signals. */
+import { mkdir, mkdtemp, readdir, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { describe, expect, it } from 'vitest';
+
+const CLI_DIR = resolve(fileURLToPath(import.meta.url), '../..');
+const BIN = join(CLI_DIR, 'bin', 'pipeline.js');
+const CORE_DIR = resolve(CLI_DIR, '../core');
+
+function pipeline(args: string[], cwd: string) {
+  return execa(process.execPath, [BIN, ...args], { cwd, reject: false, env: { NO_COLOR: '1', CI: 'true' } });
+}
+
+/** A project folder with test plugins that import the core like a community package would. */
+async function project(config: unknown): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-cli-'));
+  await mkdir(join(dir, 'node_modules', '@backup-pipeline'), { recursive: true });
+  await symlink(CORE_DIR, join(dir, 'node_modules', '@backup-pipeline', 'core'));
+  await writeFile(
+    join(dir, 'plugins.mjs'),
+    `
+import { definePlugin, LocalFolderDestination, writeFileAtomic, z } from '@backup-pipeline/core';
+import { join } from 'node:path';
+export default definePlugin({
+  name: 'fixture',
+  description: 'writes a file, optionally slowly or never; also a folder destination',
+  destination: { options: z.object({ path: z.string() }).strict(), create: (o, api) => new LocalFolderDestination(api.resolvePath(o.path)) },
+  options: z.object({ mode: z.enum(['ok', 'slow', 'never']).default('ok') }).strict(),
+  apply(hooks, options) {
+    hooks.produce.tapPromise('fixture', async (ctx) => {
+      if (options.mode === 'slow') await ctx.exec('sleep', ['30']);
+      if (options.mode === 'never') await new Promise(() => {});
+      const path = join(ctx.setDir, 'data.txt');
+      const digest = await writeFileAtomic(path, 'data');
+      ctx.addArtifact({ name: 'data.txt', path, kind: 'test', format: 'file', compression: 'none', meta: {}, ...digest });
+    });
+    hooks.plan.tapPromise('fixture', async (plan) => plan.add({ plugin: 'fixture', hook: 'produce', description: 'write data.txt', command: 'echo data' }));
+  },
+});
+`,
+  );
+  await writeFile(join(dir, 'pipeline.config.json'), JSON.stringify(config, null, 2));
+  return dir;
+}
+
+const config = (mode = 'ok') => ({
+  workDir: './work',
+  destinations: { copy: { use: './plugins.mjs', path: './copy' } },
+  pipelines: { nightly: { stages: [{ use: './plugins.mjs', mode }], destinations: ['copy'] } },
+});
+
+describe('pipeline CLI', () => {
+  it('prints help with the exit codes, and its version', async () => {
+    const dir = await project(config());
+    const help = await pipeline(['--help'], dir);
+    expect(help.exitCode).toBe(0);
+    expect(help.stdout).toMatchSnapshot();
+    const runHelp = await pipeline(['run', '--help'], dir);
+    expect(runHelp.stdout).toContain('--dry-run');
+    expect(runHelp.stdout).toContain('75   another run of this pipeline holds the lock');
+    expect((await pipeline(['--version'], dir)).stdout).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+
+  it('exits 2 on usage errors', async () => {
+    const dir = await project(config());
+    expect((await pipeline(['frobnicate'], dir)).exitCode).toBe(2);
+    expect((await pipeline(['run', '--no-such-flag'], dir)).exitCode).toBe(2);
+    const unknown = await pipeline(['run', 'weekly'], dir);
+    expect(unknown.exitCode).toBe(2);
+    expect(unknown.stderr).toContain('no pipeline named "weekly"');
+  });
+
+  it('validate lists every problem with its path and exits 2', async () => {
+    const dir = await project({
+      pipelines: { nightly: { stages: [{ use: './plugins.mjs', mode: 'sometimes' }, { use: 'pg-dump', format: 'custom', jobs: 4 }], destinations: ['nowhere'] } },
+      retention: 3,
+    });
+    const result = await pipeline(['validate'], dir);
+    expect(result.exitCode).toBe(2);
+    expect(result.stderr.replaceAll(dir, '<dir>')).toMatchSnapshot();
+  });
+
+  it('validate accepts a good config', async () => {
+    const dir = await project(config());
+    const result = await pipeline(['validate'], dir);
+    expect(result.exitCode).toBe(0);
+    expect(result.stdout).toContain('pipeline nightly: fixture ⇒ copy');
+  });
+
+  it('runs a pipeline, ships it, and prints a summary; --json gives the summary as JSON', async () => {
+    const dir = await project(config());
+    const run = await pipeline(['run', 'nightly'], dir);
+    expect(run.stderr).toBe(run.exitCode === 0 ? run.stderr : '');
+    expect(run.exitCode).toBe(0);
+    expect(run.stdout).toMatch(/^ok nightly: set \d{8}T\d{6}Z-nightly in/);
+    expect(await readdir(join(dir, 'copy'))).toHaveLength(1);
+    const json = await pipeline(['run', '--json', '--log-level', 'silent'], dir);
+    expect(JSON.parse(json.stdout)).toMatchObject({ ok: true, pipeline: 'nightly', destinations: [{ destination: 'copy', ok: true }] });
+  });
+
+  it('--dry-run prints the plan and touches nothing', async () => {
+    const dir = await project(config());
+    const result = await pipeline(['run', '--dry-run'], dir);
+    expect(result.exitCode).toBe(0);
+    expect(result.stdout).toContain('[fixture → produce] write data.txt');
+    expect(result.stdout).toContain('$ echo data');
+    expect(await readdir(dir)).not.toContain('copy');
+    expect(await readdir(dir)).not.toContain('work');
+  });
+
+  it('exits 75 naming the holder when another run holds the lock', async () => {
+    const dir = await project(config('slow'));
+    const first = pipeline(['run'], dir);
+    for (let i = 0; i < 50 && !(await readdir(join(dir, 'work', '.locks')).catch(() => [])).length; i++) await new Promise((r) => setTimeout(r, 100));
+    const second = await pipeline(['run'], dir);
+    expect(second.exitCode).toBe(75);
+    expect(second.stderr).toMatch(/LOCKED: another run holds the lock .* pid \d+/);
+    first.kill('SIGTERM');
+    await first;
+  });
+
+  it.each([
+    ['SIGTERM', 143],
+    ['SIGINT', 130],
+  ] as const)('on %s stops the child, removes the partial set, releases the lock, exits %i', async (signal, code) => {
+    const dir = await project(config('slow'));
+    const run = pipeline(['run'], dir);
+    for (let i = 0; i < 50 && !(await readdir(join(dir, 'work', '.locks')).catch(() => [])).length; i++) await new Promise((r) => setTimeout(r, 100));
+    run.kill(signal);
+    const result = await run;
+    expect(result.exitCode).toBe(code);
+    expect(result.stderr).toContain('ABORTED');
+    expect((await readdir(join(dir, 'work'))).filter((n) => !n.startsWith('.'))).toEqual([]);
+    expect(await readdir(join(dir, 'work', '.locks'))).toEqual([]);
+    expect(await readdir(dir)).not.toContain('copy');
+  });
+
+  it('fails with a named error, never exit 0, when a plugin promise can never settle', async () => {
+    const dir = await project(config('never'));
+    const result = await pipeline(['run'], dir);
+    expect(result.exitCode).toBe(1);
+    expect(result.stderr).toContain('[fixture → produce] STAGE_NEVER_SETTLED');
+  });
+});
