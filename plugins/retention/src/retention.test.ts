@@ -26,6 +26,7 @@ const pluginEntry = resolve(here, '../dist/index.js');
 const tmpRoot = join(repo, '.vitest-tmp');
 let dir: string;
 let produceModule: string;
+let folderModule: string;
 
 const SOURCE = 'mastodon';
 const NOW = new Date('2026-11-25T01:45:00Z'); // 02:45 in Berlin, a Wednesday of ISO week 48
@@ -115,9 +116,21 @@ export default definePlugin({
 });
 `,
   );
+  folderModule = join(tmpRoot, `folder-destination-${process.pid}.mjs`);
+  await writeFile(
+    folderModule,
+    `import { definePlugin, LocalFolderDestination, z } from '@backup-pipeline/core';
+export default definePlugin({
+  name: 'test-folder',
+  description: 'a local folder destination',
+  destination: { options: z.object({ path: z.string() }).strict(), create: (o) => new LocalFolderDestination(o.path) },
+});
+`,
+  );
 });
 afterAll(async () => {
   await rm(produceModule, { force: true });
+  await rm(folderModule, { force: true });
 });
 beforeEach(async () => {
   dir = await mkdtemp(join(tmpRoot, 'retention-'));
@@ -169,6 +182,19 @@ describe('retention stage through the runner', () => {
     expect(reasons[id('2026-11-21T23:30:00Z')]).toEqual(['daily 2026-11-22', 'weekly 2026-W47']);
     expect(reasons[id('2026-09-29T23:30:00Z')]).toEqual(['monthly 2026-09']);
     expect(reasons[tree.youngIncomplete]).toEqual(['incomplete, 5 h old: within the 24 h grace period']);
+  });
+
+  it('prunes only the destinations named in `destinations`, after shipping to them', async () => {
+    const offsite = join(dir, 'offsite');
+    const tree = await buildTree(offsite);
+    await buildTree(join(dir, 'work'));
+    const { result } = await runPipeline(
+      { ...POLICY, destinations: ['offsite'] },
+      { destinations: { offsite: { use: folderModule, path: offsite } }, shipTo: ['offsite'] },
+    );
+    const sets = async (d: string) => (await readdir(join(dir, d))).filter((n) => !n.startsWith('.')).sort();
+    expect(await sets('offsite')).toEqual([...EXPECTED_DAILY_SURVIVORS, tree.youngIncomplete, result.summary.setId, ...tree.other].sort());
+    expect(await sets('work')).toHaveLength(60 + 2 + 2 + 1);
   });
 
   it('dryRun deletes nothing', async () => {
