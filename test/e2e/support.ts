@@ -1,0 +1,53 @@
+/** Shared setup of the end-to-end tests: a real cluster with a Mastodon-shaped database, and the CLI. */
+import { chmod, mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { generateMastodonData, loadMastodonSchema, startPostgres, type PostgresServer } from '@backup-pipeline/testing';
+
+export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
+export const BIN = join(ROOT, 'packages', 'cli', 'bin', 'pipeline.js');
+
+/** A password with every character that breaks naive .pgpass, dotenv or shell handling. */
+export const HOSTILE_PASSWORD = `p:a\\s's"w#rd ok`;
+
+export interface MastodonHost {
+  pg: PostgresServer;
+  dir: string;
+  envFile: string;
+  database: string;
+  user: string;
+}
+
+/** A throwaway cluster with `mastodon_production` owned by `mastodon`, and a `.env.production` for it. */
+export async function mastodonHost(options: { scale?: 'tiny' | 'small' } = {}): Promise<MastodonHost> {
+  const pg = await startPostgres();
+  const database = 'mastodon_production';
+  const user = 'mastodon';
+  await pg.createRole(user, HOSTILE_PASSWORD, { login: true, createdb: true });
+  await pg.createDatabase(database, { owner: user });
+  await loadMastodonSchema(pg, database, { owner: user });
+  await generateMastodonData(pg, database, { scale: options.scale ?? 'tiny', owner: user });
+  const dir = await mkdtemp(join(tmpdir(), 'bp-e2e-'));
+  await chmod(dir, 0o700);
+  const envFile = join(dir, '.env.production');
+  // Double-quoted dotenv value: backslash and double quote escaped.
+  const quoted = HOSTILE_PASSWORD.replace(/\\/g, '\\\\').replace(/"/g, '\\"');
+  await writeFile(
+    envFile,
+    [`# Generated for a test`, `LOCAL_DOMAIN=example.test`, `DB_HOST=${pg.host}`, `DB_PORT=${pg.port}`, `DB_NAME=${database}`, `DB_USER=${user}`, `DB_PASS="${quoted}"`, `SECRET_KEY_BASE=abc123`, ''].join('\n'),
+    { mode: 0o600 },
+  );
+  return { pg, dir, envFile, database, user };
+}
+
+export function pipeline(args: string[], cwd: string, env: Record<string, string> = {}) {
+  return execa(process.execPath, [BIN, ...args], { cwd, reject: false, env: { NO_COLOR: '1', CI: 'true', ...env }, timeout: 300_000 });
+}
+
+export async function writeConfig(dir: string, config: unknown): Promise<string> {
+  const file = join(dir, 'pipeline.config.json');
+  await writeFile(file, JSON.stringify(config, null, 2));
+  return file;
+}
