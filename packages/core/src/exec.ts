@@ -4,7 +4,7 @@
  * last lines of stderr kept for the error, the run's AbortSignal wired to kill the child, and the
  * exit code always checked.
  */
-import type { Readable, Writable } from 'node:stream';
+import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { execa } from 'execa';
 import { PipelineError } from './errors.js';
 import type { SecretRegistry } from './secrets.js';
@@ -115,8 +115,11 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
   });
 
   const sub = subprocess as unknown as { stdout: Readable | null; stdin: Writable | null; pid?: number; kill(s?: NodeJS.Signals): boolean };
+  // execa drains an unbuffered stdout that nobody reads yet; hand callers a stream attached now,
+  // whose backpressure pauses the child until they read.
+  const stdout = stdoutMode === 'stream' && sub.stdout ? sub.stdout.pipe(new PassThrough({ highWaterMark: 1024 * 1024 })) : sub.stdout;
   return Object.assign(promise, {
-    stdout: sub.stdout,
+    stdout,
     stdin: sub.stdin,
     pid: sub.pid,
     kill: (signal?: NodeJS.Signals) => sub.kill(signal),

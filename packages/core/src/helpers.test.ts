@@ -55,6 +55,15 @@ describe('exec', () => {
     await expect(exec('/no/such/program', [])).rejects.toMatchObject({ code: 'EXEC_NOT_FOUND' });
   });
 
+  it("keeps a streamed stdout whole when the reader attaches late", async () => {
+    const child = exec('sh', ['-c', 'head -c 3000000 /dev/zero'], { stdout: 'stream' });
+    await new Promise((r) => setTimeout(r, 300));
+    let bytes = 0;
+    for await (const chunk of child.stdout!) bytes += (chunk as Buffer).length;
+    expect(bytes).toBe(3_000_000);
+    await expect(child).resolves.toMatchObject({ exitCode: 0 });
+  });
+
   it('kills the child when the signal aborts', async () => {
     const controller = new AbortController();
     const started = Date.now();
