@@ -1,0 +1,118 @@
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createLogger, hashFile, isPipelineError, resolveConfig, Runner, SecretRegistry, type PipelineError } from '@backup-pipeline/core';
+import { startSshd, type SshServer } from '@backup-pipeline/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import plugin, { parseTarget, quoteForRsh, RsyncDestination, RsyncOptions } from './index.js';
+
+async function make(options: Record<string, unknown>) {
+  const secrets = new SecretRegistry();
+  const log = await createLogger({ secrets, level: 'silent' });
+  const parsed = plugin.destination!.options.parse(options);
+  return plugin.destination!.create(parsed, { name: 'rsync', log, secrets, configDir: '/', resolvePath: (p) => p }) as RsyncDestination;
+}
+
+const remoteOptions = (sshd: SshServer, path: string) => ({
+  target: `${sshd.user}@127.0.0.1:${path}`,
+  port: sshd.port,
+  identityFile: sshd.identityFile,
+  knownHostsFile: sshd.knownHostsFile,
+});
+
+describe('rsync target and quoting', () => {
+  it.each([
+    ['backup@host.example:/srv/backups', { remote: { login: 'backup@host.example', host: 'backup@host.example', user: 'backup' }, path: '/srv/backups' }],
+    ['host:backups/', { remote: { login: 'host', host: 'host', user: undefined }, path: 'backups' }],
+    ['u@[::1]:/x', { remote: { login: 'u@[::1]', host: 'u@::1', user: 'u' }, path: '/x' }],
+    ['/srv/back:ups', { path: '/srv/back:ups' }],
+    ['./a:b', { path: './a:b' }],
+    ['host:', { remote: { login: 'host', host: 'host', user: undefined }, path: '.' }],
+  ])('parses %s', (target, expected) => {
+    expect(parseTarget(target)).toEqual(expected);
+  });
+
+  it('quotes -e arguments for rsync\'s splitter', () => {
+    expect(quoteForRsh('-p')).toBe('-p');
+    expect(quoteForRsh('/keys/my key')).toBe('"/keys/my key"');
+    expect(quoteForRsh('a"b c')).toBe('"a""b c"');
+  });
+
+  it('rejects unknown options and malformed ssh options', () => {
+    expect(RsyncOptions.safeParse({ target: 'h:/x', nope: 1 }).success).toBe(false);
+    expect(RsyncOptions.safeParse({ target: 'h:/x', sshOptions: ['-oProxyCommand=evil'] }).success).toBe(false);
+    expect(RsyncOptions.safeParse({ target: 'h:/x', sshOptions: ['ProxyJump=bastion'], bwLimit: '2M' }).success).toBe(true);
+  });
+});
+
+describe('rsync against a real sshd: faults and the runner', () => {
+  let sshd: SshServer;
+  let dir: string;
+  beforeAll(async () => {
+    sshd = await startSshd();
+    dir = await mkdtemp(join(tmpdir(), 'rsync-run-'));
+  });
+  afterAll(async () => {
+    await sshd?.cleanup();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('fails with DESTINATION_FAILED while sshd is down, and works again after a restart', async () => {
+    const d = await make(remoteOptions(sshd, `${sshd.dir}/faults`));
+    await d.check();
+    await sshd.stop();
+    const error = await d.check().catch((e: unknown) => e);
+    expect(isPipelineError(error) && (error as PipelineError).code).toBe('DESTINATION_FAILED');
+    await expect(d.list()).rejects.toThrow(/listing sets/);
+    await sshd.restart();
+    await d.check();
+    expect(await d.list()).toEqual([]);
+  });
+
+  it('refuses a host whose key is not in knownHostsFile', async () => {
+    const other = join(dir, 'other_known_hosts');
+    await writeFile(other, `[127.0.0.1]:${sshd.port} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFake00\n`);
+    const d = await make({ ...remoteOptions(sshd, `${sshd.dir}/x`), knownHostsFile: other });
+    await expect(d.check()).rejects.toMatchObject({ code: 'DESTINATION_FAILED' });
+  });
+
+  it('ships a whole set through the runner: artifacts, then the manifest', async () => {
+    const core = import.meta.resolve('@backup-pipeline/core');
+    const producer = join(dir, 'producer.mjs');
+    await writeFile(
+      producer,
+      `import { definePlugin, writeFileAtomic } from ${JSON.stringify(core)};
+import { join } from 'node:path';
+export default definePlugin({
+  name: 'test-producer',
+  description: 'test',
+  apply(hooks) {
+    hooks.produce.tapPromise('test-producer', async (ctx) => {
+      const path = join(ctx.setDir, 'data file.txt');
+      const d = await writeFileAtomic(path, 'some data\\n'.repeat(1000));
+      ctx.addArtifact({ name: 'data file.txt', path, kind: 'file', format: 'file', compression: 'none', meta: {}, ...d });
+    });
+  },
+});
+`,
+    );
+    const remote = `${sshd.dir}/runner sets`;
+    const file = join(dir, 'pipeline.config.yaml');
+    const config = await resolveConfig(file, {
+      workDir: join(dir, 'work'),
+      destinations: { offsite: { use: join(import.meta.dirname, 'index.ts'), ...remoteOptions(sshd, remote) } },
+      pipelines: { nightly: { source: 'mastodon', stages: [{ use: producer }], destinations: ['offsite'] } },
+    });
+    const lines: string[] = [];
+    const log = await createLogger({ secrets: config.secrets, format: 'json', level: 'info', write: (l) => void lines.push(l) });
+    const { summary } = await new Runner(config, log).run('nightly');
+    expect(summary.ok).toBe(true);
+    expect(summary.destinations).toEqual([expect.objectContaining({ destination: 'offsite', ok: true, files: 2 })]);
+    const d = await make(remoteOptions(sshd, remote));
+    expect(await d.list()).toEqual([expect.objectContaining({ id: summary.setId, hasManifest: true })]);
+    const got = join(dir, 'got.txt');
+    await d.get(summary.setId, 'data file.txt', got);
+    expect((await hashFile(got)).sha256).toBe(summary.artifacts[0]!.sha256);
+    expect(JSON.parse(await readFile(join(remote, summary.setId, 'manifest.json'), 'utf8')).id).toBe(summary.setId);
+  });
+});

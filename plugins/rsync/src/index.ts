@@ -1,0 +1,342 @@
+/**
+ * The `rsync` destination: sets copied with rsync, over ssh (`user@host:/path`) or to a local
+ * path. Every command is an argv array; the ssh command rsync runs (`-e`) is built from an argv
+ * array too and quoted for rsync's own splitter. Files land atomically (rsync writes a temp file
+ * and renames it), their sha256 is checked after upload, and listing, deleting and the
+ * writability check use rsync alone, so a remote restricted to rsync (rrsync) works with
+ * `verify: rsync-checksum`.
+ */
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, mkdtemp, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import {
+  definePlugin,
+  ensurePrivateDir,
+  exec,
+  hashFile,
+  isPipelineError,
+  parseSetId,
+  syncDir,
+  MANIFEST_NAME,
+  PARTIAL_SUFFIX,
+  PipelineError,
+  z,
+  type Destination,
+  type DestinationOperationOptions,
+  type ExecResult,
+  type PutSource,
+  type SecretRegistry,
+  type StoredSet,
+} from '@backup-pipeline/core';
+
+const SshOption = z
+  .string()
+  .regex(/^[A-Za-z][A-Za-z0-9]*[= ]\S.*$/, 'use "Key=Value" (an ssh_config option)')
+  .refine((s) => !/[\0\n\r]/.test(s), 'no control characters');
+
+export const RsyncOptions = z
+  .object({
+    target: z
+      .string()
+      .min(1)
+      .refine((s) => !/[\0\n\r]/.test(s), 'no control characters')
+      .describe('Where the sets go: `user@host:/path` (rsync over ssh) or a local path. A relative remote path is relative to the remote home.'),
+    port: z.number().int().min(1).max(65535).optional().describe('ssh port of the remote host (default: ssh\'s own, usually 22).'),
+    identityFile: z.string().min(1).optional().describe('Private key ssh logs in with (`-i`, with IdentitiesOnly=yes). Default: ssh\'s own keys and agent.'),
+    knownHostsFile: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('known_hosts file holding the remote host key; when given, StrictHostKeyChecking=yes and only this file is used.'),
+    sshOptions: z.array(SshOption).default([]).describe('Extra ssh options, each "Key=Value" (passed as `-o Key=Value`), e.g. "ProxyJump=bastion".'),
+    bwLimit: z
+      .union([z.number().int().positive(), z.string().regex(/^\d+(\.\d+)?[KMGkmg]?$/, 'a rate such as 5000, 800K or 2M')])
+      .optional()
+      .describe('Bandwidth limit for rsync (`--bwlimit`): KiB per second, or a number with K/M/G.'),
+    connectTimeoutSeconds: z.number().int().positive().default(20).describe('ssh connection timeout (ConnectTimeout).'),
+    ioTimeoutSeconds: z.number().int().positive().default(600).describe('rsync I/O timeout (`--timeout`): a transfer stalled this long fails (and is retried).'),
+    verify: z
+      .enum(['sha256sum', 'rsync-checksum'])
+      .default('sha256sum')
+      .describe(
+        'How an upload is checked: `sha256sum` runs `sha256sum` on the remote host over ssh and compares it with the artifact\'s sha256; `rsync-checksum` uses an rsync --checksum dry run (works with an rsync-only remote).',
+      ),
+  })
+  .strict();
+export type RsyncOptions = z.output<typeof RsyncOptions>;
+
+export interface RsyncTarget {
+  /** `user@host` or `host` as rsync and ssh take it, or undefined for a local path. */
+  remote?: { login: string; host: string; user?: string };
+  /** The root path (without trailing slash, `.` for the remote home). */
+  path: string;
+}
+
+/** rsync's own rule: a colon before the first slash makes a target remote. */
+export function parseTarget(target: string): RsyncTarget {
+  const m = /^(?:([^@:/\s]+)@)?(\[[^\]/]+\]|[^:/\s@[\]]+):(.*)$/.exec(target);
+  const trim = (p: string) => (p.length > 1 ? p.replace(/\/+$/, '') : p) || '.';
+  if (!m || target.startsWith('/') || target.startsWith('.')) return { path: trim(target) };
+  const [, user, hostPart, path] = m as unknown as [string, string | undefined, string, string];
+  const host = hostPart.replace(/^\[(.*)\]$/, '$1');
+  return { remote: { login: user ? `${user}@${hostPart}` : hostPart, host: user ? `${user}@${host}` : host, user }, path: trim(path) };
+}
+
+/** Quotes one argument for rsync's `-e` splitter (which knows quotes, and a doubled quote inside them). */
+export function quoteForRsh(arg: string): string {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `"${arg.replace(/"/g, '""')}"`;
+}
+
+/** Quotes one argument for the remote POSIX shell ssh runs a command with. */
+export function quoteForShell(arg: string): string {
+  return `'${arg.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Escapes a literal name for an rsync filter pattern. */
+function filterLiteral(name: string): string {
+  return /[*?[]/.test(name) ? name.replace(/[*?[\\]/g, '\\$&') : name;
+}
+
+function checkSetId(setId: string): void {
+  if (!parseSetId(setId) || setId.endsWith(PARTIAL_SUFFIX)) {
+    throw new PipelineError('SET_NOT_FOUND', `"${setId}" is not a backup set id`);
+  }
+}
+
+function checkName(name: string): void {
+  if (!name || name.includes('/') || name.startsWith('.') || name.endsWith(PARTIAL_SUFFIX) || /[\0-\x1f\x7f]/.test(name)) {
+    throw new PipelineError('DESTINATION_FAILED', `"${name}" is not a valid file name in a backup set`, { hint: 'Artifact names are one path segment, not hidden, without control characters.' });
+  }
+}
+
+const LIST_LINE = /^([dl-][rwxsStT-]{9})\s+([\d,.]+)\s+(\d{4})\/(\d\d)\/(\d\d) (\d\d):(\d\d):(\d\d) (.+)$/;
+
+export class RsyncDestination implements Destination {
+  readonly target: RsyncTarget;
+  readonly sshArgs: string[];
+
+  constructor(
+    readonly options: RsyncOptions,
+    private readonly secrets?: SecretRegistry,
+  ) {
+    this.target = parseTarget(options.target);
+    const ssh: string[] = [];
+    if (options.port) ssh.push('-p', String(options.port));
+    if (options.identityFile) ssh.push('-i', options.identityFile, '-o', 'IdentitiesOnly=yes');
+    ssh.push('-o', 'BatchMode=yes', '-o', `ConnectTimeout=${options.connectTimeoutSeconds}`, '-o', 'ServerAliveInterval=15');
+    if (options.knownHostsFile) ssh.push('-o', `UserKnownHostsFile=${options.knownHostsFile}`, '-o', 'StrictHostKeyChecking=yes', '-o', 'GlobalKnownHostsFile=/dev/null');
+    for (const o of options.sshOptions) ssh.push('-o', o);
+    this.sshArgs = ssh;
+  }
+
+  describe(): string {
+    return `rsync ${this.options.target}`;
+  }
+
+  /** The `-e` value: ssh and its options, quoted for rsync's splitter. */
+  rsh(): string {
+    return ['ssh', ...this.sshArgs].map(quoteForRsh).join(' ');
+  }
+
+  /** `host:path` for rsync, or the local path. */
+  private loc(path: string): string {
+    return this.target.remote ? `${this.target.remote.login}:${path}` : path;
+  }
+
+  private root(...parts: string[]): string {
+    return [this.target.path, ...parts].join('/');
+  }
+
+  private baseArgs(): string[] {
+    const args = ['--protect-args', '--8-bit-output', `--timeout=${this.options.ioTimeoutSeconds}`];
+    if (this.options.bwLimit !== undefined) args.push(`--bwlimit=${this.options.bwLimit}`);
+    if (this.target.remote) args.push('-e', this.rsh());
+    return args;
+  }
+
+  private async run(program: 'rsync' | 'ssh', args: string[], what: string, options: DestinationOperationOptions & { okExitCodes?: number[] } = {}): Promise<ExecResult> {
+    try {
+      return await exec(program, args, { signal: options.signal, secrets: this.secrets, label: program, okExitCodes: options.okExitCodes });
+    } catch (error) {
+      if (isPipelineError(error) && (error.code === 'ABORTED' || error.code === 'EXEC_NOT_FOUND')) throw error;
+      const message = error instanceof Error ? error.message : String(error);
+      throw new PipelineError('DESTINATION_FAILED', `${what} (${this.describe()}): ${message}`, {
+        cause: error,
+        details: isPipelineError(error) ? error.details : undefined,
+      });
+    }
+  }
+
+  private async ssh(command: string, what: string, options: DestinationOperationOptions = {}): Promise<ExecResult> {
+    const remote = this.target.remote!;
+    return this.run('ssh', [...this.sshArgs, '--', remote.host, command], what, options);
+  }
+
+  /** A private staging folder holding `dirName/fileName` → `source` (a symlink rsync follows). */
+  private async stage(dirName: string, fileName: string, sourcePath: string): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+    const base = await mkdtemp(join(tmpdir(), 'rsync-stage-'));
+    const dir = join(base, dirName);
+    await mkdir(dir, { mode: 0o700 });
+    await symlink(sourcePath, join(dir, fileName));
+    return { dir, cleanup: () => rm(base, { recursive: true, force: true }) };
+  }
+
+  async check(options: DestinationOperationOptions = {}): Promise<void> {
+    // Reachable and writable: upload a probe file with the same path a real upload takes, verify it, remove it.
+    const probeDir = `.backup-pipeline-probe-${randomBytes(6).toString('hex')}`;
+    const base = await mkdtemp(join(tmpdir(), 'rsync-probe-'));
+    try {
+      const file = join(base, 'probe');
+      await writeFile(file, `backup-pipeline write check ${new Date().toISOString()}\n`, { mode: 0o600 });
+      const digest = await hashFile(file);
+      await this.upload(probeDir, 'probe', { path: file, ...digest }, options);
+      await this.deleteDir(probeDir, options);
+    } finally {
+      await rm(base, { recursive: true, force: true });
+    }
+  }
+
+  async put(setId: string, name: string, source: PutSource, options: DestinationOperationOptions = {}): Promise<void> {
+    checkSetId(setId);
+    checkName(name);
+    await this.upload(setId, name, source, options);
+  }
+
+  private async upload(dirName: string, name: string, source: PutSource, options: DestinationOperationOptions): Promise<void> {
+    const staged = await this.stage(dirName, name, source.path);
+    try {
+      // -r over the staged folder creates the set folder 0700 (files 0600); rsync writes each file to a
+      // temporary name and renames it, so no reader ever sees a partial file under its final name.
+      const common = [...this.baseArgs(), '-r', '--copy-links', '--times', '--chmod=D700,F600', '--mkpath'];
+      await this.run('rsync', [...common, '--', staged.dir, this.loc(this.root()) + '/'], `uploading ${dirName}/${name}`, options);
+      options.onBytes?.(source.bytes);
+      await this.verifyUpload(dirName, name, source, staged.dir, common, options);
+    } finally {
+      await staged.cleanup();
+    }
+  }
+
+  private async verifyUpload(dirName: string, name: string, source: PutSource, stagedDir: string, common: string[], options: DestinationOperationOptions): Promise<void> {
+    const path = this.root(dirName, name);
+    let actual: string;
+    if (!this.target.remote) {
+      actual = (await hashFile(path, options.signal)).sha256;
+    } else if (this.options.verify === 'sha256sum') {
+      const out = await this.ssh(`sha256sum -- ${quoteForShell(path)}`, `checking the sha256 of ${dirName}/${name}`, options);
+      const m = /^\\?([0-9a-f]{64})\s/.exec(out.stdout);
+      if (!m) throw new PipelineError('DESTINATION_FAILED', `sha256sum on ${this.target.remote.host} printed no checksum for ${path}`);
+      actual = m[1]!;
+    } else {
+      // rsync compares full-file checksums of the local source and the remote copy; the local source
+      // itself is compared with the artifact's sha256.
+      const local = await hashFile(source.path, options.signal);
+      const out = await this.run('rsync', [...common, '--dry-run', '--checksum', '--itemize-changes', '--', stagedDir, this.loc(this.root()) + '/'], `checking ${dirName}/${name}`, options);
+      const differs = out.stdout.split('\n').some((l) => /^[<>]f/.test(l));
+      actual = differs ? 'differs' : local.sha256;
+    }
+    if (actual !== source.sha256) {
+      await this.deleteFile(dirName, name, options).catch(() => {});
+      throw new PipelineError('CHECKSUM_MISMATCH', `${dirName}/${name} on ${this.describe()} has sha256 ${actual}, expected ${source.sha256}`);
+    }
+  }
+
+  async list(options: DestinationOperationOptions = {}): Promise<StoredSet[]> {
+    const args = [...this.baseArgs(), '-r', '--list-only', '--include=/*/', `--include=/*/${MANIFEST_NAME}`, '--exclude=*', '--', this.loc(this.root()) + '/'];
+    let out: ExecResult;
+    try {
+      out = await this.run('rsync', args, 'listing sets', { ...options, okExitCodes: [0, 24] });
+    } catch (error) {
+      // A root that does not exist yet holds no sets.
+      const stderr = String((isPipelineError(error) && error.details?.stderr) || '');
+      if (/change_dir .* failed: No such file or directory/.test(stderr)) return [];
+      throw error;
+    }
+    const dirs = new Map<string, Date>();
+    const manifests = new Map<string, Date>();
+    for (const line of out.stdout.split('\n')) {
+      const m = LIST_LINE.exec(line);
+      if (!m) continue;
+      const [, perms, , y, mo, d, h, mi, s, name] = m as unknown as string[];
+      const time = new Date(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(s));
+      if (perms!.startsWith('d') && parseSetId(name!)) dirs.set(name!, time);
+      else if (perms!.startsWith('-') && name!.endsWith(`/${MANIFEST_NAME}`)) manifests.set(name!.slice(0, -MANIFEST_NAME.length - 1), time);
+    }
+    return [...dirs]
+      .filter(([id]) => !id.endsWith(PARTIAL_SUFFIX))
+      .map(([id, time]) => ({ id, hasManifest: manifests.has(id), modifiedAt: manifests.get(id) ?? time }))
+      .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  async get(setId: string, name: string, toPath: string, options: DestinationOperationOptions = {}): Promise<void> {
+    checkSetId(setId);
+    checkName(name);
+    await ensurePrivateDir(dirname(toPath));
+    const tmp = await mkdtemp(join(dirname(toPath), '.rsync-get-'));
+    try {
+      const local = join(tmp, 'file');
+      try {
+        await this.run('rsync', [...this.baseArgs(), '--copy-links', '--', this.loc(this.root(setId, name)), local], `downloading ${setId}/${name}`, options);
+      } catch (error) {
+        const stderr = String((isPipelineError(error) && error.details?.stderr) || '');
+        if (/link_stat .* failed: No such file or directory/.test(stderr)) {
+          throw new PipelineError('SET_NOT_FOUND', `${setId}/${name} is not in ${this.describe()}`, { cause: error });
+        }
+        throw error;
+      }
+      await chmod(local, 0o600);
+      options.onBytes?.((await stat(local)).size);
+      await rename(local, toPath);
+      await syncDir(dirname(toPath));
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }
+
+  async delete(setId: string, options: DestinationOperationOptions = {}): Promise<void> {
+    checkSetId(setId);
+    await this.deleteDir(setId, options);
+  }
+
+  /** Removes `root/dirName` with rsync alone: an empty folder synced with --delete, filtered to that folder. */
+  private async deleteDir(dirName: string, options: DestinationOperationOptions): Promise<void> {
+    await this.deleteMatching(this.root(), `/${filterLiteral(dirName)}/***`, `deleting ${dirName}`, options);
+  }
+
+  private async deleteFile(dirName: string, name: string, options: DestinationOperationOptions): Promise<void> {
+    await this.deleteMatching(this.root(dirName), `/${filterLiteral(name)}`, `deleting ${dirName}/${name}`, options);
+  }
+
+  private async deleteMatching(dir: string, pattern: string, what: string, options: DestinationOperationOptions): Promise<void> {
+    const empty = await mkdtemp(join(tmpdir(), 'rsync-empty-'));
+    try {
+      const args = [...this.baseArgs(), '-r', '--delete', `--include=${pattern}`, '--exclude=*', '--', empty + '/', this.loc(dir) + '/'];
+      await this.run('rsync', args, what, options).catch((error: unknown) => {
+        const stderr = String((isPipelineError(error) && error.details?.stderr) || '');
+        // Nothing to delete when the folder is not there.
+        if (/(mkdir|change_dir|chdir)[^\n]*No such file or directory/.test(stderr)) return;
+        throw error;
+      });
+    } finally {
+      await rm(empty, { recursive: true, force: true });
+    }
+  }
+}
+
+export default definePlugin({
+  name: 'rsync',
+  description: 'Destination: a folder reached with rsync over ssh (user@host:/path), or a local path.',
+  destination: {
+    options: RsyncOptions,
+    create: (options, api) => {
+      const target = parseTarget(options.target);
+      const resolved: RsyncOptions = {
+        ...options,
+        target: target.remote ? options.target : api.resolvePath(options.target),
+        identityFile: options.identityFile && api.resolvePath(options.identityFile),
+        knownHostsFile: options.knownHostsFile && api.resolvePath(options.knownHostsFile),
+      };
+      return new RsyncDestination(resolved, api.secrets);
+    },
+  },
+});
