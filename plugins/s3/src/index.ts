@@ -1,0 +1,317 @@
+/**
+ * The `s3` destination: sets stored as objects under `PREFIX/SET_ID/` in an S3 bucket (AWS or any
+ * S3-compatible server). Uploads stream from disk through a multipart upload (never the whole file
+ * in memory) with the sha256 kept in the object's metadata and checked (size and metadata) with
+ * HeadObject afterwards; downloads stream to disk through the core's atomic writer and are checked
+ * against that sha256.
+ */
+import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import {
+  DeleteObjectCommand,
+  DeleteObjectsCommand,
+  GetObjectCommand,
+  HeadBucketCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  type S3ClientConfig,
+  type ServerSideEncryption,
+  type StorageClass,
+  type _Object,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import {
+  definePlugin,
+  DigestStream,
+  isPipelineError,
+  parseSetId,
+  writeFileAtomic,
+  MANIFEST_NAME,
+  PARTIAL_SUFFIX,
+  PipelineError,
+  z,
+  type Destination,
+  type DestinationOperationOptions,
+  type Logger,
+  type PutSource,
+  type SecretRegistry,
+  type StoredSet,
+} from '@backup-pipeline/core';
+
+export const S3Options = z
+  .object({
+    bucket: z.string().min(3).max(63).describe('Bucket name.'),
+    prefix: z
+      .string()
+      .default('')
+      .refine((p) => !p.split('/').includes('..'), 'no ".." segments')
+      .describe('Key prefix the sets are stored under, e.g. `mastodon/` (a trailing slash is added when missing).'),
+    region: z.string().min(1).optional().describe('AWS region (default: the AWS SDK\'s own resolution — AWS_REGION, ~/.aws/config; `us-east-1` when `endpoint` is set).'),
+    endpoint: z.string().url().optional().describe('Endpoint URL of an S3-compatible service (MinIO, Garage, Ceph, Backblaze B2, Wasabi, Scaleway…). Default: AWS.'),
+    forcePathStyle: z.boolean().default(false).describe('Use path-style URLs (`endpoint/bucket/key`); most self-hosted S3 servers need this.'),
+    storageClass: z
+      .enum(['STANDARD', 'STANDARD_IA', 'ONEZONE_IA', 'INTELLIGENT_TIERING', 'GLACIER_IR', 'GLACIER', 'DEEP_ARCHIVE', 'REDUCED_REDUNDANCY', 'EXPRESS_ONEZONE'])
+      .optional()
+      .describe('Storage class of uploaded objects (default: the bucket\'s). Archive classes (GLACIER, DEEP_ARCHIVE) cannot be read back without a restore.'),
+    serverSideEncryption: z.enum(['AES256', 'aws:kms', 'aws:kms:dsse']).optional().describe('Server-side encryption of uploaded objects.'),
+    sseKmsKeyId: z.string().min(1).optional().describe('KMS key id for `serverSideEncryption: aws:kms`.'),
+    accessKeyId: z.string().min(1).optional().describe('Access key id. Default: the standard AWS credential chain (environment, ~/.aws, instance role).'),
+    secretAccessKey: z.string().min(1).optional().describe('Secret access key (use `${file:…}` or `${ENV}`; it is masked in logs and errors). Required with `accessKeyId`.'),
+    partSizeMB: z.number().int().min(5).max(5120).default(16).describe('Multipart part size in MiB (5–5120). Memory used is about partSizeMB × queueSize.'),
+    queueSize: z.number().int().min(1).max(16).default(4).describe('Parts uploaded concurrently per file.'),
+    maxAttempts: z.number().int().min(1).max(20).default(5).describe('Attempts per request for transient errors (the SDK\'s retry; the runner retries whole files too).'),
+  })
+  .strict()
+  .refine((o) => (o.accessKeyId === undefined) === (o.secretAccessKey === undefined), {
+    message: 'give both accessKeyId and secretAccessKey, or neither (to use the AWS credential chain)',
+    path: ['secretAccessKey'],
+  });
+export type S3Options = z.output<typeof S3Options>;
+
+const SHA256_META = 'sha256';
+const PROBE_PREFIX = '.backup-pipeline-probe-';
+
+function checkSetId(setId: string): void {
+  if (!parseSetId(setId) || setId.endsWith(PARTIAL_SUFFIX)) throw new PipelineError('SET_NOT_FOUND', `"${setId}" is not a backup set id`);
+}
+
+function checkName(name: string): void {
+  if (!name || name.includes('/') || name.startsWith('.') || name.endsWith(PARTIAL_SUFFIX) || /[\0-\x1f\x7f]/.test(name)) {
+    throw new PipelineError('DESTINATION_FAILED', `"${name}" is not a valid file name in a backup set`);
+  }
+}
+
+function isNotFound(error: unknown): boolean {
+  const e = error as { name?: string; $metadata?: { httpStatusCode?: number } };
+  return e?.name === 'NoSuchKey' || e?.name === 'NotFound' || e?.$metadata?.httpStatusCode === 404;
+}
+
+export class S3Destination implements Destination {
+  readonly client: S3Client;
+  readonly prefix: string;
+
+  constructor(
+    readonly options: S3Options,
+    private readonly secrets: SecretRegistry,
+    private readonly log?: Logger,
+  ) {
+    secrets.add(options.secretAccessKey);
+    const config: S3ClientConfig = {
+      region: options.region ?? (options.endpoint ? 'us-east-1' : undefined),
+      endpoint: options.endpoint,
+      forcePathStyle: options.forcePathStyle,
+      maxAttempts: options.maxAttempts,
+    };
+    if (options.accessKeyId && options.secretAccessKey) {
+      config.credentials = { accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey };
+    }
+    if (options.endpoint) {
+      // Third-party S3 servers often reject the SDK's default CRC checksums.
+      config.requestChecksumCalculation = 'WHEN_REQUIRED';
+      config.responseChecksumValidation = 'WHEN_REQUIRED';
+    }
+    this.client = new S3Client(config);
+    const p = options.prefix.replace(/^\/+/, '');
+    this.prefix = p && !p.endsWith('/') ? `${p}/` : p;
+  }
+
+  describe(): string {
+    return `s3://${this.options.bucket}/${this.prefix}${this.options.endpoint ? ` at ${this.options.endpoint}` : ''}`;
+  }
+
+  private key(setId: string, name?: string): string {
+    return `${this.prefix}${setId}/${name ?? ''}`;
+  }
+
+  /** Wraps an SDK error: one line, secrets masked, SET_NOT_FOUND for a missing object. */
+  private fail(what: string, error: unknown): PipelineError {
+    if (isPipelineError(error)) return error;
+    const e = error as Error & { $metadata?: { httpStatusCode?: number } };
+    if ((e as { name?: string })?.name === 'AbortError') return new PipelineError('ABORTED', `${what} was stopped because the run was interrupted`);
+    const status = e?.$metadata?.httpStatusCode ? ` (HTTP ${e.$metadata.httpStatusCode})` : '';
+    const message = this.secrets.mask(`${what} on ${this.describe()}: ${e?.name ?? 'Error'}${status}: ${String(e?.message ?? e).split('\n')[0]}`);
+    return new PipelineError(isNotFound(error) ? 'SET_NOT_FOUND' : 'DESTINATION_FAILED', message);
+  }
+
+  private async send<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (error) {
+      throw this.fail(what, error);
+    }
+  }
+
+  async check(options: DestinationOperationOptions = {}): Promise<void> {
+    const { bucket } = this.options;
+    await this.send(`checking bucket ${bucket}`, () => this.client.send(new HeadBucketCommand({ Bucket: bucket }), { abortSignal: options.signal }));
+    const key = `${this.prefix}${PROBE_PREFIX}${randomBytes(6).toString('hex')}`;
+    await this.send('writing a probe object', () =>
+      this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: 'backup-pipeline write check\n' }), { abortSignal: options.signal }),
+    );
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: options.signal });
+    } catch (error) {
+      // Append-only credentials can still receive backups; retention will fail later and say so.
+      this.log?.warn(`${this.describe()}: cannot delete objects (${this.fail('deleting the probe object', error).message}); retention will not be able to remove old sets`);
+    }
+  }
+
+  async put(setId: string, name: string, source: PutSource, options: DestinationOperationOptions = {}): Promise<void> {
+    checkSetId(setId);
+    checkName(name);
+    const { bucket } = this.options;
+    const key = this.key(setId, name);
+    const digest = new DigestStream();
+    const file = createReadStream(source.path);
+    file.on('error', (e) => digest.destroy(e));
+    file.pipe(digest);
+    const upload = new Upload({
+      client: this.client,
+      params: {
+        Bucket: bucket,
+        Key: key,
+        Body: digest,
+        ContentType: name.endsWith('.json') ? 'application/json' : 'application/octet-stream',
+        Metadata: { [SHA256_META]: source.sha256 },
+        StorageClass: this.options.storageClass as StorageClass | undefined,
+        ServerSideEncryption: this.options.serverSideEncryption as ServerSideEncryption | undefined,
+        SSEKMSKeyId: this.options.sseKmsKeyId,
+      },
+      partSize: this.options.partSizeMB * 1024 * 1024,
+      queueSize: this.options.queueSize,
+      leavePartsOnError: false,
+    });
+    upload.on('httpUploadProgress', (p) => p.loaded !== undefined && options.onBytes?.(p.loaded));
+    const onAbort = () => void upload.abort().catch(() => {});
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await upload.done();
+    } catch (error) {
+      file.destroy();
+      if (options.signal?.aborted) throw new PipelineError('ABORTED', `upload of ${setId}/${name} was stopped because the run was interrupted`);
+      throw this.fail(`uploading ${setId}/${name}`, error);
+    } finally {
+      options.signal?.removeEventListener('abort', onAbort);
+    }
+
+    const sent = digest.digest();
+    const head = await this.send(`checking ${setId}/${name}`, () => this.client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: options.signal }));
+    const problem =
+      sent.sha256 !== source.sha256 || sent.bytes !== source.bytes
+        ? `the file read had sha256 ${sent.sha256} (${sent.bytes} bytes), expected ${source.sha256} (${source.bytes} bytes)`
+        : head.ContentLength !== source.bytes
+          ? `the stored object has ${head.ContentLength} bytes, expected ${source.bytes}`
+          : head.Metadata?.[SHA256_META] !== source.sha256
+            ? `the stored object's sha256 metadata is ${head.Metadata?.[SHA256_META] ?? 'missing'}, expected ${source.sha256}`
+            : undefined;
+    if (problem) {
+      await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key })).catch(() => {});
+      throw new PipelineError('CHECKSUM_MISMATCH', `${setId}/${name} on ${this.describe()}: ${problem}`);
+    }
+  }
+
+  /** Every key under `prefix`, page by page. */
+  private async *objects(prefix: string, signal?: AbortSignal): AsyncGenerator<_Object> {
+    let token: string | undefined;
+    do {
+      const page = await this.send(`listing ${prefix || '/'}`, () =>
+        this.client.send(new ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: prefix, ContinuationToken: token }), { abortSignal: signal }),
+      );
+      yield* page.Contents ?? [];
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  async list(options: DestinationOperationOptions = {}): Promise<StoredSet[]> {
+    const ids: string[] = [];
+    let token: string | undefined;
+    do {
+      const page = await this.send('listing sets', () =>
+        this.client.send(new ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: this.prefix, Delimiter: '/', ContinuationToken: token }), { abortSignal: options.signal }),
+      );
+      for (const cp of page.CommonPrefixes ?? []) {
+        const id = cp.Prefix?.slice(this.prefix.length, -1);
+        if (id && parseSetId(id) && !id.endsWith(PARTIAL_SUFFIX)) ids.push(id);
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+
+    const describeSet = async (id: string): Promise<StoredSet> => {
+      let manifestAt: Date | undefined;
+      let latest: Date | undefined;
+      for await (const o of this.objects(this.key(id), options.signal)) {
+        if (o.Key === this.key(id, MANIFEST_NAME)) manifestAt = o.LastModified;
+        if (o.LastModified && (!latest || o.LastModified > latest)) latest = o.LastModified;
+      }
+      return { id, hasManifest: manifestAt !== undefined, modifiedAt: manifestAt ?? latest };
+    };
+    const sets: StoredSet[] = [];
+    for (let i = 0; i < ids.length; i += 8) sets.push(...(await Promise.all(ids.slice(i, i + 8).map(describeSet))));
+    return sets.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  async get(setId: string, name: string, toPath: string, options: DestinationOperationOptions = {}): Promise<void> {
+    checkSetId(setId);
+    checkName(name);
+    const key = this.key(setId, name);
+    const object = await this.send(`downloading ${setId}/${name}`, () =>
+      this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: key }), { abortSignal: options.signal }),
+    );
+    if (!object.Body) throw new PipelineError('DESTINATION_FAILED', `${setId}/${name} on ${this.describe()} came without a body`);
+    const temp = `${toPath}.download`;
+    try {
+      const written = await writeFileAtomic(temp, object.Body as Readable, { signal: options.signal, onBytes: options.onBytes });
+      const expected = object.Metadata?.[SHA256_META];
+      if ((expected && expected !== written.sha256) || (object.ContentLength !== undefined && object.ContentLength !== written.bytes)) {
+        throw new PipelineError('CHECKSUM_MISMATCH', `${setId}/${name} from ${this.describe()} has sha256 ${written.sha256} (${written.bytes} bytes), expected ${expected} (${object.ContentLength} bytes)`);
+      }
+      await rename(temp, toPath);
+    } catch (error) {
+      await rm(temp, { force: true });
+      throw this.fail(`downloading ${setId}/${name}`, error);
+    }
+  }
+
+  async delete(setId: string, options: DestinationOperationOptions = {}): Promise<void> {
+    checkSetId(setId);
+    const { bucket } = this.options;
+    // The manifest goes first: a set deleted halfway is then incomplete, never a broken "complete" set.
+    await this.send(`deleting ${setId}/${MANIFEST_NAME}`, () =>
+      this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: this.key(setId, MANIFEST_NAME) }), { abortSignal: options.signal }),
+    );
+    let batch: string[] = [];
+    const flush = async () => {
+      if (batch.length === 0) return;
+      const keys = batch;
+      batch = [];
+      const result = await this.send(`deleting ${setId}`, () =>
+        this.client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys.map((Key) => ({ Key })), Quiet: true } }), { abortSignal: options.signal }),
+      );
+      if (result.Errors?.length) {
+        const e = result.Errors[0]!;
+        throw new PipelineError('DESTINATION_FAILED', `deleting ${setId} on ${this.describe()}: ${result.Errors.length} object(s) not deleted (${e.Key}: ${e.Code} ${e.Message ?? ''})`);
+      }
+    };
+    // Collect first, then delete: deleting while paginating can skip keys.
+    const keys: string[] = [];
+    for await (const o of this.objects(this.key(setId), options.signal)) if (o.Key) keys.push(o.Key);
+    for (const key of keys) {
+      batch.push(key);
+      if (batch.length === 1000) await flush();
+    }
+    await flush();
+  }
+}
+
+export default definePlugin({
+  name: 's3',
+  description: 'Destination: an S3 bucket (AWS or any S3-compatible service: MinIO, Garage, Ceph, B2, Wasabi…).',
+  destination: {
+    options: S3Options,
+    create: (options, api) => new S3Destination(options, api.secrets, api.log),
+  },
+});
