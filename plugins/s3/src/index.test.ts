@@ -1,0 +1,153 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createLogger, hashFile, resolveConfig, Runner, SecretRegistry, type PutSource } from '@backup-pipeline/core';
+import { startFaultProxy, startS3Server, writeLargeFile, type FaultProxy, type S3Server } from '@backup-pipeline/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import plugin, { S3Destination, S3Options } from './index.js';
+
+let s3: S3Server;
+let proxy: FaultProxy;
+let dir: string;
+
+beforeAll(async () => {
+  s3 = await startS3Server();
+  proxy = await startFaultProxy(s3.endpoint);
+  dir = await mkdtemp(join(tmpdir(), 's3-test-'));
+});
+afterAll(async () => {
+  await proxy?.stop();
+  await s3?.stop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function make(extra: Record<string, unknown> = {}, secrets = new SecretRegistry()) {
+  const log = await createLogger({ secrets, level: 'silent' });
+  const options = S3Options.parse({
+    bucket: s3.bucket,
+    endpoint: proxy.endpoint,
+    forcePathStyle: true,
+    accessKeyId: s3.accessKeyId,
+    secretAccessKey: s3.secretAccessKey,
+    partSizeMB: 5,
+    ...extra,
+  });
+  return (await plugin.destination!.create(options, { name: 's3', log, secrets, configDir: '/', resolvePath: (p) => p })) as S3Destination;
+}
+
+async function source(content: Buffer | string): Promise<PutSource> {
+  const path = join(dir, `src-${randomBytes(4).toString('hex')}`);
+  await writeFile(path, content);
+  return { path, bytes: Buffer.byteLength(content), sha256: createHash('sha256').update(content).digest('hex') };
+}
+
+describe('s3 options', () => {
+  it('needs both keys or neither, and rejects unknown options', () => {
+    expect(S3Options.safeParse({ bucket: 'abc', accessKeyId: 'x' }).success).toBe(false);
+    expect(S3Options.safeParse({ bucket: 'abc', nope: true }).success).toBe(false);
+    expect(S3Options.safeParse({ bucket: 'abc', partSizeMB: 4 }).success).toBe(false);
+    expect(S3Options.safeParse({ bucket: 'abc' }).success).toBe(true);
+  });
+  it('registers the secret key and never describes it', async () => {
+    const secrets = new SecretRegistry();
+    const d = await make({ prefix: '/a/b' }, secrets);
+    expect(secrets.has(s3.secretAccessKey)).toBe(true);
+    expect(d.describe()).toBe(`s3://${s3.bucket}/a/b/ at ${proxy.endpoint}`);
+  });
+});
+
+describe('s3 faults through a proxy', () => {
+  it('retries 503 SlowDown and 500 transparently', async () => {
+    const d = await make({ prefix: 'retry' });
+    const src = await source('retry me\n');
+    proxy.setMode({ kind: 'status', status: 503 }, 2);
+    await d.put('20300101T000000Z-x', 'a.txt', src);
+    proxy.setMode({ kind: 'status', status: 500 }, 1);
+    const out = join(dir, 'retry-out');
+    await d.get('20300101T000000Z-x', 'a.txt', out);
+    expect((await hashFile(out)).sha256).toBe(src.sha256);
+  });
+
+  it('retries a multipart upload whose part connection drops', async () => {
+    const d = await make({ prefix: 'drop' });
+    const big = await writeLargeFile(join(dir, 'big'), 12 * 1024 * 1024);
+    proxy.setMode({ kind: 'drop-after', bytes: 1024 * 1024 }, 1);
+    await d.put('20300101T000000Z-x', 'big.bin', big);
+    const out = join(dir, 'big-out');
+    await d.get('20300101T000000Z-x', 'big.bin', out);
+    expect((await hashFile(out)).sha256).toBe(big.sha256);
+  });
+
+  it('fails with DESTINATION_FAILED when the server keeps failing, without the secret in the message', async () => {
+    const secret = 'SuperSecretKey/with+chars-1234567890';
+    const d = await make({ prefix: 'fail', secretAccessKey: secret, maxAttempts: 2 });
+    proxy.setMode({ kind: 'status', status: 500 });
+    try {
+      const error = await d.put('20300101T000000Z-x', 'a.txt', await source('x')).catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: 'DESTINATION_FAILED' });
+      expect((error as Error).message).toMatch(/InternalError/);
+      expect((error as Error).message).not.toContain(secret);
+    } finally {
+      proxy.setMode({ kind: 'pass' });
+    }
+    // Unknown key id: the server refuses the request; the message still never holds the secret.
+    const wrong = await make({ prefix: 'fail', accessKeyId: 'UNKNOWNKEY', secretAccessKey: secret, maxAttempts: 1 });
+    const error = await wrong.check().catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'DESTINATION_FAILED' });
+    expect(JSON.stringify({ m: (error as Error).message, d: (error as { details?: unknown }).details })).not.toContain(secret);
+  });
+
+  it('a delay longer than nothing still completes', async () => {
+    const d = await make({ prefix: 'slow' });
+    proxy.setMode({ kind: 'delay', ms: 300 }, 2);
+    await d.check();
+  });
+});
+
+describe('s3 through the runner', () => {
+  it('ships a set and lists it complete', async () => {
+    const core = import.meta.resolve('@backup-pipeline/core');
+    const producer = join(dir, 'producer.mjs');
+    await writeFile(
+      producer,
+      `import { definePlugin, writeFileAtomic } from ${JSON.stringify(core)};
+import { join } from 'node:path';
+export default definePlugin({
+  name: 'test-producer',
+  description: 'test',
+  apply(hooks) {
+    hooks.produce.tapPromise('test-producer', async (ctx) => {
+      const path = join(ctx.setDir, 'db.dump');
+      const d = await writeFileAtomic(path, 'pretend dump\\n'.repeat(5000));
+      ctx.addArtifact({ name: 'db.dump', path, kind: 'database', format: 'pg-custom', compression: 'none', meta: {}, ...d });
+    });
+  },
+});
+`,
+    );
+    const secretFile = join(dir, 's3-secret');
+    await writeFile(secretFile, s3.secretAccessKey + '\n', { mode: 0o600 });
+    const config = await resolveConfig(join(dir, 'pipeline.config.yaml'), {
+      workDir: join(dir, 'work'),
+      destinations: {
+        bucket: {
+          use: join(import.meta.dirname, 'index.ts'),
+          bucket: s3.bucket,
+          prefix: 'runner',
+          endpoint: s3.endpoint,
+          forcePathStyle: true,
+          accessKeyId: s3.accessKeyId,
+          secretAccessKey: `\${file:${secretFile}}`,
+        },
+      },
+      pipelines: { nightly: { source: 'mastodon', stages: [{ use: producer }], destinations: ['bucket'] } },
+    });
+    const lines: string[] = [];
+    const log = await createLogger({ secrets: config.secrets, format: 'json', level: 'debug', write: (l) => void lines.push(l) });
+    const { summary } = await new Runner(config, log).run('nightly');
+    expect(summary.destinations).toEqual([expect.objectContaining({ destination: 'bucket', ok: true, files: 2 })]);
+    const d = new S3Destination(S3Options.parse({ bucket: s3.bucket, prefix: 'runner', endpoint: s3.endpoint, forcePathStyle: true, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey }), new SecretRegistry());
+    expect(await d.list()).toEqual([expect.objectContaining({ id: summary.setId, hasManifest: true })]);
+  });
+});
