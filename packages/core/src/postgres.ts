@@ -171,7 +171,7 @@ export function pgConnectionError(error: unknown, source: PgSource): PipelineErr
       hint: 'Check the database name (DB_NAME); `psql -l` lists the databases of the server.',
     });
   }
-  if (/could not connect|connection refused|could not translate host name|timeout expired|No such file or directory|Connection timed out|server closed the connection unexpectedly|Network is unreachable|the database system is (starting up|shutting down)/i.test(text)) {
+  if (/connection to server[^\n]*failed|could not connect to server|connection refused|could not translate host name|timeout expired|Connection timed out|server closed the connection unexpectedly|Network is unreachable|the database system is (starting up|shutting down)/i.test(text)) {
     return new PipelineError('SOURCE_UNREACHABLE', `cannot reach the PostgreSQL server at ${source.host}:${source.port}`, {
       cause,
       hint: 'Check that PostgreSQL is running (systemctl status postgresql) and that DB_HOST / DB_PORT point at it.',

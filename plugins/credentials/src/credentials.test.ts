@@ -127,6 +127,14 @@ describe('credentials plugin against a real server', () => {
     await out.cleanup();
   });
 
+  it('connects over the Unix socket when DB_HOST is a folder', async () => {
+    const text = mastodonEnv().replace('DB_HOST=127.0.0.1', `DB_HOST=${pg.socketDir}`);
+    const out = await runStages({ stages: [{ use, envFile: await envFile('socket.env', text) }], dryRun: true });
+    expect(out.error).toBeUndefined();
+    expect(out.result!.plan!.steps.find((s) => s.plugin === 'credentials')!.description).toContain(`mastodon@${pg.socketDir}:${pg.port}/mastodon_test`);
+    await out.cleanup();
+  });
+
   it('CREDENTIALS_REJECTED for a wrong password', async () => {
     const out = await runStages({ stages: [{ use, envFile: await envFile('wrong.env', mastodonEnv('wrong-password')) }], dryRun: true });
     expect(out.error?.code).toBe('CREDENTIALS_REJECTED');

@@ -185,6 +185,12 @@ async function streamToFile(
       }
     },
   });
+  // A process that dies must not leave the others blocked on a full pipe.
+  compressor?.catch(() => producer.kill());
+  write.catch(() => {
+    compressor?.kill();
+    producer.kill();
+  });
   const results = await Promise.allSettled([producer, compressor ?? Promise.resolve(), write]);
   const error = pickError(results);
   if (error) {
@@ -194,6 +200,22 @@ async function streamToFile(
   const digest = (results[2] as PromiseFulfilledResult<{ bytes: number; sha256: string }>).value;
   ctx.progress({ task, bytes: digest.bytes });
   return { ...digest, plainBytes: counter.bytes, head: counter.head };
+}
+
+/** pg_dump's failures that have a better name than EXEC_FAILED. */
+function dumpError(error: unknown, source: PgSource, options: DumpOptions): unknown {
+  const stderr = String((error as { details?: { stderr?: unknown } })?.details?.stderr ?? '');
+  // pg_dump enforces --lock-wait-timeout with a statement timeout around LOCK TABLE.
+  const lock =
+    /could not obtain lock on relation "?([^"\n]*)"?/i.exec(stderr) ??
+    (/(statement|lock) timeout/i.test(stderr) ? (/Query was: LOCK TABLE (\S+)/i.exec(stderr) ?? (/lock timeout/i.test(stderr) ? ['', ''] : null)) : null);
+  if (lock) {
+    return new PipelineError('DUMP_LOCK_TIMEOUT', `pg_dump gave up after waiting ${options.lockWaitTimeout} for a lock${lock[1] ? ` on ${lock[1]}` : ''}`, {
+      hint: 'Another session holds an exclusive lock (often a Mastodon db:migrate during an upgrade). Run the backup again when it has finished, or raise lockWaitTimeout.',
+      cause: error,
+    });
+  }
+  return pgConnectionError(error, source) ?? error;
 }
 
 export interface DumpResult {
@@ -219,7 +241,7 @@ export async function runDump(ctx: RunContext, options: DumpOptions, source: PgS
       counts = options.countRows ? session.countRows() : undefined;
       counts?.catch(() => undefined);
       await dump.catch((error: unknown) => {
-        throw pgConnectionError(error, source) ?? error;
+        throw dumpError(error, source, options);
       });
       if (!existsSync(join(dir, 'toc.dat'))) throw new PipelineError('DUMP_EMPTY', `pg_dump wrote no toc.dat into ${dir}`, { hint: 'See pg_dump\'s messages above.' });
       const tar = ctx.exec('tar', ['-C', dir, '-cf', '-', '.'], { stdout: 'stream', label: 'tar' });
@@ -230,7 +252,7 @@ export async function runDump(ctx: RunContext, options: DumpOptions, source: PgS
       counts = options.countRows ? session.countRows() : undefined;
       counts?.catch(() => undefined);
       written = await streamToFile(dump, streamed, path, ctx, 'dump').catch((error: unknown) => {
-        throw pgConnectionError(error, source) ?? error;
+        throw dumpError(error, source, options);
       });
     }
     if (written.plainBytes === 0) {

@@ -156,8 +156,9 @@ describe('pg-dump against a real server', () => {
     try {
       const started = Date.now();
       const out = await runStages({ stages: [credentials(), { use: 'pg-dump', lockWaitTimeout: '1s', countRows: false }] });
-      expect(out.error?.code).toBe('EXEC_FAILED');
-      expect(out.error?.message).toMatch(/lock/i);
+      expect(out.error?.code, out.error?.message + JSON.stringify(out.error?.details)).toBe('DUMP_LOCK_TIMEOUT');
+      expect(out.error?.message).toMatch(/waiting 1s for a lock on .*statuses/);
+      expect(out.error?.hint).toMatch(/db:migrate/);
       expect(Date.now() - started).toBeLessThan(15_000);
     } finally {
       stdin.end('ROLLBACK;\n');

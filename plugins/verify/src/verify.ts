@@ -56,18 +56,34 @@ function why(error: unknown): string {
   return (tail || e?.message || String(error)).slice(0, 400);
 }
 
-/** Runs `consumer` with the artifact's plaintext on stdin; checks both the decompressor and the consumer. */
+/**
+ * Runs a consumer with the artifact's plaintext on stdin; checks both the decompressor and the
+ * consumer. A consumer that stops reading early (`--list` reads only the table of contents)
+ * must not leave the decompressor blocked on a full pipe: it is stopped once the consumer is done.
+ */
 async function pipeInto(artifact: Artifact, ctx: Ctx, file: string, args: string[], options: { env?: Record<string, string | undefined>; label: string; partial?: boolean }): Promise<string> {
   const plain = plaintextStream(artifact, ctx);
+  let producer: { ok: true } | { ok: false; reason: unknown } | undefined;
+  const producerDone = plain.done.then(
+    () => (producer = { ok: true }),
+    (reason: unknown) => (producer = { ok: false, reason }),
+  );
   const proc = ctx.exec(file, args, { stdin: plain.stream, env: options.env, label: options.label });
-  const [consumer, producer] = await Promise.allSettled([proc, plain.done]);
-  if (consumer.status === 'rejected') {
-    plain.cancel();
-    if (producer.status === 'rejected') throw failed(artifact, `it is truncated or corrupt (${why(producer.reason)})`, producer.reason);
-    throw failed(artifact, `it is not a readable PostgreSQL archive (${options.label}: ${why(consumer.reason)})`, consumer.reason);
+  const consumer = await proc.then(
+    (value) => ({ ok: true as const, value }),
+    (reason: unknown) => ({ ok: false as const, reason }),
+  );
+  // Let a failing decompressor report first (a truncated stream), then stop whatever is left.
+  if (!producer) await Promise.race([producerDone, new Promise((r) => setTimeout(r, 250))]);
+  const failedOnItsOwn = producer && !producer.ok ? producer.reason : undefined;
+  if (!producer) {
+    if (options.partial || !consumer.ok) plain.cancel();
+    else plain.stream.resume(); // the consumer read what it needed: drain the rest
+    await producerDone;
   }
-  // --list stops reading after the table of contents: the decompressor then sees a closed pipe.
-  if (producer.status === 'rejected' && !options.partial) throw failed(artifact, `it is truncated or corrupt (${why(producer.reason)})`, producer.reason);
+  if (failedOnItsOwn !== undefined) throw failed(artifact, `it is truncated or corrupt (${why(failedOnItsOwn)})`, failedOnItsOwn);
+  if (!consumer.ok) throw failed(artifact, `it is not a readable PostgreSQL archive (${options.label}: ${why(consumer.reason)})`, consumer.reason);
+  if (producer && !producer.ok && !options.partial) throw failed(artifact, `it is truncated or corrupt (${why(producer.reason)})`, producer.reason);
   return consumer.value.stdout;
 }
 
@@ -203,68 +219,111 @@ async function restoreTest(artifact: Artifact, options: VerifyOptions, ctx: Ctx,
   };
   ctx.defer(drop);
   try {
-    const env = pgEnv(source, scratch);
-    const restoreArgs = ['--no-owner', '--no-acl', '--exit-on-error', `--dbname=${scratch}`];
     ctx.progress({ task: 'restore-test', message: scratch });
-    try {
-      if (artifact.format === 'pg-plain') {
-        await pipeInto(artifact, ctx, (await findPgBinary('psql')).path, ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '--dbname', scratch], { env, label: 'psql (restore test)' });
-      } else if (dir) {
-        await ctx.exec(pgRestore, [...restoreArgs, `--jobs=${options.jobs}`, dir], { env, label: 'pg_restore' });
-      } else if (options.jobs > 1) {
-        // Parallel restore needs a seekable file: undo the outer compression into one temp file.
-        let file = artifact.path;
-        if (outerCompression(artifact) !== 'none') {
-          file = join(ctx.tmpDir, `verify-${randomBytes(4).toString('hex')}.dump`);
-          await decompressToFile(artifact, file, ctx).catch((error: unknown) => {
-            throw failed(artifact, `it is truncated or corrupt (${why(error)})`, error);
-          });
-        }
-        try {
-          await ctx.exec(pgRestore, [...restoreArgs, `--jobs=${options.jobs}`, file], { env, label: 'pg_restore' });
-        } finally {
-          if (file !== artifact.path) await rm(file, { force: true });
-        }
-      } else {
-        await pipeInto(artifact, ctx, pgRestore, restoreArgs, { env, label: 'pg_restore (restore test)' });
-      }
-    } catch (error) {
+    const report = await restoreArtifact(artifact, { database: scratch, jobs: options.jobs, dir }, ctx).catch((error: unknown) => {
       if ((error as PipelineError).code === 'VERIFY_FAILED') throw error;
       throw failed(artifact, `the test restore failed (${why(error)})`, error);
+    });
+    if (report.mismatches.length > 0) {
+      const m = report.mismatches;
+      throw failed(artifact, `the test restore does not match the dump's row counts: ${m.slice(0, 5).join('; ')}${m.length > 5 ? ` (+${m.length - 5} more)` : ''}`);
     }
-
-    const expected = (artifact.meta.rowCounts ?? {}) as Record<string, number>;
-    const names = Object.keys(expected);
-    const restored: Record<string, number> = {};
-    if (names.length > 0) {
-      const present = await psql(
-        source,
-        `SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname || '.' || c.relname IN (${names.map(quoteLiteral).join(', ')})`,
-        { ...q, database: scratch },
-      );
-      const have = new Set(present.map((r) => r[0]!));
-      const countable = names.filter((n) => have.has(n));
-      for (let i = 0; i < countable.length; i += 200) {
-        const batch = countable.slice(i, i + 200);
-        const sql = batch
-          .map((n) => {
-            const dot = n.indexOf('.');
-            return `SELECT ${quoteLiteral(n)}, count(*) FROM ${quoteIdent(n.slice(0, dot))}.${quoteIdent(n.slice(dot + 1))}`;
-          })
-          .join(' UNION ALL ');
-        for (const [name, count] of await psql(source, sql, { ...q, database: scratch })) restored[name!] = Number(count);
-      }
-      const filtered = artifact.meta.filters !== undefined;
-      const mismatches = names
-        .filter((n) => (n in restored ? restored[n] !== expected[n] : !filtered && expected[n]! > 0))
-        .map((n) => `${n}: ${expected[n]} in the dump's snapshot, ${n in restored ? restored[n] : 'table missing'} restored`);
-      if (mismatches.length > 0) {
-        throw failed(artifact, `the test restore does not match the dump's row counts: ${mismatches.slice(0, 5).join('; ')}${mismatches.length > 5 ? ` (+${mismatches.length - 5} more)` : ''}`);
-      }
-    }
-    const rows = Object.values(restored).reduce((a, b) => a + b, 0);
-    return { database: scratch, jobs: options.jobs, tables: Object.keys(restored).length, rows, matched: Object.keys(restored).length, durationMs: Date.now() - started };
+    return { database: scratch, jobs: options.jobs, tables: report.tables, rows: report.rows, matched: report.tables, durationMs: Date.now() - started };
   } finally {
     await drop();
   }
+}
+
+export interface RestoreReport {
+  database: string;
+  tables: number;
+  rows: number;
+  /** Per table: rows counted in the dump's snapshot, and restored. */
+  counts: Array<{ table: string; expected?: number; restored?: number }>;
+  /** Tables whose restored row count differs from the dump's snapshot. */
+  mismatches: string[];
+  durationMs: number;
+}
+
+/**
+ * Restores a database artifact into the existing database `target.database` (pg_restore -j from a
+ * seekable file, or a stream), then counts each table's rows and compares them with the counts
+ * taken in the dump's snapshot. Used by the restore test and by `pipeline restore`.
+ */
+export async function restoreArtifact(
+  artifact: Artifact,
+  target: { database: string; jobs: number; clean?: boolean; dir?: string },
+  ctx: Ctx,
+): Promise<RestoreReport> {
+  const source = ctx.pg;
+  if (!source) throw new PipelineError('CREDENTIALS_MISSING', 'restoring needs the database connection of a credentials stage', { hint: 'Add a credentials stage to the pipeline.' });
+  const started = Date.now();
+  const database = target.database;
+  const q = { signal: ctx.signal, secrets: ctx.secrets };
+  const env = pgEnv(source, database);
+  const pgRestore = artifact.format === 'pg-plain' ? '' : await pgRestoreFor(artifact);
+  const restoreArgs = ['--no-owner', '--no-acl', '--exit-on-error', `--dbname=${database}`, ...(target.clean ? ['--clean', '--if-exists'] : [])];
+  let dir = target.dir;
+  const extracted = !dir && artifact.format === 'pg-directory-tar';
+  if (extracted) dir = await extractDirectory(artifact, ctx);
+  try {
+    if (artifact.format === 'pg-plain') {
+      await pipeInto(artifact, ctx, (await findPgBinary('psql')).path, ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '--dbname', database], { env, label: 'psql (restore)' });
+    } else if (dir) {
+      await ctx.exec(pgRestore, [...restoreArgs, `--jobs=${target.jobs}`, dir], { env, label: 'pg_restore' });
+    } else if (target.jobs > 1) {
+      // Parallel restore needs a seekable file: undo the outer compression into one temp file.
+      let file = artifact.path;
+      if (outerCompression(artifact) !== 'none') {
+        file = join(ctx.tmpDir, `restore-${randomBytes(4).toString('hex')}.dump`);
+        await decompressToFile(artifact, file, ctx).catch((error: unknown) => {
+          throw failed(artifact, `it is truncated or corrupt (${why(error)})`, error);
+        });
+      }
+      try {
+        await ctx.exec(pgRestore, [...restoreArgs, `--jobs=${target.jobs}`, file], { env, label: 'pg_restore' });
+      } finally {
+        if (file !== artifact.path) await rm(file, { force: true });
+      }
+    } else {
+      await pipeInto(artifact, ctx, pgRestore, restoreArgs, { env, label: 'pg_restore' });
+    }
+  } finally {
+    if (extracted && dir) await rm(dir, { recursive: true, force: true });
+  }
+
+  const expected = (artifact.meta.rowCounts ?? {}) as Record<string, number>;
+  const names = Object.keys(expected);
+  const restored: Record<string, number> = {};
+  if (names.length > 0) {
+    const present = await psql(
+      source,
+      `SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname || '.' || c.relname IN (${names.map(quoteLiteral).join(', ')})`,
+      { ...q, database },
+    );
+    const have = new Set(present.map((r) => r[0]!));
+    const countable = names.filter((n) => have.has(n));
+    for (let i = 0; i < countable.length; i += 200) {
+      const batch = countable.slice(i, i + 200);
+      const sql = batch
+        .map((n) => {
+          const dot = n.indexOf('.');
+          return `SELECT ${quoteLiteral(n)}, count(*) FROM ${quoteIdent(n.slice(0, dot))}.${quoteIdent(n.slice(dot + 1))}`;
+        })
+        .join(' UNION ALL ');
+      for (const [name, count] of await psql(source, sql, { ...q, database })) restored[name!] = Number(count);
+    }
+  }
+  const filtered = artifact.meta.filters !== undefined;
+  const mismatches = names
+    .filter((n) => (n in restored ? restored[n] !== expected[n] : !filtered && expected[n]! > 0))
+    .map((n) => `${n}: ${expected[n]} in the dump's snapshot, ${n in restored ? restored[n] : 'table missing'} restored`);
+  return {
+    database,
+    tables: Object.keys(restored).length,
+    rows: Object.values(restored).reduce((a, b) => a + b, 0),
+    counts: names.map((table) => ({ table, expected: expected[table], restored: restored[table] })),
+    mismatches,
+    durationMs: Date.now() - started,
+  };
 }
