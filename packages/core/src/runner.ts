@@ -29,6 +29,12 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** The clock (tests set it to simulate time). */
   now?: () => Date;
+  /**
+   * Work with the pipeline's source instead of backing it up: only the `connect` hook runs (so
+   * `ctx.pg` holds the pipeline's credentials), then `session(ctx)`, then the usual cleanup.
+   * `restore` and `verify --restore-test` use it. Implies nothing is written to the work dir.
+   */
+  session?: (ctx: RunContext) => Promise<void>;
 }
 
 export interface RunResult {
@@ -155,6 +161,7 @@ export class Runner {
     const artifacts: Artifact[] = [];
     const queue = new PQueue({ concurrency: config.concurrency });
 
+    if (options.session) options = { ...options, dryRun: true };
     const ctx: RunContext = {
       pipeline: pipeline.name,
       setId,
@@ -205,6 +212,11 @@ export class Runner {
     });
 
     try {
+      if (options.session) {
+        await hooks.connect.promise(ctx);
+        await options.session(ctx);
+        return { summary: summary() };
+      }
       if (ctx.dryRun) {
         await hooks.connect.promise(ctx);
         await hooks.preflight.promise(ctx);

@@ -6,7 +6,7 @@
 import { definePlugin, z } from '@backup-pipeline/core';
 import { verifyDatabaseArtifact, type VerifyOptions } from './verify.js';
 
-export { tableDataEntries, verifyDatabaseArtifact, type Verification, type VerifyOptions } from './verify.js';
+export { restoreArtifact, tableDataEntries, verifyDatabaseArtifact, type RestoreReport, type Verification, type VerifyOptions } from './verify.js';
 
 export const MASTODON_TABLES = ['accounts', 'users', 'statuses', 'follows'];
 
