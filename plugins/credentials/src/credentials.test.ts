@@ -135,6 +135,12 @@ describe('credentials plugin against a real server', () => {
     await out.cleanup();
   });
 
+  it('CREDENTIALS_INVALID for a malformed DATABASE_URL, without echoing it', async () => {
+    const out = await runStages({ stages: [{ use, envFile: await envFile('badurl.env', 'DATABASE_URL="postgresql://u:hunter2@[oops/db"\n') }], dryRun: true });
+    expect(out.error?.code).toBe('CREDENTIALS_INVALID');
+    expect(out.error!.message + out.logs.join('')).not.toContain('hunter2');
+  });
+
   it('CREDENTIALS_REJECTED for a wrong password', async () => {
     const out = await runStages({ stages: [{ use, envFile: await envFile('wrong.env', mastodonEnv('wrong-password')) }], dryRun: true });
     expect(out.error?.code).toBe('CREDENTIALS_REJECTED');

@@ -148,6 +148,17 @@ describe('pg-dump against a real server', () => {
     expect(out2.result).toBeUndefined();
   });
 
+  it('DUMP_INVALID when a custom dump lacks the PGDMP header; EXEC_NOT_FOUND for a binDir without pg_dump', async () => {
+    const bogus = await fakeBin('bogus', `[ "$1" = --version ] && { echo "pg_dump (PostgreSQL) ${pg.major}.0"; exit 0; }; echo "this is not an archive"; exit 0`);
+    const out = await runStages({ stages: [credentials(), { use: 'pg-dump', binDir: bogus }] });
+    expect(out.error).toMatchObject({ code: 'DUMP_INVALID', plugin: 'pg-dump', hook: 'produce' });
+    const emptyDir = join(dir, 'no-binaries');
+    await mkdir(emptyDir, { recursive: true });
+    const out2 = await runStages({ stages: [credentials(), { use: 'pg-dump', binDir: emptyDir }], dryRun: true });
+    expect(out2.error).toMatchObject({ code: 'EXEC_NOT_FOUND', plugin: 'pg-dump', hook: 'preflight' });
+    expect(out2.error!.message).toContain(emptyDir);
+  });
+
   it('gives up after lockWaitTimeout instead of queueing behind a lock', async () => {
     const stdin = new PassThrough();
     const locker = exec(join(pg.bindir, 'psql'), ['-X', '-q', '-h', pg.socketDir, '-p', String(pg.port), '-U', pg.superuser, '-d', 'mastodon_test'], { stdin, env: { PGPASSFILE: join(dir, 'none') } });
