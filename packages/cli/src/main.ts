@@ -55,6 +55,71 @@ export function buildProgram(): Command {
     .description('list the plugins (built-in and configured), their options and the hooks they tap')
     .action(lazy(() => import('./commands/plugins.js')));
 
+  program
+    .command('list')
+    .description('list the backup sets of every destination (and the work dir): complete or not, size, encryption')
+    .argument('[pipeline]', 'pipeline whose destinations to list (default: all)')
+    .option('-d, --destination <name>', 'only this destination ("work" is the work dir)')
+    .action(lazy(() => import('./commands/list.js')));
+
+  program
+    .command('restore')
+    .description('fetch a set, check every sha256, decrypt, and pg_restore it into a new database')
+    .argument('<set>', 'set id, or "latest"')
+    .requiredOption('--to <database>', 'database to restore into (created when missing; refused when not empty unless --clean)')
+    .option('--from <destination>', 'destination to fetch from (default: the work dir, then each destination in order)')
+    .option('-p, --pipeline <name>', 'pipeline whose credentials and destinations to use')
+    .option('-j, --jobs <n>', 'parallel pg_restore jobs', (v) => Number.parseInt(v, 10))
+    .option('--clean', 'restore into a database that already has tables (drops what the dump recreates)')
+    .option('--globals', 'also restore roles and tablespaces from the globals artifact')
+    .option('--gnupg-home <dir>', 'GNUPGHOME holding the private key for decryption')
+    .option('--passphrase-file <file>', 'passphrase file for symmetrically encrypted sets')
+    .action(lazy(() => import('./commands/restore.js')));
+
+  program
+    .command('verify')
+    .description('re-verify a stored set: checksums, archive contents, optionally a full restore drill')
+    .argument('<set>', 'set id, or "latest"')
+    .option('--from <destination>', 'destination to fetch from (default: the work dir, then each destination in order)')
+    .option('-p, --pipeline <name>', 'pipeline whose credentials and destinations to use')
+    .option('--restore-test', 'restore into a scratch database and compare row counts, then drop it')
+    .option('--gnupg-home <dir>', 'GNUPGHOME holding the private key for decryption')
+    .option('--passphrase-file <file>', 'passphrase file for symmetrically encrypted sets')
+    .action(lazy(() => import('./commands/verify.js')));
+
+  program
+    .command('prune')
+    .description('apply the retention policy of a pipeline on its own, with the same rules as in a run')
+    .argument('[pipeline]', 'pipeline whose retention stage to apply')
+    .option('-n, --dry-run', 'list what would be deleted and why; delete nothing')
+    .action(lazy(() => import('./commands/prune.js')));
+
+  program
+    .command('demo')
+    .description('back up a throwaway Mastodon-shaped database end to end, restore it and compare (touches nothing else)')
+    .option('--dir <dir>', 'folder for the demo config and backups', './demo-backups')
+    .option('--keep', 'keep the throwaway PostgreSQL running for exploring (prints how to reach it)')
+    .option('--scale <scale>', 'data size: tiny, small or medium', 'small')
+    .action(lazy(() => import('./commands/demo.js')));
+
+  program
+    .command('init')
+    .description("write a commented config for this host from Mastodon's .env.production (no password copied)")
+    .option('--mastodon-dir <dir>', 'Mastodon folder holding .env.production', '~/live')
+    .option('-o, --output <file>', 'config file to write', 'pipeline.config.yaml')
+    .option('--force', 'overwrite an existing file')
+    .action(lazy(() => import('./commands/init.js')));
+
+  program
+    .command('schedule')
+    .description('print (or install) a systemd service and timer, or a cron line, that runs a pipeline')
+    .argument('<kind>', 'systemd or cron')
+    .argument('[pipeline]', 'pipeline to run')
+    .option('--on-calendar <spec>', 'systemd OnCalendar= (or a cron schedule for cron)', 'daily')
+    .option('--user <user>', 'Unix user that runs the backup (default: the current user)')
+    .option('--install', 'write the units to /etc/systemd/system (or the line to /etc/cron.d) instead of printing them')
+    .action(lazy(() => import('./commands/schedule.js')));
+
   return program;
 }
 

@@ -1,0 +1,44 @@
+import type { Command } from 'commander';
+import { listSets, type SetInfo } from '@backup-pipeline/core';
+import { formatBytes, table } from '../output.js';
+import { openDestinations, openSession } from '../session.js';
+
+export function setRow(set: SetInfo) {
+  const artifacts = set.manifest?.artifacts ?? [];
+  return {
+    id: set.id,
+    time: set.time.toISOString(),
+    complete: set.complete,
+    bytes: artifacts.reduce((n, a) => n + a.bytes, 0),
+    artifacts: artifacts.length,
+    encrypted: artifacts.length > 0 && artifacts.every((a) => a.encryption),
+    verified: set.manifest?.verified ?? false,
+    problem: set.problem,
+  };
+}
+
+export default async function list(command: Command, pipeline: string | undefined, opts: { destination?: string }): Promise<number> {
+  const session = await openSession(command);
+  const destinations = await openDestinations(session, pipeline, opts.destination);
+  const result = [];
+  for (const d of destinations) {
+    result.push({ destination: d.name, where: d.destination.describe(), sets: (await listSets(d.destination)).map(setRow) });
+  }
+  if (session.options.json) {
+    process.stdout.write(JSON.stringify(result, null, 2) + '\n');
+    return 0;
+  }
+  for (const d of result) {
+    process.stdout.write(`${d.destination} — ${d.where}\n`);
+    if (d.sets.length === 0) {
+      process.stdout.write('  (no sets)\n');
+      continue;
+    }
+    const rows = [['  set', 'size', 'files', 'encrypted', 'verified', 'state']];
+    for (const s of d.sets) {
+      rows.push([`  ${s.id}`, s.complete ? formatBytes(s.bytes) : '-', String(s.artifacts), s.encrypted ? 'yes' : 'no', s.verified ? 'yes' : 'no', s.complete ? 'complete' : `INCOMPLETE: ${s.problem}`]);
+    }
+    process.stdout.write(table(rows));
+  }
+  return 0;
+}
