@@ -154,6 +154,39 @@ describe('gpg stage through the runner', () => {
   });
 });
 
+describe('gpg preflight errors', () => {
+  it('GPG_RECIPIENT_REVOKED for a revoked key', async () => {
+    const key = await g.createKey('Revoked Test');
+    const cert = await readFile(join(g.home, 'openpgp-revocs.d', `${key.fingerprint}.rev`), 'utf8');
+    const certFile = join(dir, 'revoke.asc');
+    await writeFile(certFile, cert.replace(/^:-----BEGIN/m, '-----BEGIN'));
+    await g.gpg(['--import', certFile]);
+    const { error, produced } = await run({ recipients: [key.fingerprint], gnupgHome: g.home });
+    expect(error).toMatchObject({ code: 'GPG_RECIPIENT_REVOKED', hook: 'preflight' });
+    expect(produced).toBe(false);
+  });
+
+  it('GPG_RECIPIENT_AMBIGUOUS when a name matches two usable keys', async () => {
+    await g.createKey('Twin Admin');
+    await g.createKey('Twin Admin');
+    const { error } = await run({ recipients: ['Twin Admin'], gnupgHome: g.home });
+    expect(error).toMatchObject({ code: 'GPG_RECIPIENT_AMBIGUOUS' });
+  });
+
+  it('GPG_RECIPIENT_UNUSABLE for a sign-only key', async () => {
+    await g.gpg(['--passphrase', '', '--pinentry-mode', 'loopback', '--quick-gen-key', 'Signer <signer@backup-pipeline.test>', 'ed25519', 'sign', 'never']);
+    const { error } = await run({ recipients: ['signer@backup-pipeline.test'], gnupgHome: g.home });
+    expect(error).toMatchObject({ code: 'GPG_RECIPIENT_UNUSABLE' });
+  });
+
+  it('GPG_RECIPIENT_FILE_MISSING and GPG_RECIPIENT_FILE_INVALID', async () => {
+    expect((await run({ recipientFiles: [join(dir, 'absent.asc')] })).error).toMatchObject({ code: 'GPG_RECIPIENT_FILE_MISSING' });
+    const junk = join(dir, 'junk.asc');
+    await writeFile(junk, 'not a key\n');
+    expect((await run({ recipientFiles: [junk] })).error).toMatchObject({ code: 'GPG_RECIPIENT_FILE_INVALID' });
+  });
+});
+
 describe('gpg pure helpers', () => {
   it('validates options', () => {
     expect(GpgOptions.safeParse({}).success).toBe(false);
