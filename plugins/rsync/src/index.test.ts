@@ -115,4 +115,53 @@ export default definePlugin({
     expect((await hashFile(got)).sha256).toBe(summary.artifacts[0]!.sha256);
     expect(JSON.parse(await readFile(join(remote, summary.setId, 'manifest.json'), 'utf8')).id).toBe(summary.setId);
   });
+  it('a destination that goes away while shipping fails alone: the other destination still gets a complete set', async () => {
+    const core = import.meta.resolve('@backup-pipeline/core');
+    const producer = join(dir, 'fault-producer.mjs');
+    await writeFile(
+      producer,
+      `import { definePlugin, writeFileAtomic } from ${JSON.stringify(core)};
+import { join } from 'node:path';
+export default definePlugin({
+  name: 'fault-producer',
+  description: 'test',
+  apply(hooks) {
+    hooks.produce.tapPromise('fault-producer', async (ctx) => {
+      const path = join(ctx.setDir, 'db.dump');
+      const d = await writeFileAtomic(path, 'dump\\n'.repeat(100));
+      ctx.addArtifact({ name: 'db.dump', path, kind: 'database', format: 'file', compression: 'none', meta: {}, ...d });
+    });
+    // After preflight checked the destinations, before shipping: take the ssh server away.
+    hooks.verify.tapPromise('fault-producer', async () => { await globalThis.__rsyncFault?.(); });
+  },
+});
+`,
+    );
+    const g = globalThis as { __rsyncFault?: () => Promise<void> };
+    g.__rsyncFault = () => sshd.stop();
+    try {
+      const remote = `${sshd.dir}/fault sets`;
+      const config = await resolveConfig(join(dir, 'fault.yaml'), {
+        workDir: join(dir, 'fault-work'),
+        destinations: {
+          offsite: { use: join(import.meta.dirname, 'index.ts'), ...remoteOptions(sshd, remote), connectTimeoutSeconds: 2 },
+          usb: { use: join(import.meta.dirname, 'index.ts'), target: join(dir, 'usb') },
+        },
+        pipelines: { nightly: { source: 'mastodon', stages: [{ use: producer }], destinations: ['offsite', 'usb'] } },
+      });
+      const log = await createLogger({ secrets: config.secrets, level: 'silent' });
+      const error = await new Runner(config, log).run('nightly').catch((e: unknown) => e as PipelineError);
+      expect(error).toMatchObject({ code: 'DESTINATION_FAILED' });
+      expect((error as PipelineError).message).toContain('"offsite"');
+      expect((error as PipelineError).hint).toContain('usb');
+      const usb = await make({ target: join(dir, 'usb') });
+      expect(await usb.list()).toEqual([expect.objectContaining({ hasManifest: true })]);
+      await sshd.restart();
+      const offsite = await make(remoteOptions(sshd, remote));
+      expect((await offsite.list()).filter((s) => s.hasManifest)).toEqual([]);
+    } finally {
+      delete g.__rsyncFault;
+      await sshd.restart();
+    }
+  });
 });
