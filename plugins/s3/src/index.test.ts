@@ -105,6 +105,23 @@ describe('s3 faults through a proxy', () => {
   });
 });
 
+describe('s3 abort', () => {
+  it('stops an upload when the run is interrupted and leaves no object behind', async () => {
+    const d = await make({ prefix: 'abort' });
+    const big = await writeLargeFile(join(dir, 'abort-big'), 24 * 1024 * 1024);
+    const controller = new AbortController();
+    proxy.setMode({ kind: 'delay', ms: 200 });
+    try {
+      const put = d.put('20300101T000000Z-x', 'big.bin', big, { signal: controller.signal });
+      setTimeout(() => controller.abort(), 100);
+      await expect(put).rejects.toMatchObject({ code: 'ABORTED' });
+    } finally {
+      proxy.setMode({ kind: 'pass' });
+    }
+    await expect(d.get('20300101T000000Z-x', 'big.bin', join(dir, 'abort-out'))).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
+  });
+});
+
 describe('s3 through the runner', () => {
   it('ships a set and lists it complete', async () => {
     const core = import.meta.resolve('@backup-pipeline/core');
