@@ -122,7 +122,14 @@ export function describeDestinationConformance(name: string, setup: () => Promis
       const manifest = await manifestFor(setId, [{ name: 'db.dump', ...art }]);
       await d.put(setId, MANIFEST_NAME, manifest);
 
-      expect(await ours([setId])).toEqual([expect.objectContaining({ id: setId, hasManifest: true })]);
+      const listed = await ours([setId]);
+      expect(listed).toEqual([expect.objectContaining({ id: setId, hasManifest: true })]);
+      const modifiedAt = listed[0]!.modifiedAt;
+      if (modifiedAt !== undefined) {
+        // The time of the last write, used for the incomplete-set grace period: must be a real, recent time.
+        expect(modifiedAt).toBeInstanceOf(Date);
+        expect(Math.abs(modifiedAt.getTime() - Date.now())).toBeLessThan(36 * 3600_000);
+      }
       const got = await fetch(setId, 'db.dump');
       expect(got.sha256).toBe(art.sha256);
       expect(got.bytes).toBe(art.bytes);
