@@ -4,7 +4,7 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { CLI_PACKAGE } from './builtins.js';
-import { EXIT_CODES_HELP, reportError } from './output.js';
+import { EXIT_CODES_HELP } from './help-text.js';
 
 export interface GlobalOptions {
   config?: string;
@@ -134,6 +134,8 @@ export async function main(argv: string[]): Promise<number> {
       if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help') return 0;
       return 2;
     }
+    // Loaded only on failure: output.js pulls in the core, which `--help` does not need.
+    const { reportError } = await import('./output.js');
     return reportError(error, program.opts<GlobalOptions>());
   }
   const ran = program.commands.find((c) => c.getOptionValue('__exit') !== undefined);

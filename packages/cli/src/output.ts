@@ -2,12 +2,7 @@
 import { EXIT, isPipelineError, toPipelineError, type PipelineError } from '@backup-pipeline/core';
 import type { GlobalOptions } from './main.js';
 
-export const EXIT_CODES_HELP = `Exit codes:
-  0    success
-  1    the run failed (the message names the stage and the cause)
-  2    usage or config error (nothing was touched)
-  75   another run of this pipeline holds the lock
-  130  interrupted (SIGINT); 143 terminated (SIGTERM)`;
+export { EXIT_CODES_HELP } from './help-text.js';
 
 const color = (code: number) => (text: string) => (process.stderr.isTTY && !process.env.NO_COLOR ? `\u001b[${code}m${text}\u001b[0m` : text);
 export const red = color(31);
