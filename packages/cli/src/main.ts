@@ -72,6 +72,7 @@ export function buildProgram(): Command {
     .option('-j, --jobs <n>', 'parallel pg_restore jobs', (v) => Number.parseInt(v, 10))
     .option('--clean', 'restore into a database that already has tables (drops what the dump recreates)')
     .option('--globals', 'also restore roles and tablespaces from the globals artifact')
+    .option('--files-to <dir>', "also write the set's other artifacts (decrypted: .env.production secrets, media tars) into DIR")
     .option('--gnupg-home <dir>', 'GNUPGHOME holding the private key for decryption')
     .option('--passphrase-file <file>', 'passphrase file for symmetrically encrypted sets')
     .action(lazy(() => import('./commands/restore.js')));

@@ -1,3 +1,5 @@
+import { chmod, copyFile, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Command } from 'commander';
 import { makePathResolver, PipelineError, psql, quoteIdent, quoteLiteral, type RunContext } from '@backup-pipeline/core';
 import { restoreArtifact, type RestoreReport } from '@backup-pipeline/plugin-verify';
@@ -13,6 +15,7 @@ export interface RestoreFlags {
   jobs?: number;
   clean?: boolean;
   globals?: boolean;
+  filesTo?: string;
   gnupgHome?: string;
   passphraseFile?: string;
 }
@@ -61,6 +64,14 @@ export default async function restore(command: Command, id: string, flags: Resto
         const artifacts = await fetchSet(located, ctx.tmpDir, ctx, decryption);
         const database = artifacts.find((a) => a.kind === 'database');
         if (!database) throw new PipelineError('SET_NOT_RESTORABLE', `set ${setId} holds no database dump (${artifacts.map((a) => a.name).join(', ')})`);
+        if (flags.filesTo) {
+          await mkdir(flags.filesTo, { recursive: true, mode: 0o700 });
+          for (const other of artifacts.filter((a) => a !== database)) {
+            await copyFile(other.path, join(flags.filesTo, other.name));
+            await chmod(join(flags.filesTo, other.name), 0o600);
+            ctx.log.info(`wrote ${join(flags.filesTo, other.name)}`);
+          }
+        }
         if (flags.globals) {
           const globals = artifacts.find((a) => a.kind === 'globals');
           if (!globals) throw new PipelineError('SET_NOT_RESTORABLE', `set ${setId} holds no globals dump (enable \`globals: true\` in pg-dump)`);
