@@ -47,7 +47,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-async function run(gpg: Record<string, unknown>, compression = 'none') {
+async function run(gpg: Record<string, unknown>, compression = 'none', dryRun = false) {
   const id = ++n;
   const flag = join(dir, `produced-${id}`);
   const config = await resolveConfig(join(dir, `pipeline-${id}.yaml`), {
@@ -59,7 +59,7 @@ async function run(gpg: Record<string, unknown>, compression = 'none') {
   let result: RunResult | undefined;
   let error: PipelineError | undefined;
   try {
-    result = await new Runner(config, log).run('nightly');
+    result = await new Runner(config, log).run('nightly', { dryRun });
   } catch (e) {
     error = e as PipelineError;
   }
@@ -67,7 +67,7 @@ async function run(gpg: Record<string, unknown>, compression = 'none') {
     () => true,
     () => false,
   );
-  const setDir = result ? join(config.workDir, result.summary.setId) : '';
+  const setDir = result && !dryRun ? join(config.workDir, result.summary.setId) : '';
   return { result, error, produced, lines, setDir };
 }
 
@@ -139,6 +139,17 @@ describe('gpg stage through the runner', () => {
     await writeFile(wrong, 'not the passphrase\n', { mode: 0o600 });
     await expect(decrypt(join(setDir, 'db.sql.gpg'), { to: join(dir, 'nope'), passphraseFile: wrong })).rejects.toMatchObject({ code: 'GPG_DECRYPT_FAILED' });
     await expect(access(join(dir, 'nope'))).rejects.toThrow();
+  });
+
+  it('dry-run: checks recipients and shows the gpg command without a passphrase', async () => {
+    const { path, passphrase } = await g.createSymmetricPassphraseFile();
+    const { result, produced, error } = await run({ recipients: [g.fingerprint], gnupgHome: g.home, passphraseFile: path }, 'none', true);
+    expect(error).toBeUndefined();
+    expect(produced).toBe(false);
+    const step = result!.plan!.steps.find((s) => s.plugin === 'gpg');
+    expect(step?.description).toContain(g.fingerprint);
+    expect(step?.command).toContain('--passphrase-file');
+    expect(step?.command).not.toContain(passphrase);
   });
 
   it('encrypts to keys from recipientFiles in a private keyring', async () => {

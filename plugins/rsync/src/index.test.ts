@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger, hashFile, isPipelineError, resolveConfig, Runner, SecretRegistry, type PipelineError } from '@backup-pipeline/core';
@@ -67,6 +67,19 @@ describe('rsync against a real sshd: faults and the runner', () => {
     await sshd.restart();
     await d.check();
     expect(await d.list()).toEqual([]);
+  });
+
+  it('passes key and known_hosts paths with spaces and quotes through -e intact', async () => {
+    const odd = join(dir, `keys with "quotes" and spaces`);
+    await mkdir(odd, { mode: 0o700 });
+    await copyFile(sshd.identityFile, join(odd, 'id key'));
+    await chmod(join(odd, 'id key'), 0o600);
+    const hostsDir = join(dir, 'known hosts dir');
+    await mkdir(hostsDir, { mode: 0o700 });
+    await copyFile(sshd.knownHostsFile, join(hostsDir, 'known hosts'));
+    const d = await make({ ...remoteOptions(sshd, `${sshd.dir}/odd`), identityFile: join(odd, 'id key'), knownHostsFile: join(hostsDir, 'known hosts') });
+    expect(d.rsh()).toContain('"');
+    await d.check();
   });
 
   it('refuses a host whose key is not in knownHostsFile', async () => {

@@ -47,6 +47,7 @@ export const RsyncOptions = z
     knownHostsFile: z
       .string()
       .min(1)
+      .refine((s) => !/["\0\n\r]/.test(s), 'no double quotes or control characters')
       .optional()
       .describe('known_hosts file holding the remote host key; when given, StrictHostKeyChecking=yes and only this file is used.'),
     sshOptions: z.array(SshOption).default([]).describe('Extra ssh options, each "Key=Value" (passed as `-o Key=Value`), e.g. "ProxyJump=bastion".'),
@@ -125,7 +126,8 @@ export class RsyncDestination implements Destination {
     if (options.port) ssh.push('-p', String(options.port));
     if (options.identityFile) ssh.push('-i', options.identityFile, '-o', 'IdentitiesOnly=yes');
     ssh.push('-o', 'BatchMode=yes', '-o', `ConnectTimeout=${options.connectTimeoutSeconds}`, '-o', 'ServerAliveInterval=15');
-    if (options.knownHostsFile) ssh.push('-o', `UserKnownHostsFile=${options.knownHostsFile}`, '-o', 'StrictHostKeyChecking=yes', '-o', 'GlobalKnownHostsFile=/dev/null');
+    // ssh splits UserKnownHostsFile on whitespace unless the value is double-quoted.
+    if (options.knownHostsFile) ssh.push('-o', `UserKnownHostsFile="${options.knownHostsFile}"`, '-o', 'StrictHostKeyChecking=yes', '-o', 'GlobalKnownHostsFile=/dev/null');
     for (const o of options.sshOptions) ssh.push('-o', o);
     this.sshArgs = ssh;
   }
