@@ -171,7 +171,7 @@ describe('credentials plugin against a real server', () => {
   it('INSUFFICIENT_PRIVILEGE names the GRANT, and passes once granted', async () => {
     const stage = { use, from: 'options', host: '127.0.0.1', port: pg.port, database: 'mastodon_test', user: 'reader', passwordFile: await envFile('reader.pw', 'reader-pw\n') };
     const out = await runStages({ stages: [stage], dryRun: true });
-    expect(out.error?.code, JSON.stringify((out.error?.cause as any)?.details)).toBe('INSUFFICIENT_PRIVILEGE');
+    expect(out.error?.code, JSON.stringify((out.error?.cause as { details?: unknown } | undefined)?.details)).toBe('INSUFFICIENT_PRIVILEGE');
     expect(out.error?.hint).toContain('GRANT pg_read_all_data TO "reader"');
     await pg.psql('GRANT pg_read_all_data TO reader;');
     const ok = await runStages({ stages: [stage], dryRun: true });

@@ -76,6 +76,7 @@ beforeEach(() => {
 });
 
 const run = (webhooks: unknown[], fail = false) => runStages({ stages: [{ use: fixture, fail }, { use: 'notify', webhooks }] });
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- parsed JSON bodies in assertions
 const json = (r: Received) => JSON.parse(r.body) as Record<string, any>;
 
 describe('notify through a real run and a real HTTP server', () => {

@@ -1,6 +1,3 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { createLogger, SecretRegistry } from '@backup-pipeline/core';
 import { describeDestinationConformance, startSshd, type SshServer } from '@backup-pipeline/testing';
 import plugin, { type RsyncDestination } from './index.js';

@@ -62,6 +62,7 @@ export default definePlugin({
 
   const credentials = () => ({ use: 'credentials', from: 'options', host: '127.0.0.1', port: pg.port, database: 'mastodon_test', user: 'mastodon', passwordFile: join(dir, 'pw') });
   const scratchDatabases = async () => (await pg.psql(`SELECT datname FROM pg_database WHERE datname LIKE 'bp\\_verify\\_%'`)).map((r) => r[0]);
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- manifest JSON in assertions
   const verification = (out: Awaited<ReturnType<typeof runStages>>) => out.result!.manifest!.artifacts.find((a) => a.kind === 'database')!.meta.verification as Record<string, any>;
 
   it('lists and reads a good dump, records the verification in the manifest', async () => {
