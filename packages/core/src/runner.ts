@@ -15,7 +15,7 @@ import type { Artifact, Plan, RunContext, RunSummary, ShipReport, StageEvent } f
 import { MANIFEST_NAME, type NamedDestination } from './destination.js';
 import { PipelineError, isPipelineError, toPipelineError } from './errors.js';
 import { exec } from './exec.js';
-import { createHooks, EVENT_HOOKS, ADVISORY_HOOKS, type HookName, type PipelineHooks } from './hooks.js';
+import { createHooks, EVENT_HOOKS, ADVISORY_HOOKS, type HookName, type PipelineHooks, type TapOnlyHooks } from './hooks.js';
 import { LocalFolderDestination } from './local-folder.js';
 import { acquireLock } from './lock.js';
 import { MANIFEST_FORMAT, makeSetId, type Manifest } from './manifest.js';
@@ -35,6 +35,8 @@ export interface RunOptions {
    * `restore` and `verify --restore-test` use it. Implies nothing is written to the work dir.
    */
   session?: (ctx: RunContext) => Promise<void>;
+  /** Taps the run's hooks from outside (the CLI's progress display, tests). */
+  observe?: (hooks: TapOnlyHooks) => void;
 }
 
 export interface RunResult {
@@ -150,6 +152,8 @@ export class Runner {
     for (const stage of pipeline.stages) {
       stage.plugin.apply!(tapOnlyHooks(hooks, stage.plugin.name), stage.options as never, pluginApi(config, log, stage.plugin.name));
     }
+
+    options.observe?.(tapOnlyHooks(hooks, 'observer'));
 
     let setId = makeSetId(startedAt, pipeline.source);
     if (await stat(join(config.workDir, setId)).catch(() => undefined)) {

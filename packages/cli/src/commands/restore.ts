@@ -7,6 +7,7 @@ import { formatDuration, green, table } from '../output.js';
 import { decryptionOptions, fetchSet, locateSet } from '../restore-set.js';
 import { openDestinations, openSession } from '../session.js';
 import { withSignals } from '../signals.js';
+import { progressReporter } from '../progress.js';
 
 export interface RestoreFlags {
   to: string;
@@ -57,6 +58,7 @@ export default async function restore(command: Command, id: string, flags: Resto
     let setId = '';
     await session.runner.run(pipeline.name, {
       signal,
+      observe: progressReporter({ quiet: session.options.quiet || session.options.json }),
       session: async (ctx) => {
         if (!ctx.pg) throw new PipelineError('CREDENTIALS_MISSING', `pipeline "${pipeline.name}" has no credentials stage to connect with`, { hint: 'Add `- use: credentials` to it.' });
         const located = await locateSet(destinations, id);

@@ -3,6 +3,7 @@ import { EXIT, type RunSummary } from '@backup-pipeline/core';
 import { formatBytes, formatDuration, green, table } from '../output.js';
 import { openSession } from '../session.js';
 import { withSignals } from '../signals.js';
+import { progressReporter } from '../progress.js';
 
 export function printSummary(summary: RunSummary): void {
   process.stdout.write(`${green('ok')} ${summary.pipeline}: set ${summary.setId} in ${formatDuration(summary.durationMs)}\n`);
@@ -18,7 +19,7 @@ export default async function run(command: Command, name: string | undefined, op
   const session = await openSession(command);
   const { options, runner } = session;
   return withSignals(async (signal) => {
-    const result = await runner.run(name, { dryRun: opts.dryRun, signal });
+    const result = await runner.run(name, { dryRun: opts.dryRun, signal, observe: progressReporter({ quiet: options.quiet || options.json }) });
     if (options.json) {
       process.stdout.write(JSON.stringify(result.plan ? { ok: true, plan: result.plan.steps } : { ...result.summary }, null, 2) + '\n');
     } else if (result.plan) {

@@ -5,6 +5,7 @@ import { green } from '../output.js';
 import { decryptionOptions, fetchSet, locateSet } from '../restore-set.js';
 import { openDestinations, openSession } from '../session.js';
 import { withSignals } from '../signals.js';
+import { progressReporter } from '../progress.js';
 
 /** Re-verifies a stored set: every checksum, decryption, the archive's contents, optionally a restore drill. */
 export default async function verify(
@@ -22,6 +23,7 @@ export default async function verify(
     let where = '';
     await session.runner.run(pipeline.name, {
       signal,
+      observe: progressReporter({ quiet: session.options.quiet || session.options.json }),
       session: async (ctx) => {
         const located = await locateSet(destinations, id);
         where = `${located.set.id} in ${located.from.name}`;
