@@ -82,6 +82,15 @@ describe('rsync against a real sshd: faults and the runner', () => {
     await d.check();
   });
 
+  it('lists nothing and deletes without error where the root folder does not exist', async () => {
+    for (const options of [remoteOptions(sshd, `${sshd.dir}/absent/sets`), { target: join(dir, 'absent', 'sets') }]) {
+      const d = await make(options);
+      expect(await d.list()).toEqual([]);
+      await d.delete('20300101T000000Z-x');
+      await expect(d.get('20300101T000000Z-x', 'a', join(dir, 'absent-get'))).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
+    }
+  });
+
   it('refuses a host whose key is not in knownHostsFile', async () => {
     const other = join(dir, 'other_known_hosts');
     await writeFile(other, `[127.0.0.1]:${sshd.port} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFake00\n`);

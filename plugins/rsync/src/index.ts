@@ -159,7 +159,8 @@ export class RsyncDestination implements Destination {
 
   private async run(program: 'rsync' | 'ssh', args: string[], what: string, options: DestinationOperationOptions & { okExitCodes?: number[] } = {}): Promise<ExecResult> {
     try {
-      return await exec(program, args, { signal: options.signal, secrets: this.secrets, label: program, okExitCodes: options.okExitCodes });
+      // C locale: the messages matched below ("No such file or directory") are rsync's English ones.
+      return await exec(program, args, { signal: options.signal, secrets: this.secrets, label: program, okExitCodes: options.okExitCodes, env: { LC_ALL: 'C' } });
     } catch (error) {
       if (isPipelineError(error) && (error.code === 'ABORTED' || error.code === 'EXEC_NOT_FOUND')) throw error;
       const message = error instanceof Error ? error.message : String(error);
@@ -281,7 +282,7 @@ export class RsyncDestination implements Destination {
         await this.run('rsync', [...this.baseArgs(), '--copy-links', '--', this.loc(this.root(setId, name)), local], `downloading ${setId}/${name}`, options);
       } catch (error) {
         const stderr = String((isPipelineError(error) && error.details?.stderr) || '');
-        if (/link_stat .* failed: No such file or directory/.test(stderr)) {
+        if (/(link_stat|change_dir) .* failed: No such file or directory/.test(stderr)) {
           throw new PipelineError('SET_NOT_FOUND', `${setId}/${name} is not in ${this.describe()}`, { cause: error });
         }
         throw error;
