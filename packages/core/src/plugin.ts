@@ -47,11 +47,9 @@ export interface PluginDefinition<S extends z.ZodType = z.ZodType, D extends z.Z
 
 const BRAND = Symbol.for('backup-pipeline.plugin');
 
-export type Plugin = PluginDefinition & { readonly [BRAND]: true };
+export type Plugin<S extends z.ZodType = z.ZodType, D extends z.ZodType = z.ZodType> = PluginDefinition<S, D> & { readonly [BRAND]: true };
 
-export function definePlugin<S extends z.ZodType = z.ZodType, D extends z.ZodType = z.ZodType>(
-  definition: PluginDefinition<S, D>,
-): PluginDefinition<S, D> {
+export function definePlugin<S extends z.ZodType = z.ZodType, D extends z.ZodType = z.ZodType>(definition: PluginDefinition<S, D>): Plugin<S, D> {
   return Object.freeze(Object.assign({}, definition, { [BRAND]: true as const }));
 }
 

@@ -60,11 +60,12 @@ export function workDestination(config: ResolvedConfig): NamedDestination {
   return { name: 'work', plugin: 'core', destination: new LocalFolderDestination(config.workDir) };
 }
 
-function makePlan(): Plan {
+/** The dry-run plan; a step without a plugin name belongs to the plugin whose tap is running. */
+function makePlan(currentPlugin: () => string | undefined): Plan {
   const steps: Plan['steps'] = [];
   return {
     steps,
-    add: (step) => steps.push({ plugin: step.plugin ?? '?', hook: step.hook ?? 'plan', description: step.description, command: step.command }),
+    add: (step) => steps.push({ plugin: step.plugin ?? currentPlugin() ?? 'core', hook: step.hook ?? 'plan', description: step.description, command: step.command }),
   };
 }
 
@@ -225,7 +226,7 @@ export class Runner {
         await hooks.connect.promise(ctx);
         await hooks.preflight.promise(ctx);
         await Promise.all(destinations.map((d) => checkDestination(d, signal)));
-        const plan = makePlan();
+        const plan = makePlan(() => current?.plugin);
         for (const d of destinations) plan.add({ plugin: d.plugin, hook: 'ship', description: `ship to "${d.name}": ${d.destination.describe()}` });
         plan.add({ plugin: 'core', hook: 'ship', description: `keep the set in the work dir ${config.workDir}` });
         await hooks.plan.promise(plan, ctx);
