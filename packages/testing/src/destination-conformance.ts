@@ -2,7 +2,21 @@
  * The destination conformance suite: every destination plugin (built-in or community) runs it
  * against itself with vitest to prove it keeps the Destination contract and the layout rule.
  *
- *   describeDestinationConformance('my-destination', async () => ({ destination, teardown }));
+ *   // src/conformance.test.ts of a destination plugin
+ *   import { describeDestinationConformance } from '@backup-pipeline/testing';
+ *   describeDestinationConformance('my-destination', async () => {
+ *     const server = await startMyServer();                  // a real server, no mocks
+ *     return { destination: new MyDestination(server.url), teardown: () => server.stop() };
+ *   });
+ *
+ * `setup` runs once (beforeAll); every case uses its own set ids (source `conformance`, year
+ * 2030), so the destination may be shared. What it checks: put/list/get/delete round trip with the
+ * sha256 kept; a set without manifest is listed `hasManifest: false` and becomes complete only when
+ * the manifest is put last; overwriting is idempotent; a put whose bytes do not match the declared
+ * sha256 rejects and leaves nothing readable; deleting a missing set is no error; malformed set ids
+ * are refused; names with spaces, quotes and unicode survive; a get of a missing file rejects with
+ * SET_NOT_FOUND and writes nothing; list returns ids in time order; a 64 MiB file (generated as a
+ * stream) round-trips.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
@@ -208,11 +222,11 @@ export function describeDestinationConformance(name: string, setup: () => Promis
       await d.delete(setId);
     });
 
-    it('rejects a get of a missing file or set', async () => {
+    it('rejects a get of a missing file or set with SET_NOT_FOUND', async () => {
       const setId = newSetId();
-      await expect(d.get(setId, 'nothing.dump', join(dir, 'missing-1'))).rejects.toThrow();
+      await expect(d.get(setId, 'nothing.dump', join(dir, 'missing-1'))).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
       await d.put(setId, 'present.txt', await file('present\n'));
-      await expect(d.get(setId, 'absent.txt', join(dir, 'missing-2'))).rejects.toThrow();
+      await expect(d.get(setId, 'absent.txt', join(dir, 'missing-2'))).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
       await expect(stat(join(dir, 'missing-2'))).rejects.toThrow();
       await d.delete(setId);
     });
