@@ -2,6 +2,8 @@
 import { EXIT, isPipelineError, toPipelineError, type PipelineError } from '@backup-pipeline/core';
 import type { GlobalOptions } from './main.js';
 
+export { formatBytes, formatDuration } from '@backup-pipeline/core';
+
 export { EXIT_CODES_HELP } from './help-text.js';
 
 const color = (code: number) => (text: string) => (process.stderr.isTTY && !process.env.NO_COLOR ? `\u001b[${code}m${text}\u001b[0m` : text);
@@ -27,22 +29,6 @@ export function reportError(caught: unknown, options: Partial<GlobalOptions> = {
   return error.exitCode ?? EXIT.failed;
 }
 
-export function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
-}
-
-export function formatDuration(ms: number): string {
-  if (ms < 1000) return `${ms} ms`;
-  if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`;
-  return `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`;
-}
 
 export function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));

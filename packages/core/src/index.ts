@@ -15,4 +15,5 @@ export * from './sets.js';
 export * from './config.js';
 export * from './resolve-plugin.js';
 export * from './runner.js';
+export * from './format.js';
 export { z } from 'zod';

@@ -2,7 +2,7 @@
  * What a notification says, per format: pure functions from a run event to an HTTP request
  * (URL, headers, body). Nothing here sends anything; `index.ts` does.
  */
-import type { RunSummary } from '@backup-pipeline/core';
+import { formatBytes, formatDuration, type RunSummary } from '@backup-pipeline/core';
 
 export type NotifyEvent = 'start' | 'success' | 'failure';
 export type NotifyFormat = 'json' | 'healthchecks' | 'ntfy' | 'slack' | 'discord';
@@ -32,22 +32,6 @@ export function jsonPayload(message: NotifyMessage): Record<string, unknown> {
   return { ...base, ...summary, event, host, bytes };
 }
 
-export function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
-}
-
-export function formatDuration(ms: number): string {
-  if (ms < 1000) return `${ms} ms`;
-  if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`;
-  return `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`;
-}
 
 /** One line: `backup-pipeline: nightly succeeded on host`. */
 export function title(message: NotifyMessage): string {

@@ -17,6 +17,7 @@ import {
   writeFileAtomic,
   type Destination,
 } from '@backup-pipeline/core';
+import { writeProducerPlugin } from '@backup-pipeline/testing';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { applyRetention, planRetention, type RetentionPolicy } from './index.js';
 
@@ -98,24 +99,7 @@ const EXPECTED_DAILY_SURVIVORS = [
 
 beforeAll(async () => {
   await mkdir(tmpRoot, { recursive: true });
-  produceModule = join(tmpRoot, `produce-${process.pid}.mjs`);
-  await writeFile(
-    produceModule,
-    `import { join } from 'node:path';
-import { definePlugin, writeFileAtomic } from '@backup-pipeline/core';
-export default definePlugin({
-  name: 'test-produce',
-  description: 'writes one small artifact',
-  apply(hooks) {
-    hooks.produce.tapPromise('test-produce', async (ctx) => {
-      const path = join(ctx.setDir, 'mastodon_production.dump');
-      const digest = await writeFileAtomic(path, 'dump of ' + ctx.setId);
-      ctx.addArtifact({ name: 'mastodon_production.dump', path, kind: 'database', format: 'file', compression: 'none', ...digest, meta: {} });
-    });
-  },
-});
-`,
-  );
+  produceModule = await writeProducerPlugin(tmpRoot, { file: join(tmpRoot, `produce-${process.pid}.mjs`), name: 'test-produce', artifact: 'mastodon_production.dump', content: 'dump of ${setId}', kind: 'database' });
   folderModule = join(tmpRoot, `folder-destination-${process.pid}.mjs`);
   await writeFile(
     folderModule,

@@ -2,7 +2,7 @@ import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger, hashFile, isPipelineError, resolveConfig, Runner, SecretRegistry, type PipelineError } from '@backup-pipeline/core';
-import { startSshd, type SshServer } from '@backup-pipeline/testing';
+import { startSshd, writeProducerPlugin, type SshServer } from '@backup-pipeline/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import plugin, { parseTarget, quoteForRsh, RsyncDestination, RsyncOptions } from './index.js';
 
@@ -99,25 +99,7 @@ describe('rsync against a real sshd: faults and the runner', () => {
   });
 
   it('ships a whole set through the runner: artifacts, then the manifest', async () => {
-    const core = import.meta.resolve('@backup-pipeline/core');
-    const producer = join(dir, 'producer.mjs');
-    await writeFile(
-      producer,
-      `import { definePlugin, writeFileAtomic } from ${JSON.stringify(core)};
-import { join } from 'node:path';
-export default definePlugin({
-  name: 'test-producer',
-  description: 'test',
-  apply(hooks) {
-    hooks.produce.tapPromise('test-producer', async (ctx) => {
-      const path = join(ctx.setDir, 'data file.txt');
-      const d = await writeFileAtomic(path, 'some data\\n'.repeat(1000));
-      ctx.addArtifact({ name: 'data file.txt', path, kind: 'file', format: 'file', compression: 'none', meta: {}, ...d });
-    });
-  },
-});
-`,
-    );
+    const producer = await writeProducerPlugin(dir, { artifact: 'data file.txt' });
     const remote = `${sshd.dir}/runner sets`;
     const file = join(dir, 'pipeline.config.yaml');
     const config = await resolveConfig(file, {

@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger, hashFile, resolveConfig, Runner, SecretRegistry, type PutSource } from '@backup-pipeline/core';
-import { startFaultProxy, startS3Server, writeLargeFile, type FaultProxy, type S3Server } from '@backup-pipeline/testing';
+import { startFaultProxy, startS3Server, writeLargeFile, writeProducerPlugin, type FaultProxy, type S3Server } from '@backup-pipeline/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import plugin, { S3Destination, S3Options } from './index.js';
 
@@ -124,25 +124,7 @@ describe('s3 abort', () => {
 
 describe('s3 through the runner', () => {
   it('ships a set and lists it complete', async () => {
-    const core = import.meta.resolve('@backup-pipeline/core');
-    const producer = join(dir, 'producer.mjs');
-    await writeFile(
-      producer,
-      `import { definePlugin, writeFileAtomic } from ${JSON.stringify(core)};
-import { join } from 'node:path';
-export default definePlugin({
-  name: 'test-producer',
-  description: 'test',
-  apply(hooks) {
-    hooks.produce.tapPromise('test-producer', async (ctx) => {
-      const path = join(ctx.setDir, 'db.dump');
-      const d = await writeFileAtomic(path, 'pretend dump\\n'.repeat(5000));
-      ctx.addArtifact({ name: 'db.dump', path, kind: 'database', format: 'pg-custom', compression: 'none', meta: {}, ...d });
-    });
-  },
-});
-`,
-    );
+    const producer = await writeProducerPlugin(dir, { artifact: 'db.dump', content: 'pretend dump\n'.repeat(5000), kind: 'database', format: 'pg-custom' });
     const secretFile = join(dir, 's3-secret');
     await writeFile(secretFile, s3.secretAccessKey + '\n', { mode: 0o600 });
     const config = await resolveConfig(join(dir, 'pipeline.config.yaml'), {
