@@ -4,7 +4,6 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createLogger, isPipelineError, resolveConfig, Runner, type PipelineError } from '@backup-pipeline/core';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { parseEnvText } from './index.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const pluginEntry = resolve(here, '../dist/index.js');
@@ -168,8 +167,3 @@ describe('files stage (real tar and zstd)', () => {
   });
 });
 
-describe('parseEnvText', () => {
-  it('reads quoted, commented and exported values', () => {
-    expect(parseEnvText(`A=1\nexport B="x y" \nC='lit\\n'\nD=plain # comment\n# E=no\nF="q\\"uote"`)).toEqual({ A: '1', B: 'x y', C: 'lit\\n', D: 'plain', F: 'q\\' });
-  });
-});

@@ -7,9 +7,9 @@
  * unencrypted secrets artifact (FILES_UNENCRYPTED_SECRETS) unless `allowUnencrypted: true`, so put
  * an encryption stage (gpg) in the pipeline.
  */
+import { parseEnvFile } from '@backup-pipeline/plugin-credentials';
 import { readFile, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { definePlugin, PipelineError, writeFileAtomic, z, type Artifact, type ExecProcess, type RunContext } from '@backup-pipeline/core';
 
 export const FilesOptions = z
@@ -33,23 +33,6 @@ export const FilesOptions = z
 export type FilesOptions = z.output<typeof FilesOptions>;
 
 const SECRET_NAME = /PASS|SECRET|KEY|TOKEN|SALT|CREDENTIAL|OTP/i;
-
-/** Minimal dotenv reading (KEY=VALUE, quotes, comments): enough for S3_ENABLED and masking secrets. */
-export function parseEnvText(text: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const raw of text.split(/\r?\n/)) {
-    const m = /^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/.exec(raw);
-    if (!m) continue;
-    let value = m[2]!.trim();
-    const q = value[0];
-    if ((q === '"' || q === "'") && value.indexOf(q, 1) > 0) {
-      value = value.slice(1, value.indexOf(q, 1));
-      if (q === '"') value = value.replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
-    } else value = value.replace(/\s+#.*$/, '');
-    out[m[1]!] = value;
-  }
-  return out;
-}
 
 const EXTENSION = { zstd: '.tar.zst', gzip: '.tar.gz', none: '.tar' } as const;
 const COMPRESSION = { zstd: 'zstd', gzip: 'gzip', none: 'none' } as const;
@@ -79,11 +62,8 @@ export async function streamTar(ctx: Pick<RunContext, 'exec' | 'signal'>, job: T
     procs.push(compressor);
     out = compressor.stdout!;
   }
-  // Attach a consumer now: execa resumes (and discards) a `buffer: false` stdout nobody reads within a
-  // tick, and writeFileAtomic only starts reading after opening its file. PassThrough keeps backpressure.
-  const sink = out.pipe(new PassThrough());
   try {
-    const [digest, tarResult] = await Promise.all([writeFileAtomic(job.target, sink, { signal: ctx.signal }), ...procs]);
+    const [digest, tarResult] = await Promise.all([writeFileAtomic(job.target, out, { signal: ctx.signal }), ...procs]);
     return { ...digest, tarExitCode: tarResult.exitCode };
   } catch (error) {
     for (const p of procs) p.kill();
@@ -104,7 +84,7 @@ export default definePlugin({
 
     const readEnv = async (): Promise<Record<string, string>> => {
       if (!envFile) return {};
-      const vars = parseEnvText(await readFile(envFile, 'utf8'));
+      const vars = Object.fromEntries([...parseEnvFile(await readFile(envFile, 'utf8'), envFile)].map(([name, entry]) => [name, entry.value]));
       for (const [name, value] of Object.entries(vars)) if (SECRET_NAME.test(name) && value.length >= 6) secrets.add(value);
       return vars;
     };
