@@ -234,6 +234,9 @@ async function restoreTest(artifact: Artifact, options: VerifyOptions, ctx: Ctx,
   }
 }
 
+/** Session settings for pg_restore (and psql for plain dumps) during a restore. */
+export const RESTORE_PGOPTIONS = '-c maintenance_work_mem=256MB -c synchronous_commit=off';
+
 export interface RestoreReport {
   database: string;
   tables: number;
@@ -260,7 +263,10 @@ export async function restoreArtifact(
   const started = Date.now();
   const database = target.database;
   const q = { signal: ctx.signal, secrets: ctx.secrets };
-  const env = pgEnv(source, database);
+  // Index builds dominate a restore: give them memory (PostgreSQL's default maintenance_work_mem
+  // is 64MB), and do not wait for WAL flushes of a database that is being rebuilt anyway.
+  // Both are per-session (USERSET) settings any role may use; pg_restore -j opens one session per job.
+  const env = { ...pgEnv(source, database), PGOPTIONS: RESTORE_PGOPTIONS };
   const pgRestore = artifact.format === 'pg-plain' ? '' : await pgRestoreFor(artifact);
   const restoreArgs = ['--no-owner', '--no-acl', '--exit-on-error', `--dbname=${database}`, ...(target.clean ? ['--clean', '--if-exists'] : [])];
   let dir = target.dir;
