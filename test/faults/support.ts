@@ -269,3 +269,47 @@ export async function exists(path: string): Promise<boolean> {
 }
 
 export { join };
+
+/**
+ * Another session holds `LOCK TABLE table IN ACCESS EXCLUSIVE MODE` in an open transaction (as a
+ * running migration would); resolves once the lock is granted. `release()` rolls back.
+ */
+export async function holdTableLock(host: import('../e2e/support.js').MastodonHost, table = 'accounts'): Promise<{ release(): Promise<void> }> {
+  const { PassThrough } = await import('node:stream');
+  const { exec } = await import('@backup-pipeline/core');
+  const stdin = new PassThrough();
+  const locker = exec(join(host.pg.bindir, 'psql'), ['-X', '-q', '-h', host.pg.socketDir, '-p', String(host.pg.port), '-U', host.pg.superuser, '-d', host.database], {
+    stdin,
+    env: { PGPASSFILE: '/nonexistent' },
+  });
+  const settled = locker.then(
+    () => undefined,
+    () => undefined,
+  );
+  stdin.write(`BEGIN; LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE; SELECT 1;\n`);
+  await waitFor(`the lock on ${table}`, async () => {
+    const rows = await host.pg.psql(`SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = '${table}' AND l.mode = 'AccessExclusiveLock' AND l.granted`, host.database);
+    return rows.length > 0;
+  }, 15_000);
+  return {
+    release: async () => {
+      if (!stdin.writableEnded) stdin.end('ROLLBACK;\n');
+      await settled;
+    },
+  };
+}
+
+/** Starts a run held inside pg_dump by a table lock, calls `during` once pg_dump runs, then lets it go on. */
+export async function runHeldInDump(sb: Sandbox, host: import('../e2e/support.js').MastodonHost, p: Project, during: () => Promise<void>, args: string[] = []) {
+  const lock = await holdTableLock(host);
+  try {
+    const seen = await recordedPids(sb);
+    const child = p.run(args);
+    await waitForTool(sb, 'pg_dump', (argv) => !argv.includes('--version'), seen);
+    await during();
+    await lock.release();
+    return await child;
+  } finally {
+    await lock.release();
+  }
+}
