@@ -187,6 +187,16 @@ describe('runner lifecycle', () => {
     await expect(first).resolves.toMatchObject({ summary: { ok: true } });
   });
 
+  it('gives two runs within one second ids that still sort in time order', async () => {
+    const config = await testConfig({ stages: [{ plugin: producerPlugin }] });
+    const runner = new Runner(config, await silentLogger());
+    const at = new Date('2030-01-01T00:00:00.200Z');
+    const first = await runner.run('nightly', { now: () => at });
+    const second = await runner.run('nightly', { now: () => at });
+    expect(first.summary.setId).toBe('20300101T000000Z-test');
+    expect(second.summary.setId).toBe('20300101T000001Z-test');
+  });
+
   it('gives plugins a tap-only view of the hooks, with taps named after the plugin', async () => {
     let seen: Record<string, unknown> = {};
     const spy = definePlugin({

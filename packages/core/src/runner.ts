@@ -156,10 +156,11 @@ export class Runner {
 
     options.observe?.(tapOnlyHooks(hooks, 'observer'));
 
+    // Ids have one-second resolution and must sort in time order: a second run within the same
+    // second takes the next free second rather than a differently shaped id.
     let setId = makeSetId(startedAt, pipeline.source);
-    if (await stat(join(config.workDir, setId)).catch(() => undefined)) {
-      // Two runs within one second: add milliseconds, which still sort correctly.
-      setId = setId.replace(/Z-/, `${String(startedAt.getMilliseconds()).padStart(3, '0')}Z-`);
+    for (let bump = 1; await stat(join(config.workDir, setId)).catch(() => undefined); bump++) {
+      setId = makeSetId(new Date(startedAt.getTime() + bump * 1000), pipeline.source);
     }
     const setDir = join(config.workDir, setId);
     const tmpDir = await mkdtemp(join(tmpdir(), 'backup-pipeline-'));
