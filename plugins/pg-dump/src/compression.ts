@@ -5,7 +5,7 @@
  * `plaintextStream` / `decompressToFile` so the knowledge lives in one place.
  */
 import { createReadStream } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { chmod, rm, stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { PipelineError, writeFileAtomic, type Artifact, type Compression, type ExecProcess, type RunContext } from '@backup-pipeline/core';
 
@@ -94,8 +94,26 @@ export function plaintextStream(artifact: ReadableArtifact, ctx: Pick<RunContext
   return { stream: proc.stdout!, done, cancel: () => void proc.kill() };
 }
 
-/** Writes the artifact's content, outer compression undone, to `dest` (one temp file, mode 0600). */
+/**
+ * Writes the artifact's content, outer compression undone, to `dest` (one temp file, mode 0600).
+ * zstd writes the file itself (`-o`, keeping the source's 0600 mode): the plaintext of a restore
+ * (gigabytes) then never passes through Node.js, and this scratch copy is not fsynced.
+ */
 export async function decompressToFile(artifact: ReadableArtifact, dest: string, ctx: Pick<RunContext, 'exec' | 'signal'>): Promise<{ bytes: number }> {
+  if (outerCompression(artifact) === 'zstd') {
+    try {
+      await ctx.exec('zstd', ['-q', '-d', '-f', '-o', dest, '--', artifact.path], { signal: ctx.signal, label: `zstd -d (${artifact.name})` });
+      await chmod(dest, 0o600);
+      return { bytes: (await stat(dest)).size };
+    } catch (error) {
+      await rm(dest, { force: true });
+      if ((error as PipelineError).code === 'ABORTED' || (error as PipelineError).code === 'EXEC_NOT_FOUND') throw error;
+      throw new PipelineError('ARTIFACT_CORRUPT', `${artifact.name} cannot be decompressed with zstd: ${(error as Error).message}`, {
+        hint: 'The file is truncated or corrupt; do not trust this backup.',
+        cause: error,
+      });
+    }
+  }
   const plain = plaintextStream(artifact, ctx);
   try {
     const [digest] = await Promise.all([writeFileAtomic(dest, plain.stream, { signal: ctx.signal }), plain.done]);
