@@ -1,7 +1,8 @@
 import { chmod, copyFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { makePathResolver, PipelineError, psql, quoteIdent, quoteLiteral, type RunContext } from '@backup-pipeline/core';
+import { findPgBinary, makePathResolver, pgEnv, PipelineError, psql, quoteIdent, quoteLiteral, type Artifact, type RunContext } from '@backup-pipeline/core';
+import { plaintextStream } from '@backup-pipeline/plugin-pg-dump';
 import { restoreArtifact, type RestoreReport } from '@backup-pipeline/plugin-verify';
 import { formatDuration, green, table } from '../output.js';
 import { decryptionOptions, fetchSet, locateSet } from '../restore-set.js';
@@ -42,6 +43,20 @@ export async function prepareTarget(ctx: RunContext, database: string, clean: bo
   }
 }
 
+/**
+ * Roles and tablespaces: replayed statement by statement (ON_ERROR_STOP off), because the target
+ * server already has some of the roles; each failed statement is reported as a warning.
+ */
+async function restoreGlobals(globals: Artifact, ctx: RunContext): Promise<void> {
+  const plain = plaintextStream(globals, ctx);
+  const psqlPath = (await findPgBinary('psql')).path;
+  const result = await ctx.exec(psqlPath, ['-X', '-q', '-v', 'ON_ERROR_STOP=0', '--dbname', 'postgres'], { stdin: plain.stream, env: pgEnv(ctx.pg!, 'postgres'), label: 'psql (globals)' });
+  await plain.done;
+  const errors = result.stderr.split('\n').filter((line) => line.includes('ERROR:'));
+  for (const line of errors) ctx.log.warn(`globals: ${line.replace(/^psql:[^E]*/, '')}`);
+  ctx.log.info(`roles and tablespaces replayed (${errors.length} statement(s) failed, e.g. roles that already exist)`);
+}
+
 export function printRestoreReport(report: RestoreReport): void {
   const rows = [['table', 'in dump', 'restored', '']];
   for (const c of report.counts) rows.push([c.table, String(c.expected ?? '-'), String(c.restored ?? '-'), c.expected === c.restored ? 'ok' : 'MISMATCH']);
@@ -77,8 +92,7 @@ export default async function restore(command: Command, id: string, flags: Resto
         if (flags.globals) {
           const globals = artifacts.find((a) => a.kind === 'globals');
           if (!globals) throw new PipelineError('SET_NOT_RESTORABLE', `set ${setId} holds no globals dump (enable \`globals: true\` in pg-dump)`);
-          ctx.log.info('restoring roles and tablespaces (errors for roles that exist are expected)');
-          await restoreArtifact({ ...globals, format: 'pg-plain', meta: {} }, { database: 'postgres', jobs: 1 }, ctx).catch((e: unknown) => ctx.log.warn(`globals: ${(e as Error).message}`));
+          await restoreGlobals(globals, ctx);
         }
         await prepareTarget(ctx, flags.to, !!flags.clean);
         const started = Date.now();

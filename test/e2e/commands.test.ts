@@ -1,0 +1,92 @@
+/** The operator commands on a real pipeline: plugins, prune (for real), restore --globals --files-to. */
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createGpgHome, type GpgHome } from '@backup-pipeline/testing';
+import { mastodonHost, pipeline, writeConfig, type MastodonHost } from './support.js';
+
+let host: MastodonHost;
+let gpg: GpgHome;
+
+beforeAll(async () => {
+  [host, gpg] = await Promise.all([mastodonHost(), createGpgHome()]);
+  await host.pg.createRole('mastodon_admin', undefined, { login: false });
+  await writeConfig(host.dir, {
+    workDir: './work',
+    destinations: { folder: { use: 'local', path: './folder' } },
+    pipelines: {
+      nightly: {
+        source: 'mastodon',
+        stages: [
+          { use: 'credentials', envFile: host.envFile },
+          { use: 'pg-dump', globals: true },
+          { use: 'files', envFile: host.envFile },
+          { use: 'gpg', gnupgHome: gpg.home, recipients: [gpg.fingerprint] },
+          { use: 'retention', keepLast: 5 },
+        ],
+        destinations: ['folder'],
+      },
+    },
+  });
+});
+afterAll(async () => {
+  await Promise.allSettled([host?.pg.stop(), gpg?.cleanup()]);
+});
+
+describe('operator commands', () => {
+  it('`pipeline plugins` lists every built-in with its options, defaults and the hooks it taps', async () => {
+    const result = await pipeline(['plugins'], host.dir);
+    expect(result.exitCode, result.stderr).toBe(0);
+    expect(result.stdout).toMatch(/^pg-dump \(stage\) — /m);
+    expect(result.stdout).toMatch(/taps: preflight, plan, produce/);
+    expect(result.stdout).toMatch(/lockWaitTimeout: string = "5min"/);
+    expect(result.stdout).toMatch(/^s3 \(destination\) — /m);
+    const json = JSON.parse((await pipeline(['plugins', '--json'], host.dir)).stdout) as Array<{ name: string; hooks: string[] }>;
+    expect(json.find((p) => p.name === 'retention')!.hooks).toEqual(expect.arrayContaining(['preflight', 'retain']));
+  });
+
+  it('restore --globals --files-to brings back roles, the dump and the encrypted .env.production', async () => {
+    const run = await pipeline(['run'], host.dir);
+    expect(run.exitCode, run.stderr).toBe(0);
+    // The role is gone on the "new server": --globals must bring it back.
+    await host.pg.psql('DROP ROLE mastodon_admin; ALTER ROLE mastodon CREATEROLE');
+    const out = join(host.dir, 'recovered');
+    const restore = await pipeline(['restore', 'latest', '--to', 'restored', '--globals', '--files-to', out, '--gnupg-home', gpg.home], host.dir);
+    expect(restore.exitCode, restore.stderr).toBe(0);
+    expect((await readdir(out)).sort()).toEqual(['mastodon_production.globals.sql.zst', 'secrets.tar.zst']);
+    const { execa } = await import('execa');
+    const listing = await execa('sh', ['-c', `zstd -dc '${join(out, 'secrets.tar.zst')}' | tar -t`]);
+    expect(listing.stdout).toContain('.env.production');
+    expect(await host.pg.psql(`SELECT count(*) FROM pg_roles WHERE rolname = 'mastodon_admin'`)).toEqual([['1']]);
+  });
+
+  it('prune deletes what the policy no longer keeps, --dry-run only says so', async () => {
+    // Four more runs on distinct seconds, then a tighter policy.
+    for (let i = 0; i < 2; i++) {
+      await new Promise((r) => setTimeout(r, 1000));
+      expect((await pipeline(['run'], host.dir)).exitCode).toBe(0);
+    }
+    const config = JSON.parse(await readFile(join(host.dir, 'pipeline.config.json'), 'utf8'));
+    config.pipelines.nightly.stages.at(-1).keepLast = 1;
+    await writeFile(join(host.dir, 'pipeline.config.json'), JSON.stringify(config));
+    const before = (await readdir(join(host.dir, 'folder'))).sort();
+    expect(before).toHaveLength(3);
+
+    const dry = await pipeline(['prune', '--dry-run'], host.dir);
+    expect(dry.exitCode, dry.stderr).toBe(0);
+    expect(dry.stdout).toContain('folder: keep 1, would delete 2');
+    expect((await readdir(join(host.dir, 'folder'))).sort()).toEqual(before);
+
+    const real = await pipeline(['prune'], host.dir);
+    expect(real.exitCode, real.stderr).toBe(0);
+    expect(real.stdout).toContain(`deleted ${before[0]}`);
+    expect(await readdir(join(host.dir, 'folder'))).toEqual([before.at(-1)]);
+    expect((await readdir(join(host.dir, 'work'))).filter((n) => !n.startsWith('.'))).toEqual([before.at(-1)]);
+  });
+
+  it('list exits 2 naming an unknown destination', async () => {
+    const unknown = await pipeline(['list', '-d', 'nowhere'], host.dir);
+    expect(unknown.exitCode).toBe(2);
+    expect(unknown.stderr).toContain('DESTINATION_UNKNOWN');
+  });
+});
