@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createDestination, createLogger, listSets, loadConfig, resolvePlugin, Runner, SecretRegistry } from '@backup-pipeline/core';
-import { describeDestinationConformance } from '@backup-pipeline/testing';
+import { describeDestinationConformance } from '@backup-pipeline/testing/conformance';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import plugin from './index.js';
 

@@ -1,7 +1,6 @@
 export * from './gpg-home.js';
 export * from './sshd.js';
 export * from './s3-server.js';
-export * from './destination-conformance.js';
 export * from './postgres.js';
 export * from './mastodon-schema.js';
 export * from './run-pipeline.js';

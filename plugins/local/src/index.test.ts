@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SecretRegistry, createLogger } from '@backup-pipeline/core';
-import { describeDestinationConformance } from '@backup-pipeline/testing';
+import { describeDestinationConformance } from '@backup-pipeline/testing/conformance';
 import { describe, expect, it } from 'vitest';
 import plugin from './index.js';
 

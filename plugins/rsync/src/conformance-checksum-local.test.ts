@@ -2,7 +2,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger, SecretRegistry } from '@backup-pipeline/core';
-import { describeDestinationConformance, startSshd, type SshServer } from '@backup-pipeline/testing';
+import { startSshd, type SshServer } from '@backup-pipeline/testing';
+import { describeDestinationConformance } from '@backup-pipeline/testing/conformance';
 import plugin, { type RsyncDestination } from './index.js';
 
 async function make(options: Record<string, unknown>) {

@@ -1,5 +1,6 @@
 import { createLogger, SecretRegistry } from '@backup-pipeline/core';
-import { describeDestinationConformance, startSshd, type SshServer } from '@backup-pipeline/testing';
+import { startSshd, type SshServer } from '@backup-pipeline/testing';
+import { describeDestinationConformance } from '@backup-pipeline/testing/conformance';
 import plugin, { type RsyncDestination } from './index.js';
 
 async function make(options: Record<string, unknown>) {

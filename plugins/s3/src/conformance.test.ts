@@ -1,5 +1,6 @@
 import { createLogger, SecretRegistry } from '@backup-pipeline/core';
-import { describeDestinationConformance, startS3Server } from '@backup-pipeline/testing';
+import { startS3Server } from '@backup-pipeline/testing';
+import { describeDestinationConformance } from '@backup-pipeline/testing/conformance';
 import plugin from './index.js';
 
 describeDestinationConformance('s3 (s3rver, multipart)', async () => {

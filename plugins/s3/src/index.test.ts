@@ -3,7 +3,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger, hashFile, resolveConfig, Runner, SecretRegistry, type PutSource } from '@backup-pipeline/core';
-import { startFaultProxy, startS3Server, writeLargeFile, writeProducerPlugin, type FaultProxy, type S3Server } from '@backup-pipeline/testing';
+import { startFaultProxy, startS3Server, writeProducerPlugin, type FaultProxy, type S3Server } from '@backup-pipeline/testing';
+import { writeLargeFile } from '@backup-pipeline/testing/conformance';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import plugin, { S3Destination, S3Options } from './index.js';
 
