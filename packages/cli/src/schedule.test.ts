@@ -125,3 +125,27 @@ describe('pipeline schedule cron', () => {
     expect(await readFile(join(cron, 'backup-pipeline-weekly'), 'utf8')).toMatch(/^@daily mastodon /m);
   });
 });
+
+describe('writable paths of the unit', () => {
+  it('include the work dir, local destinations, the metrics folder and the gpg home', async () => {
+    const { resolveConfig } = await import('@backup-pipeline/core');
+    const { writePaths } = await import('./commands/schedule.js');
+    const { CLI_DIR } = await import('./builtins.js');
+    const dir = await mkdtemp(join(tmpdir(), 'bp-paths-'));
+    const config = await resolveConfig(
+      join(dir, 'pipeline.config.json'),
+      {
+        workDir: './work',
+        destinations: { copy: { use: 'local', path: '/srv/copy' }, offsite: { use: 'rsync', target: 'u@h:/x' } },
+        pipelines: {
+          nightly: {
+            stages: [{ use: 'gpg', gnupgHome: './keys', recipients: ['ABCD'] }, { use: 'metrics', path: '/var/lib/prom/bp.prom' }],
+            destinations: ['copy', 'offsite'],
+          },
+        },
+      },
+      { pluginSearchDirs: [CLI_DIR] },
+    );
+    expect(writePaths(config, config.pipelines.nightly!)).toEqual([join(dir, 'work'), '/srv/copy', join(dir, 'keys'), '/var/lib/prom']);
+  });
+});

@@ -57,6 +57,11 @@ export function writePaths(config: ResolvedConfig, pipeline: ResolvedPipeline): 
   for (const stage of pipeline.stages) {
     const options = (stage.options ?? {}) as { path?: unknown };
     if (stage.plugin.name === 'metrics' && typeof options.path === 'string') paths.push(dirname(resolvePath(options.path)));
+    // gpg takes lock files in its home even to encrypt (ProtectHome=read-only would stop it).
+    if (stage.plugin.name === 'gpg') {
+      const home = (stage.options as { gnupgHome?: string }).gnupgHome;
+      paths.push(home ? resolvePath(home) : process.env.GNUPGHOME ?? resolvePath('~/.gnupg'));
+    }
   }
   return [...new Set(paths.map((p) => resolve(p)))];
 }
