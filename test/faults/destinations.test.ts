@@ -5,7 +5,7 @@
 import { cp, mkdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
-import { createGpgHome, startFaultProxy, startS3Server, startSshd, writeLargeFile, type FaultProxy, type GpgHome, type S3Server, type SshServer } from '@backup-pipeline/testing';
+import { createGpgHome, startFaultProxy, startS3Server, startSshd, type FaultProxy, type GpgHome, type S3Server, type SshServer } from '@backup-pipeline/testing';
 import {
   assertCleanedUp,
   assertFailed,
@@ -15,6 +15,7 @@ import {
   mastodonHost,
   project,
   runHeldInDump,
+  writeRandomFile,
   sandbox,
   scanForSecrets,
   type DestinationSets,
@@ -181,7 +182,7 @@ describe('destination faults', () => {
   it('S3 dropping the connection mid-multipart: the run fails naming the bucket; no partial set in it', async () => {
     const media = join(sb.root, 'media');
     await mkdir(media, { recursive: true });
-    await writeLargeFile(join(media, 'big.bin'), 12 * 1024 * 1024);
+    await writeRandomFile(join(media, 'big.bin'), 12 * 1024 * 1024);
     const q = await project(sb, 'multipart', {
       ...config(),
       pipelines: {

@@ -100,7 +100,7 @@ export function childEnv(sb: Sandbox, extra: Record<string, string> = {}): Recor
 
 /** Starts the real CLI (not awaited, so a test can signal it). Output lands in the transcript. */
 export function cli(sb: Sandbox, cwd: string, args: string[], extra: Record<string, string> = {}): ResultPromise<{ reject: false; timeout: number }> {
-  const child = execa(process.execPath, [BIN, ...args], { cwd, reject: false, env: childEnv(sb, extra), extendEnv: true, timeout: 150_000 });
+  const child = execa(process.execPath, [BIN, ...args], { cwd, reject: false, env: childEnv(sb, extra), extendEnv: true, timeout: 90_000 });
   child.stdout?.on('data', (d: Buffer) => sb.transcript.push(d.toString()));
   child.stderr?.on('data', (d: Buffer) => sb.transcript.push(d.toString()));
   return child as never;
@@ -311,5 +311,17 @@ export async function runHeldInDump(sb: Sandbox, host: import('../e2e/support.js
     return await child;
   } finally {
     await lock.release();
+  }
+}
+
+/** Writes `bytes` of incompressible data to `path` (1 MiB at a time). */
+export async function writeRandomFile(path: string, bytes: number): Promise<void> {
+  const { randomBytes } = await import('node:crypto');
+  const { open } = await import('node:fs/promises');
+  const handle = await open(path, 'w', 0o600);
+  try {
+    for (let left = bytes; left > 0; left -= 1024 * 1024) await handle.write(randomBytes(Math.min(left, 1024 * 1024)));
+  } finally {
+    await handle.close();
   }
 }
