@@ -2,7 +2,7 @@
  * The config reference and JSON Schema, generated from the zod schemas of the core and of every
  * built-in plugin — never written by hand, so they cannot drift (a test compares them).
  */
-import { ConfigSchema, PipelineSchema, resolvePlugin, z, type Plugin } from '@backup-pipeline/core';
+import { ConfigSchema, ERROR_CODES, PipelineSchema, resolvePlugin, z, type Plugin } from '@backup-pipeline/core';
 import { BUILTIN_PLUGINS, CLI_DIR } from './builtins.js';
 import { describeOptions } from './commands/plugins.js';
 
@@ -66,6 +66,16 @@ export async function configReference(): Promise<string> {
     'Each stage is `use: PLUGIN` plus that plugin\'s options, at the same level. Each destination under `destinations:` is `use: PLUGIN` plus its options.',
     '',
   ];
+  parts.push(
+    '## Error codes of the core',
+    '',
+    'Each plugin documents its own codes in its README. Every failure prints `[plugin → hook] CODE: message`, then a hint.',
+    '',
+    '| code | exit | hint |',
+    '| --- | --- | --- |',
+    ...Object.entries(ERROR_CODES).map(([code, d]) => `| \`${code}\` | ${d.exit} | ${d.hint.replace(/\|/g, '\\|')} |`),
+    '',
+  );
   for (const { spec, plugin } of plugins) {
     parts.push(`## \`${spec}\``, '', plugin.description, '');
     if (plugin.apply) parts.push('As a stage:', '', optionsTable(plugin.options));

@@ -29,7 +29,6 @@ export const ERROR_CODES = {
   USAGE: { exit: EXIT.usage, hint: 'Run `pipeline --help` for the commands and their options.' },
   PLUGIN_NOT_FOUND: { exit: EXIT.usage, hint: 'Install the package next to the config file (npm install NAME) or fix the name.' },
   PLUGIN_INVALID: { exit: EXIT.usage, hint: 'A plugin module must default-export definePlugin({ name, options, apply }).' },
-  PLUGIN_DUPLICATE: { exit: EXIT.usage, hint: 'Two different modules declare the same plugin name; remove one of them.' },
   PLUGIN_FAILED: { exit: EXIT.failed, hint: 'See the message above; the plugin that threw is named in it.' },
   STAGE_TIMEOUT: { exit: EXIT.failed, hint: 'Raise `stageTimeoutMinutes` in the pipeline, or find why the stage hangs.' },
   STAGE_NEVER_SETTLED: { exit: EXIT.failed, hint: 'A plugin returned a promise that can never settle; report it to the plugin author.' },

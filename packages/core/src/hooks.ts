@@ -49,8 +49,6 @@ export type HookName = keyof PipelineHooks;
 export const EVENT_HOOKS: readonly HookName[] = ['stageStart', 'stageFinish', 'progress'];
 /** Hooks whose failure is only a warning. */
 export const ADVISORY_HOOKS: readonly HookName[] = ['started', 'shipped', 'succeeded', 'failed'];
-/** Hooks that run in --dry-run. */
-export const DRY_RUN_HOOKS: readonly HookName[] = ['connect', 'preflight', 'plan'];
 
 /** What a plugin may do with a hook: tap it. Only the core calls hooks. */
 type TapMethods<H> = Pick<H, Extract<keyof H, 'tap' | 'tapAsync' | 'tapPromise'>>;
