@@ -191,8 +191,18 @@ async function streamToFile(
     compressor?.kill();
     producer.kill();
   });
-  const results = await Promise.allSettled([producer, compressor ?? Promise.resolve(), write]);
-  const error = pickError(results);
+  // The root cause is the first failure: the others are often just us killing the rest (a full
+  // disk fails the write, then pg_dump reports "terminated by user").
+  const failedFirst: number[] = [];
+  const results = await Promise.allSettled(
+    [producer, compressor ?? Promise.resolve(), write].map((p, i) =>
+      Promise.resolve(p).catch((e: unknown) => {
+        failedFirst.push(i);
+        throw e;
+      }),
+    ),
+  );
+  const error = pickError(failedFirst.map((i) => results[i]!));
   if (error) {
     await rm(path, { force: true });
     throw error;
