@@ -16,10 +16,18 @@ export interface ExecOptions {
   cwd?: string;
   /** Added to (and overriding) the inherited environment. An `undefined` value removes a variable. */
   env?: Record<string, string | undefined>;
-  /** Text, bytes, a readable stream or `{ file }` for stdin. Default: ignored. */
-  stdin?: string | Uint8Array | Readable | { file: string };
-  /** `'pipe'` (default: buffered, returned as `stdout`), `'stream'` (read it from `.stdout` yourself), a file, or `'ignore'`. */
-  stdout?: 'pipe' | 'stream' | 'ignore' | { file: string; append?: boolean };
+  /**
+   * Text, bytes, a readable stream or `{ file }` for stdin. Default: ignored. `{ fromProcess: true }`:
+   * another process will write it (started with `stdout: { pipeTo: thisProcess }`).
+   */
+  stdin?: string | Uint8Array | Readable | { file: string } | { fromProcess: true };
+  /**
+   * `'pipe'` (default: buffered, returned as `stdout`), `'stream'` (read it from `.stdout` yourself), a file, or `'ignore'`.
+   * `{ pipeTo: consumer }` connects stdout straight to the stdin of `consumer` (started with
+   * `stdin: { fromProcess: true }`): an OS pipe, no byte passes through Node.js. The consumer sees
+   * end-of-file when this process exits.
+   */
+  stdout?: 'pipe' | 'stream' | 'ignore' | { file: string; append?: boolean } | { pipeTo: ExecProcess };
   signal?: AbortSignal;
   secrets?: SecretRegistry;
   /** A short name for messages (default: the program's base name). */
@@ -66,8 +74,13 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
   for (const name of SCRUBBED_ENV) if (!options.env?.[name]) delete env[name];
   for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k];
 
-  const stdin = options.stdin === undefined ? 'ignore' : options.stdin;
-  const stdoutMode = options.stdout ?? 'pipe';
+  const fromProcess = typeof options.stdin === 'object' && options.stdin !== null && 'fromProcess' in options.stdin;
+  const stdin = options.stdin === undefined ? 'ignore' : fromProcess ? 'pipe' : options.stdin;
+  const pipeTo = typeof options.stdout === 'object' && 'pipeTo' in options.stdout ? options.stdout.pipeTo : undefined;
+  // The consumer's end of its stdin pipe, handed to this child as its stdout (execa passes an fd number natively).
+  const pipeFd = pipeTo ? (pipeTo.stdin as unknown as { _handle?: { fd?: number } } | null)?._handle?.fd : undefined;
+  if (pipeTo && (typeof pipeFd !== 'number' || pipeFd < 0)) throw new Error(`${label}: stdout.pipeTo needs a process started with stdin: { fromProcess: true }`);
+  const stdoutMode = pipeTo ? 'pipeTo' : (options.stdout ?? 'pipe');
   const started = Date.now();
   const subprocess = execa(file, [...args], {
     cwd: options.cwd,
@@ -75,9 +88,9 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     extendEnv: false,
     // The default 'ignore' is a stdio mode, not input text (it is a string too). Text, bytes and
     // Node streams (which need not have a file descriptor) are written through execa's `input`.
-    stdin: options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array || isNodeReadable(stdin)) ? 'pipe' : (stdin as never),
-    input: options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array || isNodeReadable(stdin)) ? stdin : undefined,
-    stdout: stdoutMode === 'stream' ? 'pipe' : (stdoutMode as never),
+    stdin: !fromProcess && options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array || isNodeReadable(stdin)) ? 'pipe' : (stdin as never),
+    input: !fromProcess && options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array || isNodeReadable(stdin)) ? stdin : undefined,
+    stdout: stdoutMode === 'stream' ? 'pipe' : stdoutMode === 'pipeTo' ? pipeFd : (stdoutMode as never),
     stderr: 'pipe',
     buffer: { stdout: stdoutMode === 'pipe', stderr: true },
     maxBuffer: { stdout: 256 * 1024 * 1024, stderr: 8 * 1024 * 1024 },
@@ -113,6 +126,17 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     const tail = mask(stderrTail(stderr, 3)).trim();
     throw new PipelineError('EXEC_FAILED', `${label} ${why}${tail ? `: ${tail}` : ''}`, { details });
   });
+
+  if (pipeTo) {
+    // The consumer's stdin is a socket pair: shutting our side down before this child exits would
+    // end the consumer's input early, so do it when the child is gone (its data is in the pipe).
+    const theirs = pipeTo.stdin!;
+    theirs.on('error', () => {}); // never written to by us; a consumer that died first is reported by its own exit
+    void promise.then(
+      () => theirs.end(),
+      () => theirs.end(),
+    );
+  }
 
   const sub = subprocess as unknown as { stdout: Readable | null; stdin: Writable | null; pid?: number; kill(s?: NodeJS.Signals): boolean };
   // execa drains an unbuffered stdout that nobody reads yet; hand callers a stream attached now,

@@ -19,12 +19,13 @@ import {
   writeFileAtomic,
   type Artifact,
   type Compression,
+  type ExecOptions,
   type ExecProcess,
   type PgBinary,
   type PgSource,
   type RunContext,
 } from '@backup-pipeline/core';
-import { compressCommand, defaultLevel, type CompressionOptions } from './compression.js';
+import { compressCommand, decompressCommand, defaultLevel, type CompressionOptions } from './compression.js';
 import { SnapshotSession } from './snapshot-session.js';
 
 export type DumpFormat = 'custom' | 'directory' | 'plain';
@@ -158,23 +159,55 @@ function pickError(results: PromiseSettledResult<unknown>[]): unknown {
   return failures.find((e) => !/SIGPIPE|EPIPE|ERR_STREAM_PREMATURE_CLOSE/.test(`${e?.message} ${(e as { code?: string })?.code ?? ''}`)) ?? failures[0];
 }
 
+/** The first bytes of a compressed file's plaintext (empty when the plaintext is empty). */
+async function plaintextHead(path: string, method: Compression, ctx: Pick<RunContext, 'exec'>): Promise<Buffer> {
+  const cmd = decompressCommand(method)!;
+  const proc = ctx.exec(cmd[0], [...cmd[1], path], { stdout: 'stream', label: `${cmd[0]} -d` });
+  let head = Buffer.alloc(0);
+  try {
+    for await (const chunk of proc.stdout!) {
+      head = Buffer.concat([head, chunk as Buffer]);
+      if (head.length >= 16) break;
+    }
+  } finally {
+    proc.kill();
+    await proc.catch(() => undefined);
+  }
+  return head.subarray(0, 16);
+}
+
+/** Starts the producer with the given stdout. */
+type StartProducer = (stdout: ExecOptions['stdout']) => ExecProcess;
+
 /**
- * Streams `producer`'s stdout through the compressor (if any) into `path`. Every process's status
- * is checked; on any failure the file is removed and the root cause thrown.
+ * Streams the producer's stdout through the compressor (if any) into `path`. With a compressor
+ * the producer writes straight into it over an OS pipe (the uncompressed bytes never pass through
+ * Node.js; Node hashes and writes the compressed side), and the header is read back from the
+ * file; `plainBytes` is then unknown unless the plaintext is empty. Every process's status is
+ * checked; on any failure the file is removed and the root cause thrown.
  */
 async function streamToFile(
-  producer: ExecProcess,
+  start: StartProducer,
   compression: CompressionOptions,
   path: string,
   ctx: Pick<RunContext, 'exec' | 'signal' | 'progress'>,
   task: string,
-): Promise<{ bytes: number; sha256: string; plainBytes: number; head: Buffer }> {
-  const counter = new HeadCounter();
-  producer.stdout!.pipe(counter);
-  producer.stdout!.on('error', (e) => counter.destroy(e));
+): Promise<{ bytes: number; sha256: string; plainBytes: number | undefined; head: Buffer; producer: ExecProcess }> {
   const cmd = compressCommand(compression);
-  const compressor = cmd ? ctx.exec(cmd[0], cmd[1], { stdin: counter, stdout: 'stream', label: cmd[0] }) : undefined;
-  const source: Readable = compressor ? compressor.stdout! : counter;
+  let counter: HeadCounter | undefined;
+  let producer: ExecProcess;
+  let compressor: ExecProcess | undefined;
+  if (cmd) {
+    compressor = ctx.exec(cmd[0], cmd[1], { stdin: { fromProcess: true }, stdout: 'stream', label: cmd[0] });
+    producer = start({ pipeTo: compressor });
+  } else {
+    producer = start('stream');
+    const c = new HeadCounter();
+    counter = c;
+    producer.stdout!.pipe(c);
+    producer.stdout!.on('error', (e) => c.destroy(e));
+  }
+  const source: Readable = compressor ? compressor.stdout! : counter!;
   let last = 0;
   const write = writeFileAtomic(path, source, {
     signal: ctx.signal,
@@ -209,7 +242,12 @@ async function streamToFile(
   }
   const digest = (results[2] as PromiseFulfilledResult<{ bytes: number; sha256: string }>).value;
   ctx.progress({ task, bytes: digest.bytes });
-  return { ...digest, plainBytes: counter.bytes, head: counter.head };
+  if (counter) return { ...digest, plainBytes: counter.bytes, head: counter.head, producer };
+  const head = await plaintextHead(path, compression.method, ctx).catch(async (e: unknown) => {
+    await rm(path, { force: true });
+    throw e;
+  });
+  return { ...digest, plainBytes: head.length === 0 ? 0 : undefined, head, producer };
 }
 
 /** pg_dump's failures that have a better name than EXEC_FAILED. */
@@ -254,14 +292,16 @@ export async function runDump(ctx: RunContext, options: DumpOptions, source: PgS
         throw dumpError(error, source, options);
       });
       if (!existsSync(join(dir, 'toc.dat'))) throw new PipelineError('DUMP_EMPTY', `pg_dump wrote no toc.dat into ${dir}`, { hint: 'See pg_dump\'s messages above.' });
-      const tar = ctx.exec('tar', ['-C', dir, '-cf', '-', '.'], { stdout: 'stream', label: 'tar' });
-      written = await streamToFile(tar, streamed, path, ctx, 'dump');
+      written = await streamToFile((stdout) => ctx.exec('tar', ['-C', dir, '-cf', '-', '.'], { stdout, label: 'tar' }), streamed, path, ctx, 'dump');
       await rm(dir, { recursive: true, force: true });
     } else {
-      const dump = ctx.exec(bins.pgDump.path, pgDumpArgs(options, { snapshot: session.snapshot }), { env, stdout: 'stream', label: 'pg_dump' });
-      counts = options.countRows ? session.countRows() : undefined;
-      counts?.catch(() => undefined);
-      written = await streamToFile(dump, streamed, path, ctx, 'dump').catch((error: unknown) => {
+      const start: StartProducer = (stdout) => {
+        const dump = ctx.exec(bins.pgDump.path, pgDumpArgs(options, { snapshot: session.snapshot }), { env, stdout, label: 'pg_dump' });
+        counts = options.countRows ? session.countRows() : undefined;
+        counts?.catch(() => undefined);
+        return dump;
+      };
+      written = await streamToFile(start, streamed, path, ctx, 'dump').catch((error: unknown) => {
         throw dumpError(error, source, options);
       });
     }
@@ -309,8 +349,8 @@ export async function runDump(ctx: RunContext, options: DumpOptions, source: PgS
     const gname = `${source.database}.globals.sql${EXT[options.compression.method]}`;
     const gpath = join(ctx.setDir, gname);
     const args = ['--globals-only', '--no-password', `--database=${source.database}`, ...(server.superuser ? [] : ['--no-role-passwords'])];
-    const proc = ctx.exec(bins.pgDumpall.path, args, { env, stdout: 'stream', label: 'pg_dumpall' });
-    const g = await streamToFile(proc, options.compression, gpath, ctx, 'globals');
+    const pgDumpall = bins.pgDumpall.path;
+    const g = await streamToFile((stdout) => ctx.exec(pgDumpall, args, { env, stdout, label: 'pg_dumpall' }), options.compression, gpath, ctx, 'globals');
     if (g.plainBytes === 0) throw new PipelineError('DUMP_EMPTY', 'pg_dumpall --globals-only produced no output');
     artifacts.push({
       name: gname,
