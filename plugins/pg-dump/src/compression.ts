@@ -95,6 +95,27 @@ export function plaintextStream(artifact: ReadableArtifact, ctx: Pick<RunContext
 }
 
 /**
+ * Writes the artifact's content, outer compression undone, straight into the stdin of `consumer`
+ * (started with `stdin: { fromProcess: true }`) over an OS pipe: the decompressor (or `cat`)
+ * reads the file itself, so no byte passes through Node.js. `done` rejects with ARTIFACT_CORRUPT
+ * when the decompressor fails.
+ */
+export function plaintextInto(artifact: ReadableArtifact, consumer: ExecProcess, ctx: Pick<RunContext, 'exec'>): Omit<PlaintextStream, 'stream'> {
+  const cmd = decompressCommand(outerCompression(artifact)) ?? ['cat', []];
+  const proc = ctx.exec(cmd[0], [...cmd[1], artifact.path], { stdout: { pipeTo: consumer }, label: `${cmd[0]}${cmd[0] === 'cat' ? '' : ' -d'} (${artifact.name})` });
+  const done = proc.then(
+    () => undefined,
+    (error: unknown) => {
+      throw new PipelineError('ARTIFACT_CORRUPT', `${artifact.name} cannot be decompressed with ${cmd[0]}: ${(error as Error).message}`, {
+        hint: 'The file is truncated or corrupt; do not trust this backup.',
+        cause: error,
+      });
+    },
+  );
+  return { done, cancel: () => void proc.kill() };
+}
+
+/**
  * Writes the artifact's content, outer compression undone, to `dest` (one temp file, mode 0600).
  * zstd writes the file itself (`-o`, keeping the source's 0600 mode): the plaintext of a restore
  * (gigabytes) then never passes through Node.js, and this scratch copy is not fsynced.

@@ -10,6 +10,7 @@ export {
   compressCommand,
   decompressCommand,
   decompressToFile,
+  plaintextInto,
   defaultLevel,
   outerCompression,
   plaintextStream,

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import type { Readable } from 'node:stream';
 import {
   findPgBinary,
   parsePgVersion,
@@ -21,7 +22,7 @@ import {
   type PgSource,
   type RunContext,
 } from '@backup-pipeline/core';
-import { decompressToFile, outerCompression, plaintextStream } from '@backup-pipeline/plugin-pg-dump';
+import { decompressToFile, outerCompression, plaintextInto, plaintextStream } from '@backup-pipeline/plugin-pg-dump';
 
 export interface VerifyOptions {
   expectTables: string[];
@@ -66,15 +67,24 @@ async function pipeInto(
   ctx: Ctx,
   file: string,
   args: string[],
-  options: { env?: Record<string, string | undefined>; label: string; partial?: boolean; fullReadFollows?: boolean },
+  options: { env?: Record<string, string | undefined>; label: string; partial?: boolean; fullReadFollows?: boolean; direct?: boolean },
 ): Promise<string> {
-  const plain = plaintextStream(artifact, ctx);
+  // direct: the decompressor writes into the consumer over an OS pipe (no byte through Node.js);
+  // for consumers that read to the end of their input (pg_restore of a custom archive).
+  let proc: ReturnType<Ctx['exec']>;
+  let plain: { done: Promise<void>; cancel(): void; stream?: Readable };
+  if (options.direct) {
+    proc = ctx.exec(file, args, { stdin: { fromProcess: true }, env: options.env, label: options.label });
+    plain = plaintextInto(artifact, proc, ctx);
+  } else {
+    plain = plaintextStream(artifact, ctx);
+    proc = ctx.exec(file, args, { stdin: plain.stream, env: options.env, label: options.label });
+  }
   let producer: { ok: true } | { ok: false; reason: unknown } | undefined;
   const producerDone = plain.done.then(
     () => (producer = { ok: true }),
     (reason: unknown) => (producer = { ok: false, reason }),
   );
-  const proc = ctx.exec(file, args, { stdin: plain.stream, env: options.env, label: options.label });
   const consumer = await proc.then(
     (value) => ({ ok: true as const, value }),
     (reason: unknown) => ({ ok: false as const, reason }),
@@ -84,16 +94,26 @@ async function pipeInto(
   // stream, and the grace period would only add a fixed 250 ms to every run.
   const grace = !(options.partial && consumer.ok && options.fullReadFollows);
   if (!producer && grace) await Promise.race([producerDone, new Promise((r) => setTimeout(r, 250))]);
+  // Over an OS pipe, a decompressor still writing when a successful consumer exits dies of SIGPIPE:
+  // the consumer had read all it needed (the archive's own end), so that is not a failure.
+  if (options.direct && consumer.ok && producer && !producer.ok && killedBySigpipe(producer.reason)) producer = { ok: true };
   const failedOnItsOwn = producer && !producer.ok ? producer.reason : undefined;
   if (!producer) {
     if (options.partial || !consumer.ok) plain.cancel();
-    else plain.stream.resume(); // the consumer read what it needed: drain the rest
+    else plain.stream?.resume(); // the consumer read what it needed: drain the rest
     await producerDone;
   }
   if (failedOnItsOwn !== undefined) throw failed(artifact, `it is truncated or corrupt (${why(failedOnItsOwn)})`, failedOnItsOwn);
   if (!consumer.ok) throw failed(artifact, `it is not a readable PostgreSQL archive (${options.label}: ${why(consumer.reason)})`, consumer.reason);
   if (producer && !producer.ok && !options.partial) throw failed(artifact, `it is truncated or corrupt (${why(producer.reason)})`, producer.reason);
   return consumer.value.stdout;
+}
+
+function killedBySigpipe(error: unknown): boolean {
+  for (let e = error as { cause?: unknown; details?: { signal?: unknown } } | undefined; e; e = e.cause as typeof e) {
+    if (e.details?.signal === 'SIGPIPE') return true;
+  }
+  return false;
 }
 
 /** `TABLE DATA public accounts owner` entries of a pg_restore --list. */
@@ -168,10 +188,10 @@ export async function verifyDatabaseArtifact(artifact: Artifact, options: Verify
       fullRead = true;
     }
   } else if (artifact.format === 'pg-custom') {
-    const list = await pipeInto(artifact, ctx, pgRestore, ['--list'], { label: 'pg_restore --list', partial: true, fullReadFollows: options.fullRead || options.restoreTest });
+    const list = await pipeInto(artifact, ctx, pgRestore, ['--list'], { label: 'pg_restore --list', partial: true, fullReadFollows: options.fullRead || options.restoreTest, direct: true });
     tables = tableDataEntries(list);
     if (options.fullRead && !options.restoreTest) {
-      await pipeInto(artifact, ctx, pgRestore, ['--file=/dev/null'], { label: 'pg_restore' });
+      await pipeInto(artifact, ctx, pgRestore, ['--file=/dev/null'], { label: 'pg_restore', direct: true });
       fullRead = true;
     }
   } else {
