@@ -94,9 +94,10 @@ async function pipeInto(
   // stream, and the grace period would only add a fixed 250 ms to every run.
   const grace = !(options.partial && consumer.ok && options.fullReadFollows);
   if (!producer && grace) await Promise.race([producerDone, new Promise((r) => setTimeout(r, 250))]);
-  // Over an OS pipe, a decompressor still writing when a successful consumer exits dies of SIGPIPE:
-  // the consumer had read all it needed (the archive's own end), so that is not a failure.
-  if (options.direct && consumer.ok && producer && !producer.ok && killedBySigpipe(producer.reason)) producer = { ok: true };
+  // A decompressor still writing when a successful consumer exits dies of SIGPIPE: the consumer had
+  // read all it needed (the archive's own end, or just the table of contents for --list), so that
+  // is not a failure. A truncated stream still fails the full read that follows a --list.
+  if ((options.direct || options.partial) && consumer.ok && producer && !producer.ok && killedBySigpipe(producer.reason)) producer = { ok: true };
   const failedOnItsOwn = producer && !producer.ok ? producer.reason : undefined;
   if (!producer) {
     if (options.partial || !consumer.ok) plain.cancel();
