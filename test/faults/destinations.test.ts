@@ -124,7 +124,7 @@ describe('destination faults', () => {
     const q = await project(sb, 'read-only-nas', config({}, join(ro, 'backups')));
     const before = await listSets(sb, q);
     const out = await q.run();
-    assertFailed(out, 'DESTINATION_FAILED', ['"nas"', /Read-only file system|not writable|mkdir/]);
+    assertFailed(out, 'DESTINATION_FAILED', ['"nas"', /Read-only file system|writable|mkdir/]);
     unchanged(before, await listSets(sb, q));
     await assertCleanedUp(sb, q);
   });

@@ -113,6 +113,19 @@ function checkName(name: string): void {
 
 const LIST_LINE = /^([dl-][rwxsStT-]{9})\s+([\d,.]+)\s+(\d{4})\/(\d\d)\/(\d\d) (\d\d):(\d\d):(\d\d) (.+)$/;
 
+/** What rsync's exit codes mean (rsync(1)), for messages when its own stderr says nothing. */
+const RSYNC_EXIT_MEANINGS: Record<number, string> = {
+  3: 'errors selecting input/output files or dirs',
+  5: 'error starting the client-server protocol',
+  10: 'error in socket I/O',
+  11: 'error in file I/O: is the target folder writable, and is there space left?',
+  12: 'error in the rsync protocol data stream: is rsync installed on the remote host?',
+  23: 'partial transfer: some files could not be written',
+  30: 'timeout in data send/receive',
+  35: 'timeout waiting for the daemon connection',
+  255: 'ssh failed: host unreachable, key refused or host key mismatch',
+};
+
 export class RsyncDestination implements Destination {
   readonly target: RsyncTarget;
   readonly sshArgs: string[];
@@ -163,7 +176,9 @@ export class RsyncDestination implements Destination {
       return await exec(program, args, { signal: options.signal, secrets: this.secrets, label: program, okExitCodes: options.okExitCodes, env: { LC_ALL: 'C' } });
     } catch (error) {
       if (isPipelineError(error) && (error.code === 'ABORTED' || error.code === 'EXEC_NOT_FOUND')) throw error;
-      const message = error instanceof Error ? error.message : String(error);
+      const exitCode = isPipelineError(error) ? (error.details?.exitCode as number | undefined) : undefined;
+      const meaning = program === 'rsync' && exitCode !== undefined ? RSYNC_EXIT_MEANINGS[exitCode] : undefined;
+      const message = (error instanceof Error ? error.message : String(error)) + (meaning ? ` (${meaning})` : '');
       throw new PipelineError('DESTINATION_FAILED', `${what} (${this.describe()}): ${message}`, {
         cause: error,
         details: isPipelineError(error) ? error.details : undefined,
