@@ -1,24 +1,11 @@
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createLogger, hashFile, isPipelineError, resolveConfig, Runner, SecretRegistry, type PipelineError } from '@backup-pipeline/core';
+import { createLogger, hashFile, isPipelineError, resolveConfig, Runner, type PipelineError } from '@backup-pipeline/core';
 import { startSshd, writeProducerPlugin, type SshServer } from '@backup-pipeline/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import plugin, { parseTarget, quoteForRsh, RsyncDestination, RsyncOptions } from './index.js';
-
-async function make(options: Record<string, unknown>) {
-  const secrets = new SecretRegistry();
-  const log = await createLogger({ secrets, level: 'silent' });
-  const parsed = plugin.destination!.options.parse(options);
-  return plugin.destination!.create(parsed, { name: 'rsync', log, secrets, configDir: '/', resolvePath: (p) => p }) as RsyncDestination;
-}
-
-const remoteOptions = (sshd: SshServer, path: string) => ({
-  target: `${sshd.user}@127.0.0.1:${path}`,
-  port: sshd.port,
-  identityFile: sshd.identityFile,
-  knownHostsFile: sshd.knownHostsFile,
-});
+import { parseTarget, quoteForRsh, RsyncOptions } from './index.js';
+import { make, remoteOptions } from './test-support.js';
 
 describe('rsync target and quoting', () => {
   it.each([
