@@ -5,7 +5,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createLogger, isPipelineError, resolveConfig, Runner, type PipelineError, type RunResult } from '@backup-pipeline/core';
+import { createLogger, isPipelineError, resolveConfig, Runner, type PipelineError, type RunOptions, type RunResult } from '@backup-pipeline/core';
 
 export interface RunStagesOptions {
   stages: Array<Record<string, unknown> & { use: string }>;
@@ -16,6 +16,8 @@ export interface RunStagesOptions {
   /** Where plugins are resolved from besides the config folder (default: the working directory). */
   pluginSearchDirs?: string[];
   pipeline?: string;
+  /** Taps the run's hooks from outside (progress events…). */
+  observe?: RunOptions['observe'];
 }
 
 export interface RunStagesOutcome {
@@ -50,7 +52,7 @@ export async function runStages(options: RunStagesOptions): Promise<RunStagesOut
     },
   };
   try {
-    outcome.result = await new Runner(config, logger).run(name, { dryRun: options.dryRun });
+    outcome.result = await new Runner(config, logger).run(name, { dryRun: options.dryRun, observe: options.observe });
   } catch (error) {
     if (!isPipelineError(error)) throw error;
     outcome.error = error;

@@ -27,6 +27,7 @@ import {
 } from '@backup-pipeline/core';
 import { compressCommand, decompressCommand, defaultLevel, type CompressionOptions } from './compression.js';
 import { SnapshotSession } from './snapshot-session.js';
+import { watchTables } from './table-progress.js';
 
 export type DumpFormat = 'custom' | 'directory' | 'plain';
 
@@ -279,6 +280,8 @@ export async function runDump(ctx: RunContext, options: DumpOptions, source: PgS
     throw pgConnectionError(error, source) ?? error;
   });
   const artifacts: Artifact[] = [];
+  const tables = watchTables(source, ctx, bins.psql);
+  let dumped = false; // once true, the table poller is already stopped
   try {
     let counts: Promise<Record<string, number>> | undefined;
     let written: Awaited<ReturnType<typeof streamToFile>>;
@@ -313,6 +316,8 @@ export async function runDump(ctx: RunContext, options: DumpOptions, source: PgS
       await rm(path, { force: true });
       throw new PipelineError('DUMP_INVALID', `pg_dump's output for ${source.database} is not a custom-format archive`, { hint: 'Check the pg_dump binary (binDir).' });
     }
+    dumped = true;
+    await tables.stop(true);
     const rowCounts = counts ? await counts : undefined;
     await session.close();
     const outer = streamed.method;
@@ -340,6 +345,7 @@ export async function runDump(ctx: RunContext, options: DumpOptions, source: PgS
       },
     });
   } catch (error) {
+    if (!dumped) await tables.stop(false);
     session.kill();
     await rm(path, { force: true });
     throw error;

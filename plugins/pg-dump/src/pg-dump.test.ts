@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { exec, type Artifact } from '@backup-pipeline/core';
+import { exec, type Artifact, type ProgressEvent } from '@backup-pipeline/core';
 import { generateMastodonData, loadMastodonSchema, runStages, startPostgres, tableChecksums, tableRowCounts, type PostgresServer } from '@backup-pipeline/testing';
 import { decompressToFile } from './compression.js';
 
@@ -62,10 +62,15 @@ describe('pg-dump against a real server', () => {
   };
 
   it('dumps with the hostile password from .env.production (custom + zstd) and restores byte for byte', async () => {
-    const out = await runStages({ stages: [credentials(), { use: 'pg-dump' }] });
+    const progress: ProgressEvent[] = [];
+    const out = await runStages({ stages: [credentials(), { use: 'pg-dump' }], observe: (hooks) => hooks.progress.tap('test', (e) => void progress.push(e)) });
     expect(out.error).toBeUndefined();
     const a = artifactOf(out);
     expect(a).toMatchObject({ name: 'mastodon_test.dump.zst', kind: 'database', format: 'pg-custom', compression: 'zstd' });
+    // Progress: bytes written, then every table done of the total.
+    expect(progress.some((e) => e.task === 'dump' && (e.bytes ?? 0) > 0)).toBe(true);
+    const tables = Object.keys(sourceCounts).length;
+    expect(progress.filter((e) => e.done !== undefined).at(-1)).toMatchObject({ plugin: 'pg-dump', task: 'dump', done: tables, total: tables });
     expect(a.meta.rowCounts).toEqual(sourceCounts);
     expect(a.meta.database).toBe('mastodon_test');
     expect(out.result!.manifest!.tools.pg_dump).toMatch(/^\d+/);
