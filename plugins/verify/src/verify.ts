@@ -110,9 +110,14 @@ async function pipeInto(
   return consumer.value.stdout;
 }
 
+/**
+ * The reader went away: the writer died of SIGPIPE, or (when SIGPIPE is ignored, as in children of
+ * newer Node.js versions, whose stdio pipes are socket pairs) failed writing with EPIPE/ECONNRESET (zstd and lz4 say "Write error", exit 70).
+ */
 function killedBySigpipe(error: unknown): boolean {
-  for (let e = error as { cause?: unknown; details?: { signal?: unknown } } | undefined; e; e = e.cause as typeof e) {
+  for (let e = error as { cause?: unknown; details?: { signal?: unknown; stderr?: unknown } } | undefined; e; e = e.cause as typeof e) {
     if (e.details?.signal === 'SIGPIPE') return true;
+    if (typeof e.details?.stderr === 'string' && /Broken pipe|Connection reset by peer|Write error/i.test(e.details.stderr)) return true;
   }
   return false;
 }
