@@ -10,8 +10,8 @@
  * Passphrases only ever travel in files (`--passphrase-file`), never in argv, and are registered
  * as secrets so no log line or error can show them. `decrypt()` is the inverse, for `restore`.
  */
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -20,9 +20,8 @@ import {
   displayCommand,
   exec,
   isPipelineError,
-  syncDir,
   DigestStream,
-  PARTIAL_SUFFIX,
+  writeFileAtomic,
   PipelineError,
   z,
   type Artifact,
@@ -156,31 +155,16 @@ export function encryptArgs(plan: EncryptPlan): string[] {
   return args;
 }
 
-/** Runs gpg with `stdout` streamed into `path` atomically (hashed on the way); renamed only when gpg succeeded. */
+/** Runs gpg with `stdout` streamed into `path` by the core's atomic writer (hashed on the way); removed when gpg failed. */
 async function gpgToFile(args: string[], path: string, options: ExecOptions, onFailure: (error: unknown) => PipelineError): Promise<FileDigest> {
-  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-  const partial = path + PARTIAL_SUFFIX;
-  const digest = new DigestStream();
-  try {
-    const sink = createWriteStream(partial, { mode: 0o600 });
-    const child = exec('gpg', args, { ...options, stdout: 'stream', label: 'gpg' });
-    const [ran, copied] = await Promise.allSettled([child, pipeline(child.stdout!, digest, sink)]);
-    if (ran.status === 'rejected') throw onFailure(ran.reason);
-    if (copied.status === 'rejected') throw copied.reason;
-    // A path-based stream (not a FileHandle stream, whose handle can wait forever to close), fsynced after.
-    const handle = await open(partial, 'r');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(partial, path);
-    await syncDir(dirname(path));
-    return digest.digest();
-  } catch (error) {
-    await rm(partial, { force: true });
-    throw error;
+  const child = exec('gpg', args, { ...options, stdout: 'stream', label: 'gpg' });
+  const [ran, written] = await Promise.allSettled([child, writeFileAtomic(path, child.stdout!, { signal: options.signal })]);
+  if (ran.status === 'rejected') {
+    await rm(path, { force: true });
+    throw onFailure(ran.reason);
   }
+  if (written.status === 'rejected') throw written.reason;
+  return written.value;
 }
 
 const wrapExecError = (code: 'GPG_ENCRYPT_FAILED' | 'GPG_DECRYPT_FAILED', what: string) => (error: unknown) => {
