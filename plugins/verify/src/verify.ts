@@ -219,7 +219,7 @@ export async function verifyDatabaseArtifact(artifact: Artifact, options: Verify
     durationMs: 0,
   };
   if (options.restoreTest) {
-    verification.restoreTest = await restoreTest(artifact, options, ctx, pgRestore, dir);
+    verification.restoreTest = await restoreTest(artifact, options, ctx, dir);
     verification.fullRead = true;
   }
   if (dir) await rm(dir, { recursive: true, force: true });
@@ -227,7 +227,7 @@ export async function verifyDatabaseArtifact(artifact: Artifact, options: Verify
   return verification;
 }
 
-async function restoreTest(artifact: Artifact, options: VerifyOptions, ctx: Ctx, pgRestore: string, dir: string | undefined): Promise<NonNullable<Verification['restoreTest']>> {
+async function restoreTest(artifact: Artifact, options: VerifyOptions, ctx: Ctx, dir: string | undefined): Promise<NonNullable<Verification['restoreTest']>> {
   const source = ctx.pg;
   if (!source) throw new PipelineError('CREDENTIALS_MISSING', 'restoreTest needs the database connection of a credentials stage', { hint: 'Add a credentials stage before verify.' });
   const started = Date.now();
