@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { generateMastodonData, loadMastodonSchema, startPostgres, type PostgresServer } from '@backup-pipeline/testing';
+import { generateMastodonData, loadMastodonSchema, mastodonEnvText, startPostgres, type PostgresServer } from '@backup-pipeline/testing';
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 export const BIN = join(ROOT, 'packages', 'cli', 'bin', 'pipeline.js');
@@ -32,13 +32,7 @@ export async function mastodonHost(options: { scale?: 'tiny' | 'small' } = {}): 
   const dir = await mkdtemp(join(tmpdir(), 'bp-e2e-'));
   await chmod(dir, 0o700);
   const envFile = join(dir, '.env.production');
-  // Double-quoted dotenv value: backslash and double quote escaped.
-  const quoted = HOSTILE_PASSWORD.replace(/\\/g, '\\\\').replace(/"/g, '\\"');
-  await writeFile(
-    envFile,
-    [`# Generated for a test`, `LOCAL_DOMAIN=example.test`, `DB_HOST=${pg.host}`, `DB_PORT=${pg.port}`, `DB_NAME=${database}`, `DB_USER=${user}`, `DB_PASS="${quoted}"`, `SECRET_KEY_BASE=abc123`, ''].join('\n'),
-    { mode: 0o600 },
-  );
+  await writeFile(envFile, mastodonEnvText({ host: pg.host, port: pg.port, database, user, password: HOSTILE_PASSWORD, extra: ['SECRET_KEY_BASE=abc123'] }), { mode: 0o600 });
   return { pg, dir, envFile, database, user };
 }
 

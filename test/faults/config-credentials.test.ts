@@ -8,7 +8,7 @@ import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { exec } from '@backup-pipeline/core';
-import { createGpgHome, type GpgHome } from '@backup-pipeline/testing';
+import { createGpgHome, mastodonEnvText, type GpgHome } from '@backup-pipeline/testing';
 import {
   assertCleanedUp,
   assertFailed,
@@ -36,9 +36,8 @@ let p: Project;
 let envFile: string;
 let goodEnv: string;
 
-const quoted = (s: string) => `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
 const envText = (pass: string, extra: string[] = []) =>
-  [`LOCAL_DOMAIN=example.test`, `DB_HOST=${host.pg.host}`, `DB_PORT=${host.pg.port}`, `DB_NAME=${host.database}`, `DB_USER=${host.user}`, `DB_PASS=${quoted(pass)}`, ...extra, ''].join('\n');
+  mastodonEnvText({ host: host.pg.host, port: host.pg.port, database: host.database, user: host.user, password: pass, extra });
 
 beforeAll(async () => {
   [host, sb, gpg] = await Promise.all([mastodonHost(), sandbox('config'), createGpgHome()]);

@@ -5,3 +5,4 @@ export * from './postgres.js';
 export * from './mastodon-schema.js';
 export * from './run-pipeline.js';
 export * from './producer-plugin.js';
+export * from './mastodon-env.js';

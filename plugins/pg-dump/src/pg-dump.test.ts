@@ -4,11 +4,10 @@ import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exec, type Artifact, type ProgressEvent } from '@backup-pipeline/core';
-import { generateMastodonData, loadMastodonSchema, runStages, startPostgres, tableChecksums, tableRowCounts, type PostgresServer } from '@backup-pipeline/testing';
+import { generateMastodonData, loadMastodonSchema, mastodonEnvText, runStages, startPostgres, tableChecksums, tableRowCounts, type PostgresServer } from '@backup-pipeline/testing';
 import { decompressToFile } from './compression.js';
 
 const PASSWORD = `p:a\\ss 'w"o#rd x`;
-const DQ = `"${PASSWORD.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
 
 describe('pg-dump against a real server', () => {
   let pg: PostgresServer;
@@ -28,7 +27,7 @@ describe('pg-dump against a real server', () => {
     sourceCounts = await tableRowCounts(pg, 'mastodon_test');
     dir = await mkdtemp(join(tmpdir(), 'bp-dump-'));
     envFile = join(dir, '.env.production');
-    await writeFile(envFile, `LOCAL_DOMAIN=example.social\nDB_HOST=127.0.0.1\nDB_PORT=${pg.port}\nDB_NAME=mastodon_test\nDB_USER=mastodon\nDB_PASS=${DQ}\n`, { mode: 0o600 });
+    await writeFile(envFile, mastodonEnvText({ host: '127.0.0.1', port: pg.port, database: 'mastodon_test', user: 'mastodon', password: PASSWORD }), { mode: 0o600 });
   });
   afterAll(async () => {
     await pg?.stop();

@@ -8,7 +8,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { createDestination, exec, loadConfig, PipelineError, Runner, type RunSummary } from '@backup-pipeline/core';
-import { createGpgHome, findServerBinDir, generateMastodonData, loadMastodonSchema, startPostgres, tableChecksums, tableRowCounts, type GpgHome, type PostgresServer } from '@backup-pipeline/testing';
+import { createGpgHome, findServerBinDir, generateMastodonData, loadMastodonSchema, mastodonEnvText, startPostgres, tableChecksums, tableRowCounts, type GpgHome, type PostgresServer } from '@backup-pipeline/testing';
 import { restoreArtifact } from '@backup-pipeline/plugin-verify';
 import { CLI_DIR } from '../builtins.js';
 import { formatBytes, formatDuration, green, red, table } from '../output.js';
@@ -95,8 +95,7 @@ export default async function demo(command: Command, flags: { dir: string; keep?
       out('2/5 writing a demo .env.production, a gpg key and the config…');
       gpg = await createGpgHome();
       const envFile = join(dir, '.env.production');
-      const quoted = password.replace(/\\/g, '\\\\').replace(/"/g, '\\"');
-      await writeFile(envFile, `# demo only\nDB_HOST=${pg.host}\nDB_PORT=${pg.port}\nDB_NAME=mastodon_production\nDB_USER=mastodon\nDB_PASS="${quoted}"\n`, { mode: 0o600 });
+      await writeFile(envFile, mastodonEnvText({ host: pg.host, port: pg.port, database: 'mastodon_production', user: 'mastodon', password }), { mode: 0o600 });
       const configFile = join(dir, 'pipeline.config.yaml');
       await writeFile(configFile, demoConfig({ envFile, gnupgHome: gpg.home, fingerprint: gpg.fingerprint }), { mode: 0o600 });
 
