@@ -17,9 +17,8 @@ import { globalOptions, openLogger } from '../session.js';
 import { withSignals } from '../signals.js';
 import { prepareTarget } from './restore.js';
 
-/** Programs the demo runs, and the Debian package that provides each. */
+/** Programs the demo runs besides PostgreSQL's (found with the server), and the Debian package of each. */
 const TOOLS: Array<[string, string]> = [
-  ['pg_dump', 'postgresql-client'],
   ['gpg', 'gnupg'],
   ['zstd', 'zstd'],
   ['rsync', 'rsync'],
@@ -30,7 +29,6 @@ async function checkTools(): Promise<void> {
   const missing: string[] = [];
   await findServerBinDir().catch(() => missing.push('initdb/pg_ctl (apt-get install postgresql)'));
   for (const [tool, pkg] of TOOLS) {
-    if (tool === 'pg_dump') continue; // found with the server binaries, or from postgresql-client
     await exec(tool, ['--version']).catch(() => missing.push(`${tool} (apt-get install ${pkg})`));
   }
   if (missing.length > 0) {
