@@ -6,6 +6,10 @@
  * its artifacts and, written last, `manifest.json`. A set without a readable manifest is
  * incomplete and never counts as a backup.
  */
+import { PARTIAL_SUFFIX } from './atomic-file.js';
+import { PipelineError } from './errors.js';
+import { parseSetId } from './manifest.js';
+
 export const MANIFEST_NAME = 'manifest.json';
 
 export interface StoredSet {
@@ -52,4 +56,20 @@ export interface NamedDestination {
   name: string;
   plugin: string;
   destination: Destination;
+}
+
+/** Throws SET_NOT_FOUND unless `setId` is a set id (never a path, a partial or a hidden name). Destinations call it before touching storage. */
+export function assertSetId(setId: string): void {
+  if (!parseSetId(setId) || setId.endsWith(PARTIAL_SUFFIX)) {
+    throw new PipelineError('SET_NOT_FOUND', `"${setId}" is not a backup set id`);
+  }
+}
+
+/** Throws unless `name` can be a file of a set: one path segment, not hidden or partial, no control characters. */
+export function assertFileName(name: string): void {
+  if (!name || name.includes('/') || name.startsWith('.') || name.endsWith(PARTIAL_SUFFIX) || /[\0-\x1f\x7f]/.test(name)) {
+    throw new PipelineError('DESTINATION_FAILED', `"${name}" is not a valid file name in a backup set`, {
+      hint: 'Artifact names are one path segment, not hidden, without control characters.',
+    });
+  }
 }

@@ -5,8 +5,8 @@
 import { constants, createReadStream } from 'node:fs';
 import { readdir, rm, stat, access } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { writeFileAtomic, PARTIAL_SUFFIX } from './atomic-file.js';
-import { MANIFEST_NAME, type Destination, type DestinationOperationOptions, type PutSource, type StoredSet } from './destination.js';
+import { writeFileAtomic } from './atomic-file.js';
+import { assertSetId, MANIFEST_NAME, type Destination, type DestinationOperationOptions, type PutSource, type StoredSet } from './destination.js';
 import { PipelineError } from './errors.js';
 import { parseSetId } from './manifest.js';
 
@@ -72,9 +72,7 @@ export class LocalFolderDestination implements Destination {
   }
 
   private setDir(setId: string): string {
-    if (!parseSetId(setId) || setId.endsWith(PARTIAL_SUFFIX)) {
-      throw new PipelineError('SET_NOT_FOUND', `"${setId}" is not a backup set id`);
-    }
+    assertSetId(setId);
     return join(this.root, setId);
   }
 }

@@ -28,6 +28,8 @@ import {
   type PutSource,
   type SecretRegistry,
   type StoredSet,
+  assertFileName,
+  assertSetId,
 } from '@backup-pipeline/core';
 
 const SshOption = z
@@ -97,18 +99,6 @@ export function quoteForShell(arg: string): string {
 /** Escapes a literal name for an rsync filter pattern. */
 function filterLiteral(name: string): string {
   return /[*?[]/.test(name) ? name.replace(/[*?[\\]/g, '\\$&') : name;
-}
-
-function checkSetId(setId: string): void {
-  if (!parseSetId(setId) || setId.endsWith(PARTIAL_SUFFIX)) {
-    throw new PipelineError('SET_NOT_FOUND', `"${setId}" is not a backup set id`);
-  }
-}
-
-function checkName(name: string): void {
-  if (!name || name.includes('/') || name.startsWith('.') || name.endsWith(PARTIAL_SUFFIX) || /[\0-\x1f\x7f]/.test(name)) {
-    throw new PipelineError('DESTINATION_FAILED', `"${name}" is not a valid file name in a backup set`, { hint: 'Artifact names are one path segment, not hidden, without control characters.' });
-  }
 }
 
 const LIST_LINE = /^([dl-][rwxsStT-]{9})\s+([\d,.]+)\s+(\d{4})\/(\d\d)\/(\d\d) (\d\d):(\d\d):(\d\d) (.+)$/;
@@ -216,8 +206,8 @@ export class RsyncDestination implements Destination {
   }
 
   async put(setId: string, name: string, source: PutSource, options: DestinationOperationOptions = {}): Promise<void> {
-    checkSetId(setId);
-    checkName(name);
+    assertSetId(setId);
+    assertFileName(name);
     await this.upload(setId, name, source, options);
   }
 
@@ -287,8 +277,8 @@ export class RsyncDestination implements Destination {
   }
 
   async get(setId: string, name: string, toPath: string, options: DestinationOperationOptions = {}): Promise<void> {
-    checkSetId(setId);
-    checkName(name);
+    assertSetId(setId);
+    assertFileName(name);
     await ensurePrivateDir(dirname(toPath));
     const tmp = await mkdtemp(join(dirname(toPath), '.rsync-get-'));
     try {
@@ -312,7 +302,7 @@ export class RsyncDestination implements Destination {
   }
 
   async delete(setId: string, options: DestinationOperationOptions = {}): Promise<void> {
-    checkSetId(setId);
+    assertSetId(setId);
     await this.deleteDir(setId, options);
   }
 

@@ -40,6 +40,8 @@ import {
   type PutSource,
   type SecretRegistry,
   type StoredSet,
+  assertFileName,
+  assertSetId,
 } from '@backup-pipeline/core';
 
 export const S3Options = z
@@ -74,16 +76,6 @@ export type S3Options = z.output<typeof S3Options>;
 
 const SHA256_META = 'sha256';
 const PROBE_PREFIX = '.backup-pipeline-probe-';
-
-function checkSetId(setId: string): void {
-  if (!parseSetId(setId) || setId.endsWith(PARTIAL_SUFFIX)) throw new PipelineError('SET_NOT_FOUND', `"${setId}" is not a backup set id`);
-}
-
-function checkName(name: string): void {
-  if (!name || name.includes('/') || name.startsWith('.') || name.endsWith(PARTIAL_SUFFIX) || /[\0-\x1f\x7f]/.test(name)) {
-    throw new PipelineError('DESTINATION_FAILED', `"${name}" is not a valid file name in a backup set`);
-  }
-}
 
 function isNotFound(error: unknown): boolean {
   const e = error as { name?: string; $metadata?: { httpStatusCode?: number } };
@@ -161,8 +153,8 @@ export class S3Destination implements Destination {
   }
 
   async put(setId: string, name: string, source: PutSource, options: DestinationOperationOptions = {}): Promise<void> {
-    checkSetId(setId);
-    checkName(name);
+    assertSetId(setId);
+    assertFileName(name);
     const { bucket } = this.options;
     const key = this.key(setId, name);
     const digest = new DigestStream();
@@ -255,8 +247,8 @@ export class S3Destination implements Destination {
   }
 
   async get(setId: string, name: string, toPath: string, options: DestinationOperationOptions = {}): Promise<void> {
-    checkSetId(setId);
-    checkName(name);
+    assertSetId(setId);
+    assertFileName(name);
     const key = this.key(setId, name);
     const object = await this.send(`downloading ${setId}/${name}`, () =>
       this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: key }), { abortSignal: options.signal }),
@@ -277,7 +269,7 @@ export class S3Destination implements Destination {
   }
 
   async delete(setId: string, options: DestinationOperationOptions = {}): Promise<void> {
-    checkSetId(setId);
+    assertSetId(setId);
     const { bucket } = this.options;
     // The manifest goes first: a set deleted halfway is then incomplete, never a broken "complete" set.
     await this.send(`deleting ${setId}/${MANIFEST_NAME}`, () =>
