@@ -38,9 +38,14 @@ export function watchTables(source: PgSource, ctx: Pick<RunContext, 'progress' |
         if (table) seen.add(table);
       }
       if (seen.size > before) ctx.progress({ task: 'dump', done: seen.size, total, message: [...seen].at(-1) });
+      // stop() may have come while the query ran: check before sleeping, and let stop() cut the sleep short.
+      if (stopped) break;
       await new Promise<void>((resolve) => {
-        wake = resolve;
-        setTimeout(resolve, intervalMs).unref();
+        const timer = setTimeout(resolve, intervalMs);
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
       });
     }
   })();
