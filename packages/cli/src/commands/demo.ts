@@ -8,7 +8,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { createDestination, exec, loadConfig, PipelineError, Runner, type RunSummary } from '@backup-pipeline/core';
-import { createGpgHome, findServerBinDir, generateMastodonData, loadMastodonSchema, mastodonEnvText, startPostgres, tableChecksums, tableRowCounts, type GpgHome, type PostgresServer } from '@backup-pipeline/testing';
+import { createGpgHome, findServerBinDir, generateMastodonData, loadMastodonSchema, mastodonEnvText, startPostgres, tableChecksums, tableRowCounts, type GpgHome, type PostgresServer } from '@backup-pipeline/sandbox';
 import { restoreArtifact } from '@backup-pipeline/plugin-verify';
 import { CLI_DIR } from '../builtins.js';
 import { formatBytes, formatDuration, green, red, table } from '../output.js';
