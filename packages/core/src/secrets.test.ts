@@ -1,0 +1,82 @@
+/** The secrets registry, table-driven: what is registered, what `has`, `mask` and `maskDeep` see. */
+import { describe, expect, it } from 'vitest';
+import { MASK, SecretRegistry } from './secrets.js';
+
+const registry = (...values: Array<string | undefined | null>) => {
+  const secrets = new SecretRegistry();
+  for (const v of values) secrets.add(v);
+  return secrets;
+};
+
+describe('SecretRegistry.add', () => {
+  it.each([
+    ['an empty string', '', 0],
+    ['undefined', undefined, 0],
+    ['null', null, 0],
+    ['a plain value (no JSON or URL form of its own)', 'hunter2', 1],
+    ['a value with a quote (JSON form differs, URL form differs)', 'a"b', 3],
+    ['a value with a space (URL form only)', 'a b', 2],
+    ['a value with a newline (JSON and URL forms)', 'a\nb', 3],
+  ])('registers %s as %i form(s)', (_label, value, size) => {
+    expect(registry(value).size).toBe(size);
+  });
+
+  it('masks nothing after registering an empty value', () => {
+    const secrets = registry('', undefined, null);
+    expect(secrets.mask('abc')).toBe('abc');
+    expect(secrets.has('abc')).toBe(false);
+  });
+});
+
+describe('SecretRegistry.has', () => {
+  it.each([
+    ['the raw value', 'pw=p@ss word"x', true],
+    ['its JSON-escaped form', JSON.stringify({ pw: 'p@ss word"x' }), true],
+    ['its URL-encoded form', `postgres://u:${encodeURIComponent('p@ss word"x')}@h/db`, true],
+    ['a text without it', 'p@ss word', false],
+    ['an empty text', '', false],
+  ])('finds %s: %s', (_label, text, found) => {
+    expect(registry('p@ss word"x').has(text)).toBe(found);
+  });
+
+  it('finds nothing in an empty registry', () => {
+    expect(new SecretRegistry().has('anything')).toBe(false);
+  });
+});
+
+describe('SecretRegistry.mask', () => {
+  it.each([
+    ['raw', 'token p@ss word"x end', `token ${MASK} end`],
+    ['JSON-escaped', JSON.stringify({ pw: 'p@ss word"x' }), `{"pw":"${MASK}"}`],
+    ['URL-encoded', `postgres://u:${encodeURIComponent('p@ss word"x')}@h/db`, `postgres://u:${MASK}@h/db`],
+    ['absent', 'nothing here', 'nothing here'],
+    ['empty', '', ''],
+  ])('masks the %s form', (_label, text, expected) => {
+    expect(registry('p@ss word"x').mask(text)).toBe(expected);
+  });
+
+  it('returns the text unchanged with no secrets registered', () => {
+    expect(new SecretRegistry().mask('p@ss')).toBe('p@ss');
+  });
+});
+
+describe('SecretRegistry.maskDeep', () => {
+  it('masks every string inside a JSON value and keeps its shape', () => {
+    const secrets = registry('s3cr"et');
+    const value = { a: 's3cr"et', list: ['x s3cr"et y', 1, true, null], nested: { url: `u:${encodeURIComponent('s3cr"et')}@h` } };
+    expect(secrets.maskDeep(value)).toEqual({ a: MASK, list: [`x ${MASK} y`, 1, true, null], nested: { url: `u:${MASK}@h` } });
+    expect(value.a).toBe('s3cr"et'); // the input is not changed
+  });
+
+  it('returns the same object when no secret is registered', () => {
+    const value = { a: 1 };
+    expect(new SecretRegistry().maskDeep(value)).toBe(value);
+  });
+
+  it('returns a copy when a secret is registered, even if nothing matched', () => {
+    const value = { a: 1 };
+    const out = registry('zzz').maskDeep(value);
+    expect(out).toEqual(value);
+    expect(out).not.toBe(value);
+  });
+});
