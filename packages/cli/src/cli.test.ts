@@ -93,8 +93,14 @@ describe('pipeline CLI', () => {
   it('runs a pipeline, ships it, and prints a summary; --json gives the summary as JSON', async () => {
     const dir = await project(config());
     const run = await pipeline(['run', 'nightly'], dir);
-    expect(run.stderr).toBe(run.exitCode === 0 ? run.stderr : '');
-    expect(run.exitCode).toBe(0);
+    expect(run.exitCode, run.stderr).toBe(0);
+    // On success stderr holds only info-level log lines (JSON when not a terminal) and progress
+    // lines: no warning, no error, and it says where the set went.
+    const lines = run.stderr.split('\n').filter(Boolean);
+    const logs = lines.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { level: number; msg: string; destination?: string });
+    expect(lines.filter((l) => !l.startsWith('{') && !l.startsWith('progress:'))).toEqual([]);
+    expect(logs.filter((l) => l.level > 30)).toEqual([]);
+    expect(logs).toContainEqual(expect.objectContaining({ destination: 'copy', msg: 'shipped to copy' }));
     expect(run.stdout).toMatch(/^ok nightly: set \d{8}T\d{6}Z-nightly in/);
     expect(await readdir(join(dir, 'copy'))).toHaveLength(1);
     const json = await pipeline(['run', '--json', '--log-level', 'silent'], dir);
