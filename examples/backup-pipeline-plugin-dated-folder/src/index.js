@@ -139,9 +139,19 @@ export class DatedFolderDestination {
         }
         // A folder filed under the wrong date is not ours to report (nor to delete).
         if (!parseSetId(entry.name) || setFolder(this.root, this.layout, entry.name) !== path) continue;
-        const manifest = await stat(join(path, MANIFEST_NAME)).catch(() => undefined);
-        const modifiedAt = manifest?.mtime ?? (await stat(path)).mtime;
-        sets.push({ id: entry.name, hasManifest: manifest !== undefined, modifiedAt });
+        // Every file with its size: the core compares them with the manifest (complete or damaged).
+        /** @type {Array<{ name: string, bytes: number }>} */
+        const files = [];
+        /** @type {Date | undefined} */
+        let manifestAt;
+        for (const file of await readdir(path, { withFileTypes: true })) {
+          if (!file.isFile()) continue;
+          const info = await stat(join(path, file.name));
+          files.push({ name: file.name, bytes: info.size });
+          if (file.name === MANIFEST_NAME) manifestAt = info.mtime;
+        }
+        const modifiedAt = manifestAt ?? (await stat(path)).mtime;
+        sets.push({ id: entry.name, hasManifest: manifestAt !== undefined, modifiedAt, files });
       }
     };
     await walk(this.root, 0);

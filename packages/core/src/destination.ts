@@ -12,10 +12,22 @@ import { parseSetId } from './manifest.js';
 
 export const MANIFEST_NAME = 'manifest.json';
 
+/** A file a destination holds in a set, as its listing reports it. */
+export interface StoredFile {
+  name: string;
+  bytes: number;
+}
+
 export interface StoredSet {
   id: string;
   /** Whether `manifest.json` is present. Validity is checked by the caller reading it. */
   hasManifest: boolean;
+  /**
+   * Every file of the set with its size, as the storage reports it (not from the manifest): the
+   * core compares them with the manifest to tell a complete set from a damaged one. A destination
+   * that leaves this out gets its sets listed as damaged.
+   */
+  files?: StoredFile[];
   /** When the destination last saw a write to this set (for the incomplete-set grace period). */
   modifiedAt?: Date;
 }
@@ -65,11 +77,4 @@ export function assertSetId(setId: string): void {
   }
 }
 
-/** Throws unless `name` can be a file of a set: one path segment, not hidden or partial, no control characters. */
-export function assertFileName(name: string): void {
-  if (!name || name.includes('/') || name.startsWith('.') || name.endsWith(PARTIAL_SUFFIX) || /[\0-\x1f\x7f]/.test(name)) {
-    throw new PipelineError('DESTINATION_FAILED', `"${name}" is not a valid file name in a backup set`, {
-      hint: 'Artifact names are one path segment, not hidden, without control characters.',
-    });
-  }
-}
+export { assertFileName } from './names.js';

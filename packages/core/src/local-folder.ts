@@ -6,7 +6,7 @@ import { constants, createReadStream } from 'node:fs';
 import { readdir, rm, stat, access } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { writeFileAtomic } from './atomic-file.js';
-import { assertSetId, MANIFEST_NAME, type Destination, type DestinationOperationOptions, type PutSource, type StoredSet } from './destination.js';
+import { assertSetId, MANIFEST_NAME, type Destination, type DestinationOperationOptions, type PutSource, type StoredFile, type StoredSet } from './destination.js';
 import { PipelineError } from './errors.js';
 import { parseSetId } from './manifest.js';
 
@@ -52,9 +52,16 @@ export class LocalFolderDestination implements Destination {
     for (const entry of entries) {
       if (!entry.isDirectory() || !parseSetId(entry.name)) continue;
       const dir = join(this.root, entry.name);
-      const manifest = await stat(join(dir, MANIFEST_NAME)).catch(() => undefined);
-      const modifiedAt = manifest?.mtime ?? (await stat(dir)).mtime;
-      sets.push({ id: entry.name, hasManifest: manifest !== undefined, modifiedAt });
+      const files: StoredFile[] = [];
+      let manifestAt: Date | undefined;
+      for (const file of await readdir(dir, { withFileTypes: true })) {
+        if (!file.isFile()) continue;
+        const info = await stat(join(dir, file.name));
+        files.push({ name: file.name, bytes: info.size });
+        if (file.name === MANIFEST_NAME) manifestAt = info.mtime;
+      }
+      const modifiedAt = manifestAt ?? (await stat(dir)).mtime;
+      sets.push({ id: entry.name, hasManifest: manifestAt !== undefined, modifiedAt, files });
     }
     return sets.sort((a, b) => a.id.localeCompare(b.id));
   }

@@ -1,49 +1,71 @@
 /**
  * The manifest: written last into every backup set, it lists every artifact with its size and
- * sha256. A set without a valid manifest is incomplete by definition.
+ * sha256. A set without a valid manifest is not a backup.
+ *
+ * A manifest is data the product reads back: it is built from typed fields, validated with the
+ * same schema every reader uses before it is written (`serializeManifest`), and never passed
+ * through display-time transformations such as secret masking.
  */
+import { isDeepStrictEqual } from 'node:util';
 import { z } from 'zod';
+import { PipelineError } from './errors.js';
+import { IDENTIFIER, nameProblem } from './names.js';
 
 export const MANIFEST_FORMAT = 'backup-pipeline/manifest@1';
+/** Largest manifest a reader accepts (a manifest of thousands of artifacts is well under 1 MiB). */
+export const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
 
-const Sha256 = z.string().regex(/^[0-9a-f]{64}$/);
-/** Artifact file names: one path segment, no hidden or partial files. */
-export const ArtifactName = z
-  .string()
-  .min(1)
-  .refine((n) => !n.includes('/') && !n.startsWith('.') && !n.endsWith('.partial') && n !== 'manifest.json', 'not a valid artifact file name');
+const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'not a sha256 (64 lowercase hex digits)');
+const Bytes = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+/** Open identifiers (`zstd`, `age`, `pg-custom`…): any plugin may declare its own, but they are safe names. */
+export const Identifier = z.string().regex(IDENTIFIER, 'not an identifier (letters, digits, ".", "_", "+", "-"; at most 64)');
+/** File names of a set: one path segment, no hidden, partial or look-alike names (see names.ts). */
+export const FileName = z.string().superRefine((name, ctx) => {
+  const problem = nameProblem(name);
+  if (problem) ctx.addIssue({ code: 'custom', message: `not a valid file name: it ${problem}` });
+});
+/** Artifact file names: a file name that is not the manifest's own. */
+export const ArtifactName = FileName.refine((n) => n !== 'manifest.json', 'manifest.json is the name of the manifest');
 
 export const ManifestArtifact = z.object({
   name: ArtifactName,
-  kind: z.string(),
-  format: z.string(),
-  compression: z.enum(['none', 'gzip', 'zstd', 'lz4']),
-  encryption: z.object({ method: z.literal('gpg'), recipients: z.array(z.string()), symmetric: z.boolean() }).optional(),
-  bytes: z.number().int().nonnegative(),
+  kind: Identifier,
+  format: Identifier,
+  compression: Identifier,
+  encryption: z.object({ method: Identifier, recipients: z.array(z.string()), symmetric: z.boolean().optional() }).optional(),
+  bytes: Bytes,
   sha256: Sha256,
-  plain: z.object({ name: z.string(), bytes: z.number().int().nonnegative(), sha256: Sha256 }).optional(),
+  plain: z.object({ name: ArtifactName, bytes: Bytes, sha256: Sha256 }).optional(),
   meta: z.record(z.string(), z.unknown()).default({}),
 });
 
-export const Manifest = z.object({
-  format: z.literal(MANIFEST_FORMAT),
-  id: z.string(),
-  pipeline: z.string(),
-  source: z.string(),
-  createdAt: z.string(),
-  completedAt: z.string(),
-  framework: z.object({ name: z.string(), version: z.string(), node: z.string() }),
-  host: z.string(),
-  artifacts: z.array(ManifestArtifact).min(1),
-  stages: z.array(z.object({ plugin: z.string(), hook: z.string(), durationMs: z.number(), result: z.string() })),
-  facts: z.record(z.string(), z.unknown()).default({}),
-  tools: z.record(z.string(), z.string()).default({}),
-  verified: z.boolean(),
-});
+const SET_ID = /^(\d{8}T\d{6}(?:\d{3})?Z)-([A-Za-z0-9][A-Za-z0-9_.-]*)$/;
+
+export const Manifest = z
+  .object({
+    format: z.literal(MANIFEST_FORMAT),
+    id: z.string().regex(SET_ID, 'not a set id'),
+    pipeline: z.string(),
+    source: z.string(),
+    createdAt: z.string(),
+    completedAt: z.string(),
+    framework: z.object({ name: z.string(), version: z.string(), node: z.string() }),
+    host: z.string(),
+    artifacts: z.array(ManifestArtifact).min(1),
+    stages: z.array(z.object({ plugin: z.string(), hook: z.string(), durationMs: z.number(), result: z.string() })),
+    facts: z.record(z.string(), z.unknown()).default({}),
+    tools: z.record(z.string(), z.string()).default({}),
+    verified: z.boolean(),
+  })
+  .superRefine((m, ctx) => {
+    const seen = new Set<string>();
+    m.artifacts.forEach((a, i) => {
+      if (seen.has(a.name)) ctx.addIssue({ code: 'custom', path: ['artifacts', i, 'name'], message: `two artifacts are named ${a.name}` });
+      seen.add(a.name);
+    });
+  });
 export type Manifest = z.infer<typeof Manifest>;
 export type ManifestArtifact = z.infer<typeof ManifestArtifact>;
-
-const SET_ID = /^(\d{8}T\d{6}(?:\d{3})?Z)-([A-Za-z0-9][A-Za-z0-9_.-]*)$/;
 
 /** `20261125T014500Z-mastodon`: sorts by time, readable, safe as a folder or key name. */
 export function makeSetId(date: Date, source: string): string {
@@ -61,16 +83,60 @@ export function parseSetId(id: string): { time: Date; source: string } | undefin
   return Number.isNaN(time.getTime()) ? undefined : { time, source: m[2]! };
 }
 
-/** Parses manifest text; undefined when it is not a valid manifest for `setId`. */
-export function parseManifest(text: string, setId?: string): Manifest | undefined {
+const fieldPath = (path: ReadonlyArray<PropertyKey>) =>
+  path.reduce<string>((out, key) => (typeof key === 'number' ? `${out}[${key}]` : out ? `${out}.${String(key)}` : String(key)), '') || '(root)';
+
+/** Reads manifest text: the manifest, or the first reason it is not a valid manifest of `setId`. */
+export function readManifestText(text: string, setId?: string): { manifest: Manifest; problem?: undefined } | { manifest?: undefined; problem: string } {
+  if (text.length > MAX_MANIFEST_BYTES) return { problem: `manifest is larger than ${MAX_MANIFEST_BYTES} bytes` };
   let json: unknown;
   try {
     json = JSON.parse(text);
-  } catch {
-    return undefined;
+  } catch (error) {
+    return { problem: `manifest is not JSON (${(error as Error).message})` };
   }
   const result = Manifest.safeParse(json);
-  if (!result.success) return undefined;
-  if (setId && result.data.id !== setId) return undefined;
-  return result.data;
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    return { problem: `manifest field ${fieldPath(issue.path)}: ${issue.message}` };
+  }
+  if (setId !== undefined && result.data.id !== setId) return { problem: `manifest belongs to set ${result.data.id}, not ${setId}` };
+  return { manifest: result.data };
+}
+
+/** Parses manifest text; undefined when it is not a valid manifest for `setId`. */
+export function parseManifest(text: string, setId?: string): Manifest | undefined {
+  return readManifestText(text, setId).manifest;
+}
+
+/** The first place where `read` (what a reader gets back) differs from `written`, or undefined. */
+function firstDifference(written: unknown, read: unknown, path: PropertyKey[] = []): string | undefined {
+  if (written !== null && typeof written === 'object' && read !== null && typeof read === 'object' && Array.isArray(written) === Array.isArray(read)) {
+    for (const [key, value] of Object.entries(written)) {
+      const k = Array.isArray(written) ? Number(key) : key;
+      if (!(key in read)) return `${fieldPath([...path, k])} would be dropped by readers (not part of the manifest format)`;
+      const diff = firstDifference(value, (read as Record<string, unknown>)[key], [...path, k]);
+      if (diff) return diff;
+    }
+    return Object.keys(written).length === Object.keys(read).length || !Array.isArray(written) ? undefined : `${fieldPath(path)} would be read back with another length`;
+  }
+  return isDeepStrictEqual(written, read) ? undefined : `${fieldPath(path)} would be read back as ${JSON.stringify(read)}`;
+}
+
+/**
+ * The text of `manifest`, after proving every reader will read it back as the same complete set:
+ * the text is parsed and validated exactly as `list`, `restore` and retention will parse it, and
+ * compared field by field. Throws MANIFEST_INVALID naming the field otherwise.
+ */
+export function serializeManifest(manifest: Manifest): string {
+  const text = JSON.stringify(manifest, null, 2) + '\n';
+  const read = readManifestText(text, manifest.id);
+  const problem = read.problem ?? firstDifference(JSON.parse(text), read.manifest);
+  if (problem) {
+    throw new PipelineError('MANIFEST_INVALID', `the manifest of set ${manifest.id} would not be read back as a complete set: ${problem}`, {
+      hint: 'Nothing was shipped. A stage recorded a value the manifest format does not allow; the plugin named in the field is at fault.',
+      details: { setId: manifest.id },
+    });
+  }
+  return text;
 }

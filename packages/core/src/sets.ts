@@ -1,17 +1,29 @@
-/** Reading what a destination holds: set ids, their manifests, and whether they are complete. */
+/**
+ * Reading what a destination holds, and judging each set. The state of a set is computed here
+ * only, and `list`, `--json`, metrics, restore and retention all use it:
+ *
+ * - `complete`: a valid manifest of this set, and every artifact it lists present with its size;
+ * - `damaged`: a manifest that cannot be read or is not valid, or an artifact missing or of the
+ *   wrong size — never deleted automatically, a person must look;
+ * - `partial`: no manifest at all (an interrupted upload, or one still being written).
+ */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MANIFEST_NAME, type Destination, type StoredSet } from './destination.js';
-import { parseManifest, parseSetId, type Manifest } from './manifest.js';
+import { MAX_MANIFEST_BYTES, parseSetId, readManifestText, type Manifest } from './manifest.js';
+
+export type SetState = 'complete' | 'damaged' | 'partial';
 
 export interface SetInfo extends StoredSet {
   time: Date;
   source: string;
-  /** The manifest is present and valid: the set counts as a backup. */
+  state: SetState;
+  /** `state === 'complete'`: the set counts as a backup. */
   complete: boolean;
+  /** The valid manifest (also present for a set damaged by a missing or short artifact). */
   manifest?: Manifest;
-  /** Why an incomplete set is incomplete. */
+  /** Why a set is not complete. */
   problem?: string;
 }
 
@@ -25,28 +37,42 @@ export async function readManifest(destination: Destination, setId: string, scra
     } catch (error) {
       return { problem: `manifest cannot be read: ${(error as Error).message}` };
     }
-    const manifest = parseManifest(await readFile(path, 'utf8'), setId);
-    return manifest ? { manifest } : { problem: 'manifest is corrupt or belongs to another set' };
+    return readManifestText(await readFile(path, 'utf8'), setId);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
 }
 
-/** Every set of a destination, oldest first, with manifests read and checked. */
+/** The state of a stored set from its listing and its manifest (pure: the rules above). */
+export function judgeSet(set: StoredSet, read: { manifest?: Manifest; problem?: string } | undefined): Pick<SetInfo, 'state' | 'complete' | 'manifest' | 'problem'> {
+  const damaged = (problem: string, manifest?: Manifest) => ({ state: 'damaged' as const, complete: false, problem, ...(manifest ? { manifest } : {}) });
+  if (!set.hasManifest) return { state: 'partial', complete: false, problem: 'no manifest (interrupted, or still being written)' };
+  if (!read?.manifest) return damaged(read?.problem ?? 'manifest was not read');
+  const { manifest } = read;
+  if (!set.files) return damaged('the destination does not list the files of its sets, so their sizes cannot be checked', manifest);
+  const stored = new Map(set.files.map((f) => [f.name, f.bytes]));
+  for (const artifact of manifest.artifacts) {
+    const bytes = stored.get(artifact.name);
+    if (bytes === undefined) return damaged(`${artifact.name} is missing`, manifest);
+    if (bytes !== artifact.bytes) return damaged(`${artifact.name} is ${bytes} bytes, the manifest says ${artifact.bytes}`, manifest);
+  }
+  return { state: 'complete', complete: true, manifest };
+}
+
+/** Every set of a destination, oldest first, with manifests read and checked. Throws when the listing itself fails. */
 export async function listSets(destination: Destination, options: { scratchDir?: string } = {}): Promise<SetInfo[]> {
   const stored = await destination.list();
   const out: SetInfo[] = [];
   for (const set of stored) {
     const parsed = parseSetId(set.id);
     if (!parsed) continue;
-    let info: SetInfo = { ...set, ...parsed, complete: false };
+    let read: { manifest?: Manifest; problem?: string } | undefined;
     if (set.hasManifest) {
-      const { manifest, problem } = await readManifest(destination, set.id, options.scratchDir);
-      info = { ...info, complete: manifest !== undefined, manifest, problem };
-    } else {
-      info.problem = 'no manifest (interrupted or still being written)';
+      const listed = set.files?.find((f) => f.name === MANIFEST_NAME);
+      if (listed && listed.bytes > MAX_MANIFEST_BYTES) read = { problem: `manifest is larger than ${MAX_MANIFEST_BYTES} bytes` };
+      else read = await readManifest(destination, set.id, options.scratchDir);
     }
-    out.push(info);
+    out.push({ ...set, ...parsed, ...judgeSet(set, read) });
   }
   return out.sort((a, b) => a.id.localeCompare(b.id));
 }

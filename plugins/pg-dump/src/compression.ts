@@ -7,17 +7,17 @@
 import { createReadStream } from 'node:fs';
 import { chmod, rm, stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { PipelineError, writeFileAtomic, type Artifact, type Compression, type ExecProcess, type RunContext } from '@backup-pipeline/core';
+import { PipelineError, writeFileAtomic, type Artifact, type Compression, type KnownCompression, type ExecProcess, type RunContext } from '@backup-pipeline/core';
 
 export interface CompressionOptions {
-  method: Compression;
+  method: KnownCompression;
   level?: number;
   /** zstd worker threads; 0 = one per core. */
   threads?: number;
 }
 
 /** Default levels: zstd 3 (fast, good ratio), lz4 1, gzip 6. */
-export function defaultLevel(method: Compression): number | undefined {
+export function defaultLevel(method: KnownCompression): number | undefined {
   return { zstd: 1, lz4: 1, gzip: 6, none: undefined }[method];
 }
 
@@ -47,6 +47,10 @@ export function decompressCommand(method: Compression): [string, string[]] | und
       return ['gzip', ['-d', '-c']];
     case 'none':
       return undefined;
+    default:
+      throw new PipelineError('COMPRESSION_UNKNOWN', `the compression "${method}" is not one pg-dump can read (zstd, lz4, gzip, none)`, {
+        hint: 'Install and configure the plugin that wrote this compression.',
+      });
   }
 }
 

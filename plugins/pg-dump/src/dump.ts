@@ -18,7 +18,7 @@ import {
   psql,
   writeFileAtomic,
   type Artifact,
-  type Compression,
+  type KnownCompression as Compression,
   type ExecOptions,
   type ExecProcess,
   type PgBinary,

@@ -27,6 +27,7 @@ import {
   type ExecResult,
   type PutSource,
   type SecretRegistry,
+  type StoredFile,
   type StoredSet,
   assertFileName,
   assertSetId,
@@ -250,7 +251,8 @@ export class RsyncDestination implements Destination {
   }
 
   async list(options: DestinationOperationOptions = {}): Promise<StoredSet[]> {
-    const args = [...this.baseArgs(), '-r', '--list-only', '--include=/*/', `--include=/*/${MANIFEST_NAME}`, '--exclude=*', '--', this.loc(this.root()) + '/'];
+    // The set folders and the files directly inside them (with their sizes, for the set's state).
+    const args = [...this.baseArgs(), '-r', '--list-only', '--exclude=/*/*/', '--include=/*/', '--include=/*/*', '--exclude=*', '--', this.loc(this.root()) + '/'];
     let out: ExecResult;
     try {
       out = await this.run('rsync', args, 'listing sets', { ...options, okExitCodes: [0, 24] });
@@ -262,17 +264,23 @@ export class RsyncDestination implements Destination {
     }
     const dirs = new Map<string, Date>();
     const manifests = new Map<string, Date>();
+    const files = new Map<string, StoredFile[]>();
     for (const line of out.stdout.split('\n')) {
       const m = LIST_LINE.exec(line);
       if (!m) continue;
-      const [, perms, , y, mo, d, h, mi, s, name] = m as unknown as string[];
+      const [, perms, size, y, mo, d, h, mi, s, name] = m as unknown as string[];
       const time = new Date(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(s));
       if (perms!.startsWith('d') && parseSetId(name!)) dirs.set(name!, time);
-      else if (perms!.startsWith('-') && name!.endsWith(`/${MANIFEST_NAME}`)) manifests.set(name!.slice(0, -MANIFEST_NAME.length - 1), time);
+      else if (perms!.startsWith('-') && name!.includes('/')) {
+        const slash = name!.indexOf('/');
+        const [dir, file] = [name!.slice(0, slash), name!.slice(slash + 1)];
+        files.set(dir, [...(files.get(dir) ?? []), { name: file, bytes: Number(size!.replace(/[,.]/g, '')) }]);
+        if (file === MANIFEST_NAME) manifests.set(dir, time);
+      }
     }
     return [...dirs]
       .filter(([id]) => !id.endsWith(PARTIAL_SUFFIX))
-      .map(([id, time]) => ({ id, hasManifest: manifests.has(id), modifiedAt: manifests.get(id) ?? time }))
+      .map(([id, time]) => ({ id, hasManifest: manifests.has(id), modifiedAt: manifests.get(id) ?? time, files: files.get(id) ?? [] }))
       .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 

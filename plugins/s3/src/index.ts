@@ -39,6 +39,7 @@ import {
   type Logger,
   type PutSource,
   type SecretRegistry,
+  type StoredFile,
   type StoredSet,
   assertFileName,
   assertSetId,
@@ -235,11 +236,15 @@ export class S3Destination implements Destination {
     const describeSet = async (id: string): Promise<StoredSet> => {
       let manifestAt: Date | undefined;
       let latest: Date | undefined;
+      const files: StoredFile[] = [];
+      const setPrefix = this.key(id, '');
       for await (const o of this.objects(this.key(id), options.signal)) {
         if (o.Key === this.key(id, MANIFEST_NAME)) manifestAt = o.LastModified;
         if (o.LastModified && (!latest || o.LastModified > latest)) latest = o.LastModified;
+        const name = o.Key?.startsWith(setPrefix) ? o.Key.slice(setPrefix.length) : undefined;
+        if (name && !name.includes('/')) files.push({ name, bytes: o.Size ?? 0 });
       }
-      return { id, hasManifest: manifestAt !== undefined, modifiedAt: manifestAt ?? latest };
+      return { id, hasManifest: manifestAt !== undefined, modifiedAt: manifestAt ?? latest, files };
     };
     const sets: StoredSet[] = [];
     for (let i = 0; i < ids.length; i += 8) sets.push(...(await Promise.all(ids.slice(i, i + 8).map(describeSet))));
