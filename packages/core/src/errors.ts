@@ -36,6 +36,8 @@ export const ERROR_CODES = {
   ABORTED: { exit: EXIT.failed, hint: 'The run was interrupted; nothing partial was kept. Run it again.' },
   EXEC_FAILED: { exit: EXIT.failed, hint: 'The command failed; its last lines of stderr are shown above.' },
   EXEC_NOT_FOUND: { exit: EXIT.failed, hint: 'Install the missing program (see the README for the Debian packages).' },
+  NO_SPACE: { exit: EXIT.failed, hint: 'Free space on the file system holding the named path (or point workDir / the destination at a bigger one), then run again. Nothing partial was kept.' },
+  ACCESS_DENIED: { exit: EXIT.failed, hint: 'The named path is not writable by this user (permissions, or a read-only file system); fix its owner or mode, then run again.' },
   NO_ARTIFACTS: { exit: EXIT.failed, hint: 'Add a stage that produces a backup (pg-dump, rake, command or files).' },
   DESTINATION_UNKNOWN: { exit: EXIT.usage, hint: 'Declare the destination under `destinations:` or fix its name.' },
   DESTINATION_FAILED: { exit: EXIT.failed, hint: 'Check the destination is reachable and writable; other destinations were still shipped.' },
@@ -43,6 +45,8 @@ export const ERROR_CODES = {
   SET_NOT_FOUND: { exit: EXIT.failed, hint: 'Run `pipeline list` to see the sets each destination holds.' },
   SET_INCOMPLETE: { exit: EXIT.failed, hint: 'This set has no valid manifest (an interrupted run); use a complete set.' },
   MANIFEST_INVALID: { exit: EXIT.failed, hint: 'The manifest is corrupt; the set cannot be trusted. Use another set.' },
+  NAME_INVALID: { exit: EXIT.failed, hint: 'Names of backup files are one path segment of plain characters; a name from a manifest or listing that is not was tampered with.' },
+  SETS_DAMAGED: { exit: EXIT.failed, hint: 'Retention keeps damaged sets for a person to inspect: check the named files, then delete the set by hand or with `pipeline prune --delete-damaged SET`.' },
   ENV_FILE_INVALID: { exit: EXIT.usage, hint: 'Fix the named line of the env file.' },
 } as const satisfies Record<string, CodeDefinition>;
 

@@ -123,15 +123,30 @@ function firstDifference(written: unknown, read: unknown, path: PropertyKey[] = 
   return isDeepStrictEqual(written, read) ? undefined : `${fieldPath(path)} would be read back as ${JSON.stringify(read)}`;
 }
 
+/** The first free-form field (facts, tools, artifact meta) whose value is a registered secret. */
+function secretField(manifest: Manifest, isSecret: (value: string) => boolean): string | undefined {
+  const walk = (value: unknown, path: PropertyKey[]): string | undefined => {
+    if (typeof value === 'string') return isSecret(value) ? `${fieldPath(path)} holds a registered secret (secrets never enter a manifest)` : undefined;
+    if (value === null || typeof value !== 'object') return undefined;
+    for (const [key, inner] of Object.entries(value)) {
+      const found = walk(inner, [...path, Array.isArray(value) ? Number(key) : key]);
+      if (found) return found;
+    }
+    return undefined;
+  };
+  return walk(manifest.facts, ['facts']) ?? walk(manifest.tools, ['tools']) ?? manifest.artifacts.map((a, i) => walk(a.meta, ['artifacts', i, 'meta'])).find(Boolean);
+}
+
 /**
  * The text of `manifest`, after proving every reader will read it back as the same complete set:
  * the text is parsed and validated exactly as `list`, `restore` and retention will parse it, and
- * compared field by field. Throws MANIFEST_INVALID naming the field otherwise.
+ * compared field by field; and no free-form field may hold a secret (`isSecret`). Throws
+ * MANIFEST_INVALID naming the field otherwise.
  */
-export function serializeManifest(manifest: Manifest): string {
+export function serializeManifest(manifest: Manifest, options: { isSecret?: (value: string) => boolean } = {}): string {
   const text = JSON.stringify(manifest, null, 2) + '\n';
   const read = readManifestText(text, manifest.id);
-  const problem = read.problem ?? firstDifference(JSON.parse(text), read.manifest);
+  const problem = read.problem ?? firstDifference(JSON.parse(text), read.manifest) ?? (options.isSecret && secretField(manifest, options.isSecret));
   if (problem) {
     throw new PipelineError('MANIFEST_INVALID', `the manifest of set ${manifest.id} would not be read back as a complete set: ${problem}`, {
       hint: 'Nothing was shipped. A stage recorded a value the manifest format does not allow; the plugin named in the field is at fault.',

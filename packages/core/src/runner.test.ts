@@ -317,21 +317,35 @@ describe('runner lifecycle', () => {
     expect((error as Error).message).toBe('login failed: *** / "***" / postgres://u:***@h/db');
   });
 
-  it('masks registered secrets in errors and manifests', async () => {
+  it('refuses a manifest with a secret in a free-form field (MANIFEST_INVALID naming it), and ships nothing', async () => {
     const leaky = definePlugin({
       name: 'leaky',
       description: 'leaks',
       apply(hooks) {
         hooks.connect.tapPromise('leaky', async (ctx) => {
           ctx.secrets.add('hunter2:\\secret');
-          ctx.facts.note = 'password is hunter2:\\secret';
+          ctx.facts.password = 'hunter2:\\secret';
         });
       },
     }) as Plugin;
     const config = await testConfig({ stages: [{ plugin: leaky }, { plugin: producerPlugin }] });
+    const error = await new Runner(config, await silentLogger()).run('nightly').catch((e: unknown) => e);
+    expect(isPipelineError(error) && `${error.code}: ${error.message}`).toMatch(/^MANIFEST_INVALID: .*facts\.password holds a registered secret/);
+    expect((await new LocalFolderDestination(config.workDir).list()).filter((s) => s.hasManifest)).toEqual([]);
+  });
+
+  it('never masks a manifest: a weak password that equals the source name leaves the set id and names intact', async () => {
+    const weak = definePlugin({
+      name: 'weak',
+      description: 'registers a weak password',
+      apply(hooks) {
+        hooks.connect.tapPromise('weak', async (ctx) => ctx.secrets.add(ctx.source));
+      },
+    }) as Plugin;
+    const config = await testConfig({ stages: [{ plugin: weak }, { plugin: producerPlugin }] });
     const result = await new Runner(config, await silentLogger()).run('nightly');
-    const text = await readFile(join(config.workDir, result.summary.setId, 'manifest.json'), 'utf8');
-    expect(text).not.toContain('hunter2');
-    expect(text).toContain('password is ***');
+    const sets = await listSets(new LocalFolderDestination(config.workDir));
+    expect(sets.map((s) => [s.id, s.state])).toEqual([[result.summary.setId, 'complete']]);
+    expect(sets[0]!.manifest!.id).toBe(result.summary.setId);
   });
 });

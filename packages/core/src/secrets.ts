@@ -1,6 +1,7 @@
 /**
  * The secrets registry: every password, passphrase or key a run handles is added here, and every
- * log line, error message, displayed argv and manifest goes through `mask` before it leaves.
+ * log line, error message and displayed argv goes through `mask` before it leaves. Files the product
+ * reads back (manifests) are never masked: secrets are kept out of them by construction.
  */
 export const MASK = '***';
 
@@ -21,6 +22,11 @@ export class SecretRegistry {
     return this.#values.size;
   }
 
+  /** Whether `value` is, as a whole, a registered secret. */
+  isSecret(value: string): boolean {
+    return value !== '' && this.#values.has(value);
+  }
+
   has(text: string): boolean {
     for (const value of this.#values) if (text.includes(value)) return true;
     return false;
@@ -35,7 +41,7 @@ export class SecretRegistry {
     return out;
   }
 
-  /** Masks every string inside a JSON-compatible value (for manifests and --json output). */
+  /** Masks every string inside a JSON-compatible value, for display (--json output, notifications); never for files read back. */
   maskDeep<T>(value: T): T {
     if (this.#values.size === 0) return value;
     return JSON.parse(this.mask(JSON.stringify(value))) as T;

@@ -3,7 +3,7 @@
  * from each destination and from the work dir, logging each deletion with its reason.
  * `planRetention` / `applyRetention` are exported for `pipeline prune [--dry-run]`.
  */
-import { definePlugin, listSets, PipelineError, z, type Destination, type Logger, type NamedDestination, type SetInfo } from '@backup-pipeline/core';
+import { definePlugin, listSets, PipelineError, z, type Destination, type Logger, type NamedDestination, type SetInfo, type SetState } from '@backup-pipeline/core';
 import { decideRetention, policyKeepsAnything, type RetentionDecision, type RetentionPolicy } from './retention-policy.js';
 
 export * from './retention-policy.js';
@@ -23,6 +23,7 @@ export interface PlanRetentionOptions {
 
 export interface PlannedSet extends RetentionDecision {
   source: string;
+  state: SetState;
   complete: boolean;
   verified: boolean;
   /** Why an incomplete set is incomplete. */
@@ -36,11 +37,15 @@ export interface RetentionPlan {
   sets: PlannedSet[];
   keep: PlannedSet[];
   delete: PlannedSet[];
+  /** Damaged sets: kept, and reported so a person looks (see `damagedSetsError`). */
+  damaged: PlannedSet[];
 }
 
 export interface ApplyRetentionOptions extends PlanRetentionOptions {
   /** Only plan and log; delete nothing. */
   dryRun?: boolean;
+  /** Damaged sets a person looked at and chose to delete (`pipeline prune --delete-damaged ID`). */
+  deleteDamaged?: readonly string[];
   log?: Pick<Logger, 'info' | 'warn'>;
   signal?: AbortSignal;
 }
@@ -75,23 +80,46 @@ export async function planRetention(target: Target, policy: RetentionPolicy, opt
   for (const [source, group] of bySource) {
     const infos = new Map(group.map((s) => [s.id, s]));
     const decisions = decideRetention(
-      group.map((s) => ({ id: s.id, time: s.time, complete: s.complete, verified: s.manifest?.verified === true, modifiedAt: s.modifiedAt })),
+      group.map((s) => ({ id: s.id, time: s.time, complete: s.state === 'complete', damaged: s.state === 'damaged', verified: s.manifest?.verified === true, modifiedAt: s.modifiedAt })),
       policy,
       { now: options.now, timezone: options.timezone, protect: options.protect },
     );
     for (const d of decisions) {
       const info = infos.get(d.id)!;
-      sets.push({ ...d, source, complete: info.complete, verified: info.manifest?.verified === true, ...(info.problem ? { problem: info.problem } : {}) });
+      sets.push({ ...d, source, state: info.state, complete: info.state === 'complete', verified: info.manifest?.verified === true, ...(info.problem ? { problem: info.problem } : {}) });
     }
   }
   sets.sort((a, b) => a.time.getTime() - b.time.getTime() || a.id.localeCompare(b.id));
-  return { destination: name, sets, keep: sets.filter((s) => s.action === 'keep'), delete: sets.filter((s) => s.action === 'delete') };
+  return {
+    destination: name,
+    sets,
+    keep: sets.filter((s) => s.action === 'keep'),
+    delete: sets.filter((s) => s.action === 'delete'),
+    damaged: sets.filter((s) => s.state === 'damaged'),
+  };
+}
+
+/** SETS_DAMAGED naming every damaged set of `results`, or undefined when there is none. */
+export function damagedSetsError(results: readonly RetentionPlan[]): PipelineError | undefined {
+  const damaged = results.flatMap((r) => r.damaged.map((s) => `${r.destination}/${s.id} (${s.problem ?? 'damaged'})`));
+  if (damaged.length === 0) return undefined;
+  return new PipelineError('SETS_DAMAGED', `${damaged.length} damaged set(s) kept for a person to inspect: ${damaged.join('; ')}`, {
+    details: { damaged },
+  });
 }
 
 /** Plans, then deletes what the plan says (unless `dryRun`). A failed deletion is reported, not thrown. */
 export async function applyRetention(target: Target, policy: RetentionPolicy, options: ApplyRetentionOptions): Promise<RetentionResult> {
   const { destination } = named(target);
-  const plan = await planRetention(target, policy, options);
+  const planned = await planRetention(target, policy, options);
+  const chosen = new Set(options.deleteDamaged ?? []);
+  const byPerson = planned.damaged.filter((s) => chosen.has(s.id)).map((s) => ({ ...s, action: 'delete' as const, reasons: ['damaged, deleted on request'] }));
+  const plan = byPerson.length === 0 ? planned : {
+    ...planned,
+    keep: planned.keep.filter((s) => !chosen.has(s.id)),
+    delete: [...planned.delete, ...byPerson],
+    damaged: planned.damaged.filter((s) => !chosen.has(s.id)),
+  };
   const deleted: string[] = [];
   const failed: RetentionResult['failed'] = [];
   for (const set of plan.delete) {
@@ -126,7 +154,7 @@ export const RetentionOptions = z
       .number()
       .min(0)
       .default(24)
-      .describe('Sets without a valid manifest (interrupted runs) older than this many hours are deleted; younger ones may still be being written.'),
+      .describe('Partial sets (no manifest: interrupted runs) older than this many hours are deleted; younger ones may still be being written. Damaged sets (a manifest that cannot be read, a missing or wrong-sized file) are never deleted automatically.'),
     destinations: z
       .array(z.string().min(1))
       .min(1)
@@ -170,6 +198,7 @@ export default definePlugin({
 
     hooks.retain.tapPromise('retention', async (ctx) => {
       const failures: string[] = [];
+      const results: RetentionResult[] = [];
       for (const target of targets(ctx)) {
         try {
           const result = await applyRetention(target, options, {
@@ -187,6 +216,10 @@ export default definePlugin({
             { destination: target.name, kept: result.keep.length, deleted: result.deleted.length, failed: result.failed.length },
             `retention in ${target.name}: ${result.keep.length} kept, ${options.dryRun ? `${result.delete.length} would be deleted` : `${result.deleted.length} deleted`}`,
           );
+          results.push(result);
+          for (const set of result.damaged) {
+            log.error({ destination: target.name, setId: set.id, problem: set.problem }, `${set.id} in ${target.name} is damaged (${set.problem}): kept, look at it`);
+          }
           failures.push(...result.failed.map((f) => `${target.name}/${f.id}: ${f.error}`));
         } catch (error) {
           if (ctx.signal.aborted) throw error;
@@ -197,6 +230,11 @@ export default definePlugin({
         throw new PipelineError('RETENTION_FAILED', `retention could not finish: ${failures.join('; ')}`, {
           hint: 'The backup itself succeeded. Old sets may remain; check the destination, or run `pipeline prune` later.',
         });
+      }
+      const damaged = damagedSetsError(results);
+      if (damaged) {
+        damaged.hint = `The backup ${ctx.setId} itself succeeded and was shipped. ${damaged.hint}`;
+        throw damaged;
       }
     });
   },

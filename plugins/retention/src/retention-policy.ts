@@ -9,7 +9,10 @@
  * cases: a set at 00:30 local time on 27 October belongs to 27 October whatever the UTC offset.
  *
  * Safety rules, applied before the buckets:
- * - only complete sets (valid manifest) count as backups and fill buckets;
+ * - only complete sets (valid manifest, every artifact present with its size) count as backups
+ *   and fill buckets;
+ * - damaged sets (a manifest that cannot be read, a missing or wrong-sized artifact) are never
+ *   deleted by the policy: they are kept and reported, so a person looks at them;
  * - the newest complete set is never deleted (even with an empty policy, even when the clock is
  *   earlier than that set's time), nor is the newest complete *verified* set;
  * - sets dated in the future relative to `now` are kept and fill no bucket (a wrong clock must
@@ -38,8 +41,10 @@ export interface PolicySet {
   id: string;
   /** When the set was made (from its id). */
   time: Date;
-  /** It has a valid manifest. */
+  /** It has a valid manifest and every artifact it lists. */
   complete: boolean;
+  /** It has a manifest but is not complete (unreadable manifest, missing or wrong-sized artifact). Never deleted by the policy. */
+  damaged?: boolean;
   /** Its manifest says it was verified. */
   verified?: boolean;
   /** Last write seen by the destination (age of an incomplete set); defaults to `time`. */
@@ -151,7 +156,8 @@ export function decideRetention(sets: readonly PolicySet[], policy: RetentionPol
     if (s.time.getTime() > now) keep(s, 'dated in the future');
     if (s === newestComplete) keep(s, 'newest complete set');
     if (s === newestVerified && s !== newestComplete) keep(s, 'newest verified set');
-    if (!s.complete && s.time.getTime() <= now) {
+    if (!s.complete && s.damaged) keep(s, 'damaged: kept for a person to inspect');
+    else if (!s.complete && s.time.getTime() <= now) {
       const age = now - (s.modifiedAt ?? s.time).getTime();
       const hours = Math.floor(age / 3_600_000);
       if (age < graceMs) keep(s, `incomplete, ${hours} h old: within the ${graceMs / 3_600_000} h grace period`);
