@@ -13,8 +13,10 @@
  * 2030), so the destination may be shared. What it checks: put/list/get/delete round trip with the
  * sha256 kept; a set without manifest is listed `hasManifest: false` and becomes complete only when
  * the manifest is put last; overwriting is idempotent; a put whose bytes do not match the declared
- * sha256 rejects and leaves nothing readable; deleting a missing set is no error; malformed set ids
- * are refused; names with spaces, quotes and unicode survive; a get of a missing file rejects with
+ * sha256 rejects with CHECKSUM_MISMATCH and leaves nothing readable (get and list); a set whose
+ * manifest is corrupt, of another set, or lists a missing or short artifact is `damaged`, never
+ * complete, and listing keeps it; deleting a missing set is no error; malformed set ids
+ * are refused with SET_NOT_FOUND; put reports progress through onBytes up to the file's size; names with spaces, quotes and unicode survive; a get of a missing file rejects with
  * SET_NOT_FOUND and writes nothing; list returns ids in time order; a 64 MiB file (generated as a
  * stream) round-trips.
  */
@@ -176,6 +178,44 @@ export function describeDestinationConformance(name: string, setup: () => Promis
       await d.delete(setId);
     });
 
+    it.each([
+      ['not JSON', () => '{"format": "backup-pipeline/manif'],
+      ['empty', () => ''],
+      ['valid JSON but not a manifest', () => JSON.stringify({ hello: 'world' })],
+    ])('lists a set whose manifest is %s as damaged, never complete, and keeps it', async (_label, text) => {
+      const setId = newSetId();
+      const a = await file('artifact of a set whose manifest rotted\n');
+      await d.put(setId, 'a.txt', a);
+      await d.put(setId, MANIFEST_NAME, await file(text()));
+      const [info] = (await listSets(d, { scratchDir: dir })).filter((s) => s.id === setId);
+      expect(info).toMatchObject({ id: setId, hasManifest: true, state: 'damaged', complete: false });
+      expect(info!.problem).toMatch(/manifest/);
+      // Listing judged it; it did not delete it.
+      expect((await fetch(setId, 'a.txt')).sha256).toBe(a.sha256);
+      await d.delete(setId);
+    });
+
+    it('lists a set whose manifest belongs to another set, or lists a missing or short artifact, as damaged', async () => {
+      const other = newSetId();
+      const setId = newSetId();
+      const a = await file('artifact a\n');
+      await d.put(setId, 'a.txt', a);
+      await d.put(setId, MANIFEST_NAME, await manifestFor(other, [{ name: 'a.txt', ...a }]));
+      const missing = newSetId();
+      await d.put(missing, 'a.txt', a);
+      await d.put(missing, MANIFEST_NAME, await manifestFor(missing, [{ name: 'a.txt', ...a }, { name: 'b.txt', ...a }]));
+      const short = newSetId();
+      await d.put(short, 'a.txt', a);
+      await d.put(short, MANIFEST_NAME, await manifestFor(short, [{ name: 'a.txt', ...a, bytes: a.bytes + 1 }]));
+      const sets = (await listSets(d, { scratchDir: dir })).filter((s) => [setId, missing, short].includes(s.id));
+      expect(sets.map((s) => [s.id, s.state, s.complete])).toEqual([
+        [setId, 'damaged', false],
+        [missing, 'damaged', false],
+        [short, 'damaged', false],
+      ]);
+      for (const id of [setId, missing, short]) await d.delete(id);
+    });
+
     it('overwrites the same file idempotently', async () => {
       const setId = newSetId();
       const one = await file('version one\n');
@@ -192,8 +232,15 @@ export function describeDestinationConformance(name: string, setup: () => Promis
     it('rejects a put whose source does not match its declared sha256', async () => {
       const setId = newSetId();
       const real = await file('the real content\n');
-      await expect(d.put(setId, 'bad.txt', { ...real, sha256: 'f'.repeat(64) })).rejects.toThrow();
-      await expect(d.get(setId, 'bad.txt', join(dir, 'bad-get'))).rejects.toThrow();
+      await expect(d.put(setId, 'bad.txt', { ...real, sha256: 'f'.repeat(64) })).rejects.toMatchObject({ code: 'CHECKSUM_MISMATCH' });
+      await expect(d.get(setId, 'bad.txt', join(dir, 'bad-get'))).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
+      await expect(stat(join(dir, 'bad-get'))).rejects.toThrow();
+      // Nothing readable is left under the final name: the listing shows no such file (or no set).
+      const [listed] = await ours([setId]);
+      if (listed) {
+        expect(listed.hasManifest).toBe(false);
+        if (listed.files) expect(listed.files.map((f) => f.name)).not.toContain('bad.txt');
+      }
       await d.delete(setId);
     });
 
@@ -208,10 +255,13 @@ export function describeDestinationConformance(name: string, setup: () => Promis
 
     it('refuses set ids that are not set ids', async () => {
       const src = await file('z\n');
+      const before = (await d.list()).map((s) => s.id);
       for (const bad of ['..', '../x', 'not-a-set', '', '20300101T000000Z-x/../..']) {
-        await expect(d.put(bad, 'z.txt', src)).rejects.toThrow();
-        await expect(d.delete(bad)).rejects.toThrow();
+        await expect(d.put(bad, 'z.txt', src), `put to ${JSON.stringify(bad)}`).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
+        await expect(d.get(bad, 'z.txt', join(dir, 'refused-get')), `get from ${JSON.stringify(bad)}`).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
+        await expect(d.delete(bad), `delete of ${JSON.stringify(bad)}`).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
       }
+      expect((await d.list()).map((s) => s.id)).toEqual(before);
     });
 
     it('keeps names with spaces and unicode', async () => {
@@ -242,9 +292,12 @@ export function describeDestinationConformance(name: string, setup: () => Promis
     it(`round-trips a large file (${Math.round(largeBytes / 1024 / 1024)} MiB) streamed`, async () => {
       const setId = newSetId();
       const big = await writeLargeFile(join(dir, 'large.bin'), largeBytes);
-      let reported = 0;
-      await d.put(setId, 'large.bin', big, { onBytes: (b) => (reported = Math.max(reported, b)) });
-      expect(reported).toBeLessThanOrEqual(big.bytes);
+      const reports: number[] = [];
+      await d.put(setId, 'large.bin', big, { onBytes: (b) => reports.push(b) });
+      // Progress is reported (at least once), counts up, never beyond the file, and reaches its size.
+      expect(reports.length, 'onBytes was never called').toBeGreaterThan(0);
+      expect(reports).toEqual([...reports].sort((a, b) => a - b));
+      expect(Math.max(...reports)).toBe(big.bytes);
       await rm(big.path);
       const got = await fetch(setId, 'large.bin');
       expect(got).toMatchObject({ bytes: big.bytes, sha256: big.sha256 });
