@@ -64,6 +64,14 @@ describe('pipeline CLI', () => {
     expect((await pipeline(['--version'], dir)).stdout).toMatch(/^\d+\.\d+\.\d+$/);
   });
 
+  it('bare `pipeline` prints the help on stderr and exits 1, like npm and git without a command', async () => {
+    const dir = await project(config());
+    const bare = await pipeline([], dir);
+    expect(bare.exitCode).toBe(1);
+    expect(bare.stdout).toBe('');
+    expect(bare.stderr).toBe((await pipeline(['--help'], dir)).stdout);
+  });
+
   it('exits 2 on usage errors', async () => {
     const dir = await project(config());
     expect((await pipeline(['frobnicate'], dir)).exitCode).toBe(2);

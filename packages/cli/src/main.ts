@@ -29,7 +29,7 @@ export function buildProgram(): Command {
   const program = new Command('pipeline')
     .description('Config-driven, verified, encrypted backups of Mastodon (and any PostgreSQL database).')
     .version(CLI_PACKAGE.version, '-V, --version')
-    .option('-c, --config <file>', 'config file (default: pipeline.config.{yaml,yml,json,js,mjs,ts}, .pipelinerc*, package.json#pipeline, searched upwards)')
+    .option('-c, --config <file>', 'config file (default: pipeline.config.{yaml,yml,json,js,mjs,ts}, .pipelinerc* or package.json#pipeline in this folder or a parent, else in $XDG_CONFIG_HOME/backup-pipeline/ (~/.config), else in /etc/backup-pipeline/)')
     .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'))
     .addOption(new Option('--log-format <format>', 'log format (default: pretty on a TTY, json otherwise)').choices(['json', 'pretty']))
     .option('--json', 'print machine-readable JSON results on stdout')
@@ -93,6 +93,7 @@ export function buildProgram(): Command {
     .description('apply the retention policy of a pipeline on its own, with the same rules as in a run')
     .argument('[pipeline]', 'pipeline whose retention stage to apply')
     .option('-n, --dry-run', 'list what would be deleted and why; delete nothing')
+    .option('--delete-damaged <set...>', 'also delete these damaged sets (retention never deletes a damaged set by itself)')
     .action(lazy(() => import('./commands/prune.js')));
 
   program
@@ -132,7 +133,9 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
   } catch (error) {
     if (error instanceof CommanderError) {
-      if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help') return 0;
+      if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version') return 0;
+      // No command given: commander has printed the help on stderr; nothing ran (as npm and git: 1).
+      if (error.code === 'commander.help') return 1;
       return 2;
     }
     // Loaded only on failure: output.js pulls in the core, which `--help` does not need.
@@ -141,8 +144,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   const ran = program.commands.find((c) => c.getOptionValue('__exit') !== undefined);
   if (!ran && program.args.length === 0) {
-    program.outputHelp();
-    return 2;
+    program.outputHelp({ error: true });
+    return 1;
   }
   return (ran?.getOptionValue('__exit') as number | undefined) ?? 0;
 }

@@ -50,7 +50,8 @@ afterAll(async () => {
 describe('pipeline schedule systemd', () => {
   it('prints a hardened service and a timer (snapshot)', async () => {
     const out = await pipeline(['schedule', 'systemd', 'nightly', '--user', 'mastodon']);
-    expect(out.stderr).toBe('');
+    // stderr: only the info record naming the config file that was found.
+    expect(out.stderr.trim().split('\n').map((l) => (JSON.parse(l) as { msg: string }).msg)).toEqual([`config ${join(dir, 'pipeline.config.yaml')} (found: cwd)`]);
     expect(out.exitCode).toBe(0);
     expect(normalize(out.stdout)).toMatchSnapshot();
     expect(out.stdout).toContain(`ExecStart=${process.execPath} ${BIN} run nightly --config ${join(dir, 'pipeline.config.yaml')}`);

@@ -1,8 +1,9 @@
 /** Loading the config and a logger the same way for every command. */
-import { createDestination, createLogger, loadConfig, PipelineError, Runner, SecretRegistry, workDestination, type Logger, type NamedDestination, type ResolvedConfig } from '@backup-pipeline/core';
+import { createDestination, createLogger, defaultLogFormat, loadConfig, PipelineError, Runner, SecretRegistry, workDestination, type Logger, type NamedDestination, type ResolvedConfig } from '@backup-pipeline/core';
 import type { Command } from 'commander';
 import { CLI_DIR } from './builtins.js';
 import type { GlobalOptions } from './main.js';
+import { output } from './output.js';
 
 export interface Session {
   options: GlobalOptions;
@@ -15,14 +16,29 @@ export function globalOptions(command: Command): GlobalOptions {
   return command.optsWithGlobals<GlobalOptions>();
 }
 
+/**
+ * A logger whose lines go through the output layer (masked, status line cleared and redrawn).
+ * JSON lines, `--quiet` and `--json` mean no status line: progress goes out as log records.
+ */
 export async function openLogger(options: GlobalOptions, secrets: SecretRegistry = new SecretRegistry()): Promise<Logger> {
-  return createLogger({ level: (options.quiet && options.logLevel === 'info' ? 'warn' : options.logLevel) as never, format: options.logFormat, secrets });
+  output.useSecrets(secrets);
+  const format = options.logFormat ?? defaultLogFormat();
+  if (format === 'json' || options.quiet || options.json) output.disableStatusLine();
+  const log = await createLogger({
+    level: (options.quiet && options.logLevel === 'info' ? 'warn' : options.logLevel) as never,
+    format,
+    secrets,
+    write: (line) => output.stderr(line),
+  });
+  output.useNotices((text) => log.warn(text));
+  return log;
 }
 
 export async function openSession(command: Command): Promise<Session> {
   const options = globalOptions(command);
   const config = await loadConfig({ file: options.config, pluginSearchDirs: [CLI_DIR] });
   const log = await openLogger(options, config.secrets);
+  log.info({ config: config.file, found: config.found }, `config ${config.file}${config.found === 'option' ? '' : ` (found: ${config.found})`}`);
   return { options, config, log, runner: new Runner(config, log) };
 }
 

@@ -4,7 +4,7 @@
  */
 import { EXIT, isPipelineError } from '@backup-pipeline/core';
 import type { GlobalOptions } from './main.js';
-import { reportError } from './output.js';
+import { output, reportError } from './output.js';
 
 export async function withSignals(body: (signal: AbortSignal) => Promise<number>, options: Partial<GlobalOptions> = {}): Promise<number> {
   const controller = new AbortController();
@@ -12,7 +12,7 @@ export async function withSignals(body: (signal: AbortSignal) => Promise<number>
   const onSignal = (signal: NodeJS.Signals) => {
     if (received) process.exit(signal === 'SIGINT' ? EXIT.sigint : EXIT.sigterm);
     received = signal;
-    process.stderr.write(`\n${signal} received: stopping, cleaning up…\n`);
+    output.notice(`${signal} received: stopping, cleaning up…`);
     controller.abort(new Error(signal));
   };
   process.on('SIGINT', onSignal);
@@ -20,6 +20,7 @@ export async function withSignals(body: (signal: AbortSignal) => Promise<number>
   try {
     return await body(controller.signal);
   } catch (error) {
+    output.clearStatus();
     if (received) {
       if (isPipelineError(error)) error.hint = 'The run was interrupted; nothing partial was kept. Run it again.';
       reportError(error, options);
@@ -27,6 +28,7 @@ export async function withSignals(body: (signal: AbortSignal) => Promise<number>
     }
     return reportError(error, options);
   } finally {
+    output.clearStatus();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }

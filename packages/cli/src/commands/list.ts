@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { listSets, type SetInfo } from '@backup-pipeline/core';
-import { formatBytes, table } from '../output.js';
+import { formatBytes, output, table } from '../output.js';
 import { openDestinations, openSession } from '../session.js';
 
 export function setRow(set: SetInfo) {
@@ -8,6 +8,7 @@ export function setRow(set: SetInfo) {
   return {
     id: set.id,
     time: set.time.toISOString(),
+    state: set.state,
     complete: set.complete,
     bytes: artifacts.reduce((n, a) => n + a.bytes, 0),
     artifacts: artifacts.length,
@@ -17,6 +18,8 @@ export function setRow(set: SetInfo) {
   };
 }
 
+const stateText = (s: ReturnType<typeof setRow>) => (s.state === 'complete' ? 'complete' : s.state === 'damaged' ? `DAMAGED: ${s.problem} (kept; look at it)` : `partial: ${s.problem}`);
+
 export default async function list(command: Command, pipeline: string | undefined, opts: { destination?: string }): Promise<number> {
   const session = await openSession(command);
   const destinations = await openDestinations(session, pipeline, opts.destination);
@@ -25,20 +28,20 @@ export default async function list(command: Command, pipeline: string | undefine
     result.push({ destination: d.name, where: d.destination.describe(), sets: (await listSets(d.destination)).map(setRow) });
   }
   if (session.options.json) {
-    process.stdout.write(JSON.stringify(result, null, 2) + '\n');
+    output.json(result);
     return 0;
   }
   for (const d of result) {
-    process.stdout.write(`${d.destination} — ${d.where}\n`);
+    output.stdout(`${d.destination} — ${d.where}\n`);
     if (d.sets.length === 0) {
-      process.stdout.write('  (no sets)\n');
+      output.stdout('  (no sets)\n');
       continue;
     }
     const rows = [['  set', 'size', 'files', 'encrypted', 'verified', 'state']];
     for (const s of d.sets) {
-      rows.push([`  ${s.id}`, s.complete ? formatBytes(s.bytes) : '-', String(s.artifacts), s.encrypted ? 'yes' : 'no', s.verified ? 'yes' : 'no', s.complete ? 'complete' : `INCOMPLETE: ${s.problem}`]);
+      rows.push([`  ${s.id}`, s.complete ? formatBytes(s.bytes) : '-', String(s.artifacts), s.encrypted ? 'yes' : 'no', s.verified ? 'yes' : 'no', stateText(s)]);
     }
-    process.stdout.write(table(rows));
+    output.stdout(table(rows));
   }
   return 0;
 }

@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { findPgBinary, makePathResolver, pgEnv, PipelineError, psql, quoteIdent, quoteLiteral, type Artifact, type RunContext } from '@backup-pipeline/core';
 import { plaintextStream } from '@backup-pipeline/plugin-pg-dump';
 import { restoreArtifact, type RestoreReport } from '@backup-pipeline/plugin-verify';
-import { formatDuration, green, table } from '../output.js';
+import { formatDuration, green, output, table } from '../output.js';
 import { decryptionOptions, fetchSet, locateSet } from '../restore-set.js';
 import { openDestinations, openSession } from '../session.js';
 import { withSignals } from '../signals.js';
@@ -60,7 +60,7 @@ async function restoreGlobals(globals: Artifact, ctx: RunContext): Promise<void>
 export function printRestoreReport(report: RestoreReport): void {
   const rows = [['table', 'in dump', 'restored', '']];
   for (const c of report.counts) rows.push([c.table, String(c.expected ?? '-'), String(c.restored ?? '-'), c.expected === c.restored ? 'ok' : 'MISMATCH']);
-  process.stdout.write(table(rows));
+  output.stdout(table(rows));
 }
 
 export default async function restore(command: Command, id: string, flags: RestoreFlags): Promise<number> {
@@ -73,7 +73,7 @@ export default async function restore(command: Command, id: string, flags: Resto
     let setId = '';
     await session.runner.run(pipeline.name, {
       signal,
-      observe: progressReporter({ quiet: session.options.quiet || session.options.json }),
+      observe: progressReporter({ quiet: session.options.quiet || session.options.json, log: session.log }),
       session: async (ctx) => {
         if (!ctx.pg) throw new PipelineError('CREDENTIALS_MISSING', `pipeline "${pipeline.name}" has no credentials stage to connect with`, { hint: 'Add `- use: credentials` to it.' });
         const located = await locateSet(destinations, id);
@@ -101,10 +101,11 @@ export default async function restore(command: Command, id: string, flags: Resto
       },
     });
     const r = report!;
+    output.clearStatus();
     if (session.options.json) {
-      process.stdout.write(JSON.stringify({ ok: r.mismatches.length === 0, setId, ...r }, null, 2) + '\n');
+      output.json({ ok: r.mismatches.length === 0, setId, ...r });
     } else if (!session.options.quiet) {
-      process.stdout.write(`${green('restored')} ${setId} into ${flags.to} in ${formatDuration(r.durationMs)}: ${r.tables} tables, ${r.rows} rows\n`);
+      output.stdout(`${green('restored')} ${setId} into ${flags.to} in ${formatDuration(r.durationMs)}: ${r.tables} tables, ${r.rows} rows\n`);
       printRestoreReport(r);
     }
     if (r.mismatches.length > 0) {

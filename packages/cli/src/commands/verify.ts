@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { makePathResolver, PipelineError } from '@backup-pipeline/core';
 import { MASTODON_TABLES, verifyDatabaseArtifact, type Verification } from '@backup-pipeline/plugin-verify';
-import { green } from '../output.js';
+import { green, output } from '../output.js';
 import { decryptionOptions, fetchSet, locateSet } from '../restore-set.js';
 import { openDestinations, openSession } from '../session.js';
 import { withSignals } from '../signals.js';
@@ -23,7 +23,7 @@ export default async function verify(
     let where = '';
     await session.runner.run(pipeline.name, {
       signal,
-      observe: progressReporter({ quiet: session.options.quiet || session.options.json }),
+      observe: progressReporter({ quiet: session.options.quiet || session.options.json, log: session.log }),
       session: async (ctx) => {
         const located = await locateSet(destinations, id);
         where = `${located.set.id} in ${located.from.name}`;
@@ -43,14 +43,15 @@ export default async function verify(
         }
       },
     });
+    output.clearStatus();
     if (session.options.json) {
-      process.stdout.write(JSON.stringify({ ok: true, set: where, artifacts: results }, null, 2) + '\n');
+      output.json({ ok: true, set: where, artifacts: results });
     } else if (!session.options.quiet) {
-      process.stdout.write(`${green('ok')} ${where}: every sha256 matches the manifest\n`);
+      output.stdout(`${green('ok')} ${where}: every sha256 matches the manifest\n`);
       for (const r of results) {
         const v = r.verification;
         const detail = v ? `archive readable, ${v.tableData} tables with data${v.restoreTest ? `, restore drill: ${v.restoreTest.tables} tables / ${v.restoreTest.rows} rows match the snapshot` : ''}` : 'checksum ok';
-        process.stdout.write(`  ${r.artifact}: ${detail}\n`);
+        output.stdout(`  ${r.artifact}: ${detail}\n`);
       }
     }
     return 0;
