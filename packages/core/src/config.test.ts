@@ -1,8 +1,9 @@
-import { mkdir, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { interpolate, loadConfig, resolveConfig, formatPath, type Problem } from './config.js';
+import { CONFIG_MAX_BYTES, findConfig, interpolate, loadConfig, resolveConfig, formatPath, SYSTEM_CONFIG_DIR_ENV, type Problem } from './config.js';
 import { SecretRegistry } from './secrets.js';
 import { tempDir } from './test-fixtures.js';
 
@@ -112,7 +113,8 @@ pipelines:
 
   it('names a missing config file and an unreadable one', async () => {
     const dir = await tempDir();
-    await expect(loadConfig({ cwd: dir })).rejects.toMatchObject({ code: 'CONFIG_NOT_FOUND', exitCode: 2 });
+    const env = { XDG_CONFIG_HOME: join(dir, 'xdg'), [SYSTEM_CONFIG_DIR_ENV]: join(dir, 'etc') };
+    await expect(loadConfig({ cwd: dir, env })).rejects.toMatchObject({ code: 'CONFIG_NOT_FOUND', exitCode: 2 });
     await expect(loadConfig({ file: join(dir, 'nope.yaml') })).rejects.toMatchObject({ code: 'CONFIG_NOT_FOUND' });
     const broken = await write(dir, 'broken.yaml', 'pipelines: [unclosed\n');
     await expect(loadConfig({ file: broken })).rejects.toMatchObject({ code: 'CONFIG_UNREADABLE' });
@@ -144,5 +146,90 @@ pipelines:
     const project = await communityProject(HELLO_PLUGIN);
     const config = await resolveConfig(join(project, 'pipeline.config.mjs'), { pipelines: { x: { source: 'mastodon', stages: [{ use: 'hello', greeting: 'a' }] } } }, { cwd: project });
     expect(config.pipelines.x!.source).toBe('mastodon');
+  });
+});
+
+/** A YAML "billion laughs" under 500 bytes: each level holds the one before nine times, 9⁹ nodes in all. */
+const ALIAS_BOMB = [
+  'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+  ...'bcdefghi'.split('').map((c, i) => `${c}: &${c} [${Array(9).fill(`*${'abcdefghi'[i]}`).join(',')}]`),
+  'pipelines: { x: { stages: [ { use: "*i" } ] } }',
+].join('\n');
+
+describe('config limits', () => {
+  it('refuses a YAML alias bomb at once, naming the file (exit 2), and still accepts a few aliases', async () => {
+    const dir = await tempDir();
+    expect(ALIAS_BOMB.length).toBeLessThan(500);
+    const bomb = await write(dir, 'pipeline.config.yaml', ALIAS_BOMB);
+    const error = await loadConfig({ file: bomb }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'CONFIG_INVALID', exitCode: 2 });
+    expect((error as Error).message).toBe(`${bomb} expands YAML aliases (*name) more than 100 times; refusing to load it`);
+    // Found by the search, too.
+    await expect(loadConfig({ cwd: dir })).rejects.toMatchObject({ code: 'CONFIG_INVALID' });
+    const fine = await write(
+      dir,
+      'fine.yaml',
+      'x-stage: &dump { use: pg-dump, lockWaitTimeout: 1min }\npipelines:\n  a: { stages: [*dump] }\n  b: { stages: [{ <<: *dump, format: plain }] }\n',
+    );
+    const { content } = await findConfig({ file: fine });
+    expect(content).toMatchObject({ pipelines: { a: { stages: [{ use: 'pg-dump' }] }, b: { stages: [{ use: 'pg-dump', format: 'plain', lockWaitTimeout: '1min' }] } } });
+  });
+
+  it.each([
+    ['pipeline.config.yaml', (n: number) => `# ${'x'.repeat(n)}\npipelines: {}\n`],
+    ['pipeline.config.json', (n: number) => `{"pipelines": {}, "$schema": "${'x'.repeat(n)}"}`],
+    ['.pipelinerc', (n: number) => `# ${'x'.repeat(n)}\n`],
+  ])('refuses %s larger than 1 MiB, given or found, before parsing it', async (name, text) => {
+    const dir = await tempDir();
+    const file = await write(dir, name, text(CONFIG_MAX_BYTES));
+    for (const options of [{ file }, { cwd: dir }]) {
+      const error = await loadConfig(options).catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: 'CONFIG_INVALID', exitCode: 2 });
+      expect((error as Error).message).toMatch(new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is \\d+ bytes; a config file may be at most 1048576 bytes \\(1 MiB\\)$`));
+    }
+  });
+});
+
+describe('config discovery', () => {
+  const CONFIG = 'pipelines:\n  nightly:\n    stages: [{ use: retention, keepLast: 1 }]\n';
+
+  /** A root with a project folder (cwd), an XDG_CONFIG_HOME and a system folder, none of them real. */
+  async function places() {
+    const root = await mkdtemp(join(tmpdir(), 'bp-discovery-'));
+    const cwd = join(root, 'project', 'sub');
+    const xdg = join(root, 'xdg');
+    const system = join(root, 'etc', 'backup-pipeline');
+    for (const d of [cwd, join(xdg, 'backup-pipeline'), system]) await mkdir(d, { recursive: true });
+    return { root, cwd, xdg, system, env: { HOME: join(root, 'home'), XDG_CONFIG_HOME: xdg, [SYSTEM_CONFIG_DIR_ENV]: system } };
+  }
+
+  it('takes --config, then the working directory and its parents, then $XDG_CONFIG_HOME/backup-pipeline, then the system folder', async () => {
+    const p = await places();
+    const system = await write(p.system, 'pipeline.config.yaml', CONFIG);
+    expect(await findConfig({ cwd: p.cwd, env: p.env })).toMatchObject({ file: system, found: 'system' });
+    const user = await write(join(p.xdg, 'backup-pipeline'), 'pipeline.config.yml', CONFIG);
+    expect(await findConfig({ cwd: p.cwd, env: p.env })).toMatchObject({ file: user, found: 'user' });
+    const parent = await write(join(p.root, 'project'), '.pipelinerc.json', JSON.stringify({ pipelines: {} }));
+    expect(await findConfig({ cwd: p.cwd, env: p.env })).toMatchObject({ file: parent, found: 'cwd' });
+    const here = await write(p.cwd, 'pipeline.config.json', JSON.stringify({ pipelines: {} }));
+    expect(await findConfig({ cwd: p.cwd, env: p.env })).toMatchObject({ file: here, found: 'cwd' });
+    expect(await findConfig({ cwd: p.cwd, env: p.env, file: system })).toMatchObject({ file: system, found: 'option' });
+  });
+
+  it('uses ~/.config when XDG_CONFIG_HOME is unset (or not absolute), and names every place it looked', async () => {
+    const p = await places();
+    const env = { HOME: join(p.root, 'home'), XDG_CONFIG_HOME: 'relative', [SYSTEM_CONFIG_DIR_ENV]: p.system };
+    const error = await findConfig({ cwd: p.cwd, env }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'CONFIG_NOT_FOUND' });
+    expect((error as Error).message).toContain(`nor in ${join(p.root, 'home', '.config', 'backup-pipeline')}/ or ${p.system}/`);
+    await mkdir(join(p.root, 'home', '.config', 'backup-pipeline'), { recursive: true });
+    const home = await write(join(p.root, 'home', '.config', 'backup-pipeline'), 'pipeline.config.yaml', CONFIG);
+    expect(await findConfig({ cwd: p.cwd, env: { ...env, XDG_CONFIG_HOME: '' } })).toMatchObject({ file: home, found: 'user' });
+  });
+
+  it('does not take a package.json from a configuration folder', async () => {
+    const p = await places();
+    await write(p.system, 'package.json', JSON.stringify({ name: 'x', pipeline: { pipelines: {} } }));
+    await expect(findConfig({ cwd: p.cwd, env: p.env })).rejects.toMatchObject({ code: 'CONFIG_NOT_FOUND' });
   });
 });

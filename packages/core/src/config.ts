@@ -4,10 +4,13 @@
  * All problems are reported at once, each with its exact path.
  */
 import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
-import { cosmiconfig } from 'cosmiconfig';
+import { stat } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { cosmiconfig, defaultLoaders, type Loader } from 'cosmiconfig';
+import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { PipelineError } from './errors.js';
+import { isPipelineError, PipelineError } from './errors.js';
 import type { Plugin } from './plugin.js';
 import { resolvePlugin } from './resolve-plugin.js';
 import { SecretRegistry } from './secrets.js';
@@ -88,6 +91,8 @@ export interface ResolvedConfig {
   /** Values read through `${file:…}` references or secret-looking variables. */
   secrets: SecretRegistry;
   raw: Config;
+  /** How the file was chosen (set by `loadConfig`): `--config`, the working directory or a parent, the user's or the system's config folder. */
+  found?: ConfigSource;
 }
 
 export interface Problem {
@@ -163,6 +168,19 @@ export const CONFIG_SEARCH_PLACES = [
   'package.json',
 ];
 
+/** A config file larger than this is refused before it is parsed (a config is a few KiB). */
+export const CONFIG_MAX_BYTES = 1024 * 1024;
+/**
+ * YAML aliases a config may resolve (the `yaml` library counts expanded nodes): enough for a few
+ * `<<: *defaults`, far too few for a "billion laughs" bomb that would exhaust the heap.
+ */
+export const CONFIG_MAX_ALIASES = 100;
+/** Overrides the system-wide config folder (default /etc/backup-pipeline), for tests and packagers. */
+export const SYSTEM_CONFIG_DIR_ENV = 'BACKUP_PIPELINE_SYSTEM_CONFIG_DIR';
+
+/** How the config file was chosen. */
+export type ConfigSource = 'option' | 'cwd' | 'user' | 'system';
+
 export interface LoadConfigOptions {
   /** An explicit config file (`--config`). */
   file?: string;
@@ -172,22 +190,98 @@ export interface LoadConfigOptions {
   pluginSearchDirs?: string[];
 }
 
-/** Finds and reads the config file. */
-export async function findConfig(options: LoadConfigOptions = {}): Promise<{ file: string; content: unknown }> {
-  const explorer = cosmiconfig('pipeline', { searchPlaces: CONFIG_SEARCH_PLACES, searchStrategy: 'project', cache: false });
-  let result;
+function tooLarge(file: string, bytes: number): PipelineError {
+  return new PipelineError('CONFIG_INVALID', `${file} is ${bytes} bytes; a config file may be at most ${CONFIG_MAX_BYTES} bytes (1 MiB)`, {
+    hint: 'A config is a few KiB: check this is the file you meant.',
+    details: { file, problems: [{ path: '(root)', message: `file larger than ${CONFIG_MAX_BYTES} bytes` }] },
+  });
+}
+
+/** Wraps a text loader: refuses files over the size limit before parsing them. */
+const bounded =
+  (load: Loader): Loader =>
+  (file, content) => {
+    const bytes = Buffer.byteLength(content);
+    if (bytes > CONFIG_MAX_BYTES) throw tooLarge(file, bytes);
+    return load(file, content);
+  };
+
+/**
+ * YAML through the `yaml` library with alias expansion bounded. (cosmiconfig's own YAML loader,
+ * js-yaml, shares aliased nodes while parsing but has no limit, so a 400-byte alias bomb expanded
+ * later, while `${…}` references are filled in, until the heap ran out.)
+ */
+const loadYaml: Loader = (file, content) => {
   try {
-    result = options.file ? await explorer.load(resolve(options.cwd ?? process.cwd(), options.file)) : await explorer.search(options.cwd ?? process.cwd());
+    return parseYaml(content, { maxAliasCount: CONFIG_MAX_ALIASES, merge: true, prettyErrors: true });
   } catch (error) {
+    if (error instanceof ReferenceError && /alias/i.test(error.message)) {
+      throw new PipelineError('CONFIG_INVALID', `${file} expands YAML aliases (*name) more than ${CONFIG_MAX_ALIASES} times; refusing to load it`, {
+        hint: 'A config needs few aliases: write the repeated parts out, or use fewer nested aliases.',
+        details: { file, problems: [{ path: '(root)', message: `more than ${CONFIG_MAX_ALIASES} YAML alias expansions` }] },
+      });
+    }
+    (error as Error).message = `YAML Error in ${file}:\n${(error as Error).message}`;
+    throw error;
+  }
+};
+
+const LOADERS = {
+  '.yaml': bounded(loadYaml),
+  '.yml': bounded(loadYaml),
+  noExt: bounded(loadYaml),
+  '.json': bounded(defaultLoaders['.json']),
+};
+
+/** The per-user and system-wide folders searched after the working directory and its parents. */
+export function configDirs(env: NodeJS.ProcessEnv = process.env): Array<{ dir: string; found: ConfigSource }> {
+  const xdg = env.XDG_CONFIG_HOME && env.XDG_CONFIG_HOME.startsWith('/') ? env.XDG_CONFIG_HOME : join(env.HOME || homedir(), '.config');
+  return [
+    { dir: join(xdg, 'backup-pipeline'), found: 'user' },
+    { dir: env[SYSTEM_CONFIG_DIR_ENV] || '/etc/backup-pipeline', found: 'system' },
+  ];
+}
+
+/**
+ * Finds and reads the config file: `--config`, else the working directory and its parents (up to
+ * the folder holding a package.json), else `$XDG_CONFIG_HOME/backup-pipeline/` (default
+ * `~/.config/backup-pipeline/`), else `/etc/backup-pipeline/`.
+ */
+export async function findConfig(options: LoadConfigOptions = {}): Promise<{ file: string; content: unknown; found: ConfigSource }> {
+  const cwd = options.cwd ?? process.cwd();
+  const explorer = (searchStrategy: 'project' | 'none', searchPlaces = CONFIG_SEARCH_PLACES) => cosmiconfig('pipeline', { searchPlaces, searchStrategy, cache: false, loaders: LOADERS });
+  const dirs = configDirs(options.env ?? process.env);
+  let result;
+  let found: ConfigSource = options.file ? 'option' : 'cwd';
+  try {
+    if (options.file) {
+      const file = resolve(cwd, options.file);
+      const info = await stat(file);
+      if (info.isFile() && info.size > CONFIG_MAX_BYTES) throw tooLarge(file, info.size);
+      result = await explorer('none').load(file);
+    } else {
+      result = await explorer('project').search(cwd);
+      for (const place of dirs) {
+        if (result && !result.isEmpty) break;
+        found = place.found;
+        // package.json is a project's file: not looked for in the configuration folders.
+        result = await explorer('none', CONFIG_SEARCH_PLACES.filter((p) => p !== 'package.json')).search(place.dir);
+      }
+    }
+  } catch (error) {
+    if (isPipelineError(error)) throw error;
     const e = error as NodeJS.ErrnoException;
     if (e.code === 'ENOENT') throw new PipelineError('CONFIG_NOT_FOUND', `config file ${options.file} does not exist`);
     throw new PipelineError('CONFIG_UNREADABLE', `cannot read config ${options.file ?? ''}: ${e.message.split('\n')[0]}`, { cause: error });
   }
   if (!result || result.isEmpty) {
     if (options.file) throw new PipelineError('CONFIG_INVALID', `config file ${options.file} is empty`);
-    throw new PipelineError('CONFIG_NOT_FOUND', `no config found from ${options.cwd ?? process.cwd()} upwards (${CONFIG_SEARCH_PLACES.slice(0, 6).join(', ')}, .pipelinerc*, package.json#pipeline)`);
+    throw new PipelineError(
+      'CONFIG_NOT_FOUND',
+      `no config found from ${cwd} upwards (${CONFIG_SEARCH_PLACES.slice(0, 6).join(', ')}, .pipelinerc*, package.json#pipeline), nor in ${dirs.map((d) => d.dir + '/').join(' or ')}`,
+    );
   }
-  return { file: result.filepath, content: result.config };
+  return { file: result.filepath, content: result.config, found };
 }
 
 /** Validates config content and every plugin's options. Throws CONFIG_INVALID listing all problems. */
@@ -301,6 +395,6 @@ export function configProblems(file: string, problems: Problem[]): PipelineError
 }
 
 export async function loadConfig(options: LoadConfigOptions = {}): Promise<ResolvedConfig> {
-  const { file, content } = await findConfig(options);
-  return resolveConfig(file, content, options);
+  const { file, content, found } = await findConfig(options);
+  return { ...(await resolveConfig(file, content, options)), found };
 }
