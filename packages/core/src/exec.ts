@@ -1,8 +1,10 @@
 /**
  * The one way backup-pipeline runs a program: an argv array (never a shell string), stdin ignored
  * unless given, registered secrets masked wherever the command line or its stderr is shown, the
- * last lines of stderr kept for the error, the run's AbortSignal wired to kill the child, and the
- * exit code always checked.
+ * last lines of stderr kept for the error (and, from PostgreSQL's tools, every `ERROR:`/`FATAL:`
+ * line, which is where the cause is), the run's AbortSignal wired to kill the child, and the exit
+ * code always checked. A child whose reader went away (a full disk failed the file write) is
+ * stopped at once rather than left blocked on a full pipe.
  */
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { execa } from 'execa';
@@ -32,6 +34,8 @@ export interface ExecOptions {
   secrets?: SecretRegistry;
   /** A short name for messages (default: the program's base name). */
   label?: string;
+  /** The file or folder the program writes, named when it fails for lack of space or permission. */
+  writes?: string;
   /** Exit codes that count as success (default [0]). */
   okExitCodes?: number[];
   timeoutMs?: number;
@@ -48,14 +52,42 @@ export type ExecProcess = Promise<ExecResult> & {
   readonly stdout: Readable | null;
   readonly stdin: Writable | null;
   readonly pid: number | undefined;
+  /** Stops the child; its failure is then marked `details.stopped` (a consequence, not a cause). */
   kill(signal?: NodeJS.Signals): boolean;
 };
 
 const STDERR_TAIL_LINES = 12;
+/** stderr kept whole up to this size (for callers that read `result.stderr`); beyond it only the tail and the error lines. */
+const STDERR_KEEP_BYTES = 4 * 1024 * 1024;
+const ERROR_LINES_KEPT = 20;
 
 export function stderrTail(stderr: string, lines = STDERR_TAIL_LINES): string {
   return stderr.trimEnd().split('\n').slice(-lines).join('\n');
 }
+
+/**
+ * The lines of a PostgreSQL client's stderr that carry the cause: `ERROR:`, `FATAL:`, `PANIC:`
+ * (with or without a `psql:file:line:` or `pg_restore: error:` prefix), in order, without repeats.
+ */
+export function pgErrorLines(stderr: string, max = ERROR_LINES_KEPT): string[] {
+  const out: string[] = [];
+  for (const line of stderr.split('\n')) {
+    // The server writes its severity followed by two spaces; a function body quoted in the output does not.
+    if (!/(^|: )(ERROR|FATAL|PANIC): {2}\S/.test(line) && !/^(pg_dump|pg_restore|pg_dumpall|psql): error: /.test(line)) continue;
+    const trimmed = line.trim();
+    if (!out.includes(trimmed)) out.push(trimmed);
+    if (out.length >= max) break;
+  }
+  return out;
+}
+
+/** File-system failures a program reports on stderr, by errno name. */
+const FS_FAILURES: Array<[RegExp, 'ENOSPC' | 'EDQUOT' | 'EROFS' | 'EACCES']> = [
+  [/No space left on device|ENOSPC/i, 'ENOSPC'],
+  [/Disk quota exceeded|EDQUOT/i, 'EDQUOT'],
+  [/Read-only file system|EROFS/i, 'EROFS'],
+  [/Permission denied|EACCES/, 'EACCES'],
+];
 
 /** The command line as it may be shown: quoted where needed, secrets masked. */
 export function displayCommand(file: string, args: readonly string[], secrets?: SecretRegistry): string {
@@ -68,6 +100,34 @@ function isNodeReadable(value: unknown): value is Readable {
   return typeof value === 'object' && value !== null && typeof (value as Readable).pipe === 'function' && typeof (value as Readable).read === 'function';
 }
 
+/** Keeps stderr without ever killing a talkative child: the text up to a cap, then the last lines and the error lines. */
+class StderrCollector {
+  text = '';
+  truncated = false;
+  #tail: string[] = [];
+  #partial = '';
+  #errors: string[] = [];
+  add(chunk: string): void {
+    if (!this.truncated && this.text.length + chunk.length <= STDERR_KEEP_BYTES) this.text += chunk;
+    else this.truncated = true;
+    const lines = (this.#partial + chunk).split('\n');
+    this.#partial = lines.pop()!;
+    for (const line of lines) this.#line(line);
+  }
+  #line(line: string): void {
+    this.#tail.push(line);
+    if (this.#tail.length > STDERR_TAIL_LINES) this.#tail.shift();
+    if (this.#errors.length < ERROR_LINES_KEPT) this.#errors.push(...pgErrorLines(line).filter((l) => !this.#errors.includes(l)));
+  }
+  /** The whole text, or (when it was too long) a marker, the error lines and the tail. */
+  finish(): string {
+    if (this.#partial) this.#line(this.#partial);
+    this.#partial = '';
+    if (!this.truncated) return this.text;
+    return ['[stderr too long; showing its error lines and its end]', ...this.#errors, '…', ...this.#tail].join('\n') + '\n';
+  }
+}
+
 export function exec(file: string, args: readonly string[] = [], options: ExecOptions = {}): ExecProcess {
   const label = options.label ?? file.split('/').pop()!;
   const env: Record<string, string | undefined> = { ...process.env, ...options.env };
@@ -77,9 +137,12 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
   const fromProcess = typeof options.stdin === 'object' && options.stdin !== null && 'fromProcess' in options.stdin;
   const stdin = options.stdin === undefined ? 'ignore' : fromProcess ? 'pipe' : options.stdin;
   const pipeTo = typeof options.stdout === 'object' && 'pipeTo' in options.stdout ? options.stdout.pipeTo : undefined;
-  // The consumer's end of its stdin pipe, handed to this child as its stdout (execa passes an fd number natively).
-  const pipeFd = pipeTo ? (pipeTo.stdin as unknown as { _handle?: { fd?: number } } | null)?._handle?.fd : undefined;
-  if (pipeTo && (typeof pipeFd !== 'number' || pipeFd < 0)) throw new Error(`${label}: stdout.pipeTo needs a process started with stdin: { fromProcess: true }`);
+  // The consumer's end of its stdin pipe is handed to this child as its stdout: Node.js duplicates
+  // a stream's descriptor into the child (the documented `stdio: Stream` of child_process.spawn,
+  // which execa passes through as it is). Its bytes never pass through this process, which never
+  // reads or writes that stream.
+  const theirs = pipeTo?.stdin ?? undefined;
+  if (pipeTo && !theirs) throw new Error(`${label}: stdout.pipeTo needs a process started with stdin: { fromProcess: true }`);
   const stdoutMode = pipeTo ? 'pipeTo' : (options.stdout ?? 'pipe');
   const started = Date.now();
   const subprocess = execa(file, [...args], {
@@ -90,10 +153,10 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     // Node streams (which need not have a file descriptor) are written through execa's `input`.
     stdin: !fromProcess && options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array || isNodeReadable(stdin)) ? 'pipe' : (stdin as never),
     input: !fromProcess && options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array || isNodeReadable(stdin)) ? stdin : undefined,
-    stdout: stdoutMode === 'stream' ? 'pipe' : stdoutMode === 'pipeTo' ? pipeFd : (stdoutMode as never),
+    stdout: stdoutMode === 'stream' ? 'pipe' : stdoutMode === 'pipeTo' ? theirs : (stdoutMode as never),
     stderr: 'pipe',
-    buffer: { stdout: stdoutMode === 'pipe', stderr: true },
-    maxBuffer: { stdout: 256 * 1024 * 1024, stderr: 8 * 1024 * 1024 },
+    buffer: { stdout: stdoutMode === 'pipe', stderr: false },
+    maxBuffer: { stdout: 256 * 1024 * 1024 },
     cancelSignal: options.signal,
     forceKillAfterDelay: 5_000,
     timeout: options.timeoutMs,
@@ -102,9 +165,19 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     cleanup: true,
   } as never);
 
+  const sub = subprocess as unknown as { stdout: Readable | null; stdin: Writable | null; stderr: Readable | null; pid?: number; kill(s?: NodeJS.Signals): boolean };
+  const collected = new StderrCollector();
+  sub.stderr?.setEncoding('utf8');
+  sub.stderr?.on('data', (chunk: string) => collected.add(chunk));
+  let stopped = false;
+  const stop = (signal?: NodeJS.Signals) => {
+    stopped = true;
+    return sub.kill(signal);
+  };
+
   const ok = options.okExitCodes ?? [0];
   const promise = (subprocess as unknown as Promise<Record<string, unknown>>).then((r) => {
-    const stderr = typeof r.stderr === 'string' ? r.stderr : '';
+    const stderr = collected.finish();
     const stdout = typeof r.stdout === 'string' ? r.stdout : '';
     const mask = (s: string) => (options.secrets ? options.secrets.mask(s) : s);
     const command = displayCommand(file, args, options.secrets);
@@ -112,7 +185,13 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     if (!r.failed || (typeof r.exitCode === 'number' && ok.includes(r.exitCode) && !r.isCanceled && !r.signal)) {
       return { exitCode, stdout, stderr, durationMs: Date.now() - started };
     }
-    const details = { command, exitCode: r.exitCode, signal: r.signal, stderr: mask(stderrTail(stderr)) };
+    const tail = stderrTail(stderr);
+    const errorLines = pgErrorLines(stderr);
+    // The error lines stay with the tail even when they scrolled out of it.
+    const kept = [...errorLines.filter((l) => !tail.includes(l)), tail].filter(Boolean).join('\n');
+    const details: Record<string, unknown> = { command, exitCode: r.exitCode, signal: r.signal, stderr: mask(kept) };
+    if (errorLines.length > 0) details.errors = errorLines.map(mask);
+    if (stopped) details.stopped = true;
     if ((r.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT' || r.code === 'ENOENT') {
       throw new PipelineError('EXEC_NOT_FOUND', `${label}: program not found (${file})`, { details });
     }
@@ -122,15 +201,26 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     if (r.timedOut) {
       throw new PipelineError('EXEC_FAILED', `${label} timed out after ${options.timeoutMs} ms`, { details });
     }
+    if (stopped) {
+      throw new PipelineError('EXEC_FAILED', `${label} was stopped (${r.signal ? String(r.signal) : `exit code ${exitCode}`}) because another part of its chain failed`, { details });
+    }
     const why = r.signal ? `was killed by ${String(r.signal)}` : `exited with code ${exitCode}`;
-    const tail = mask(stderrTail(stderr, 3)).trim();
-    throw new PipelineError('EXEC_FAILED', `${label} ${why}${tail ? `: ${tail}` : ''}`, { details });
+    // The cause of a PostgreSQL client's failure is in its ERROR/FATAL lines, often far from the
+    // end (the end can be the middle of a function body); other programs end with it.
+    const shown = mask(errorLines.length > 0 ? errorLines.slice(0, 3).join(' | ') : stderrTail(stderr, 3)).trim();
+    const fs = FS_FAILURES.find(([pattern]) => pattern.test(stderrTail(stderr, 6)));
+    if (fs && (fs[1] === 'ENOSPC' || fs[1] === 'EDQUOT')) {
+      throw new PipelineError('NO_SPACE', `${label} ran out of disk space${options.writes ? ` writing ${options.writes}` : ''} (${fs[1]}): ${shown}`, { details: { ...details, path: options.writes, errno: fs[1] } });
+    }
+    if (fs && options.writes) {
+      throw new PipelineError('ACCESS_DENIED', `${label} cannot write ${options.writes} (${fs[1]}): ${shown}`, { details: { ...details, path: options.writes, errno: fs[1] } });
+    }
+    throw new PipelineError('EXEC_FAILED', `${label} ${why}${shown ? `: ${shown}` : ''}`, { details });
   });
 
-  if (pipeTo) {
+  if (pipeTo && theirs) {
     // The consumer's stdin is a socket pair: shutting our side down before this child exits would
     // end the consumer's input early, so do it when the child is gone (its data is in the pipe).
-    const theirs = pipeTo.stdin!;
     theirs.on('error', () => {}); // never written to by us; a consumer that died first is reported by its own exit
     void promise.then(
       () => theirs.end(),
@@ -138,14 +228,26 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     );
   }
 
-  const sub = subprocess as unknown as { stdout: Readable | null; stdin: Writable | null; pid?: number; kill(s?: NodeJS.Signals): boolean };
   // execa drains an unbuffered stdout that nobody reads yet; hand callers a stream attached now,
-  // whose backpressure pauses the child until they read.
-  const stdout = stdoutMode === 'stream' && sub.stdout ? sub.stdout.pipe(new PassThrough({ highWaterMark: 1024 * 1024 })) : sub.stdout;
+  // whose backpressure pauses the child until they read. A reader that goes away before the end
+  // (a file write that failed) stops the child: nothing would ever read the rest of its output.
+  let stdout = sub.stdout;
+  if (stdoutMode === 'stream' && sub.stdout) {
+    const raw = sub.stdout;
+    const out = raw.pipe(new PassThrough({ highWaterMark: 1024 * 1024 }));
+    out.on('close', () => {
+      if (!out.readableEnded) {
+        raw.unpipe(out);
+        raw.resume();
+        stop();
+      }
+    });
+    stdout = out;
+  }
   return Object.assign(promise, {
     stdout,
     stdin: sub.stdin,
     pid: sub.pid,
-    kill: (signal?: NodeJS.Signals) => sub.kill(signal),
+    kill: (signal?: NodeJS.Signals) => stop(signal),
   }) as ExecProcess;
 }

@@ -1,0 +1,81 @@
+/**
+ * The exec helper's promises about chains and errors: an OS pipe between two children carries
+ * every byte (through no private Node.js internals), a child whose reader went away is stopped
+ * at once, and a failure names its cause: PostgreSQL's ERROR/FATAL lines wherever they are in
+ * stderr, a full disk with the path being written.
+ */
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { exec, pgErrorLines } from './exec.js';
+import { isPipelineError } from './errors.js';
+
+describe('exec chains', () => {
+  it('pipes one child into the next over an OS pipe, every byte, without reading private handles', async () => {
+    const consumer = exec('sha256sum', [], { stdin: { fromProcess: true } });
+    const producer = exec('seq', ['1', '3000000'], { stdout: { pipeTo: consumer } });
+    const [, got] = await Promise.all([producer, consumer]);
+    const expected = await exec('sh', ['-c', 'seq 1 3000000 | sha256sum']);
+    expect(got.stdout).toBe(expected.stdout);
+    expect(readFileSync(new URL('./exec.ts', import.meta.url), 'utf8')).not.toMatch(/_handle/);
+  });
+
+  it('stops a child whose reader went away instead of leaving it blocked on a full pipe', async () => {
+    const child = exec('yes', [], { stdout: 'stream', label: 'yes' });
+    for await (const _chunk of child.stdout!) break; // the reader gives up (a failed file write does the same)
+    const error = await child.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(isPipelineError(error) && error.details?.stopped).toBe(true);
+    expect((error as Error).message).toMatch(/yes was stopped .* because another part of its chain failed/);
+    expect(child.pid && (await exec('ps', ['-o', 'stat=', '-p', String(child.pid)], { okExitCodes: [0, 1] })).stdout.trim()).toBe('');
+  });
+});
+
+describe('exec errors name the cause', () => {
+  const failing = (script: string, options: Parameters<typeof exec>[2] = {}) =>
+    exec('sh', ['-c', script], options).then(
+      () => {
+        throw new Error('expected a failure');
+      },
+      (e: unknown) => e as Error & { code: string; details: Record<string, unknown> },
+    );
+
+  it('shows a PostgreSQL client error line that is far from the end of its stderr', async () => {
+    const error = await failing(
+      `echo 'pg_restore: error: could not execute query: ERROR:  permission denied for schema public' >&2
+       echo 'Command was: CREATE FUNCTION public.f() RETURNS int' >&2
+       for i in $(seq 1 40); do echo "    body line $i" >&2; done; exit 1`,
+      { label: 'pg_restore' },
+    );
+    expect(error.code).toBe('EXEC_FAILED');
+    expect(error.message).toContain('permission denied for schema public');
+    expect(error.message).not.toContain('body line 40');
+    // Kept for the error parsers (connection errors, lock timeouts) even though it left the tail.
+    expect(error.details.stderr).toContain('permission denied for schema public');
+    expect(error.details.errors).toEqual(['pg_restore: error: could not execute query: ERROR:  permission denied for schema public']);
+  });
+
+  it('keeps the error lines of a stderr far longer than it keeps, and never kills a talkative child', async () => {
+    const error = await failing(`echo 'psql:restore.sql:3: FATAL:  terminating connection' >&2; head -c 6000000 /dev/zero | tr '\\0' 'x' | fold -w 100 >&2; exit 3`, { label: 'psql' });
+    expect(error.message).toContain('exited with code 3');
+    expect(error.message).toContain('FATAL:  terminating connection');
+  });
+
+  it('turns a program that ran out of space into NO_SPACE naming the path it writes', async () => {
+    const error = await failing(`echo 'zstd: error 70 : Write error : cannot write block : No space left on device' >&2; exit 70`, { label: 'zstd', writes: '/srv/work/set/x.dump.zst' });
+    expect(error.code).toBe('NO_SPACE');
+    expect(error.message).toBe('zstd ran out of disk space writing /srv/work/set/x.dump.zst (ENOSPC): zstd: error 70 : Write error : cannot write block : No space left on device');
+  });
+
+  it.each([
+    ['psql:file.sql:12: ERROR:  relation "x" does not exist', true],
+    ['pg_dump: error: query failed: ERROR:  permission denied for table accounts', true],
+    ['FATAL:  password authentication failed for user "m"', true],
+    ['    RAISE NOTICE \'an ERROR:  inside a function body\';', false],
+    ['pg_restore: warning: errors ignored on restore: 3', false],
+    ['ERRORS: none', false],
+  ])('pgErrorLines(%j) -> %s', (line, expected) => {
+    expect(pgErrorLines(line).length > 0).toBe(expected);
+  });
+});
