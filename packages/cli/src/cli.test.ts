@@ -1,5 +1,5 @@
 /** The `pipeline` command through a real child process: exit codes, output, signals. */
-import { mkdir, mkdtemp, readdir, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,8 +10,8 @@ const CLI_DIR = resolve(fileURLToPath(import.meta.url), '../..');
 const BIN = join(CLI_DIR, 'bin', 'pipeline.js');
 const CORE_DIR = resolve(CLI_DIR, '../core');
 
-function pipeline(args: string[], cwd: string) {
-  return execa(process.execPath, [BIN, ...args], { cwd, reject: false, env: { NO_COLOR: '1', CI: 'true' } });
+function pipeline(args: string[], cwd: string, env: Record<string, string> = {}) {
+  return execa(process.execPath, [BIN, ...args], { cwd, reject: false, env: { NO_COLOR: '1', CI: 'true', ...env } });
 }
 
 /** A project folder with test plugins that import the core like a community package would. */
@@ -157,5 +157,73 @@ describe('pipeline CLI', () => {
     const result = await pipeline(['run'], dir);
     expect(result.exitCode).toBe(1);
     expect(result.stderr).toContain('[fixture → produce] STAGE_NEVER_SETTLED');
+  });
+
+  it('masks a ${file:…} secret on every channel: plan, --json, list headers, the run summary, errors and logs', async () => {
+    const secret = 'tok-5ecr3t';
+    const dir = await project({
+      workDir: './work',
+      destinations: { copy: { use: './plugins.mjs', path: './copy-${file:token.txt}' } },
+      pipelines: { nightly: { stages: [{ use: './plugins.mjs' }], destinations: ['copy'] } },
+    });
+    await writeFile(join(dir, 'token.txt'), `${secret}\n`);
+    const outputs = [];
+    const plan = await pipeline(['run', '--dry-run'], dir);
+    expect(plan.exitCode, plan.stderr).toBe(0);
+    expect(plan.stdout).toContain(`ship to "copy": local folder ${join(dir, 'copy-***')}`);
+    outputs.push(plan, await pipeline(['run', '--dry-run', '--json'], dir));
+    const run = await pipeline(['run'], dir);
+    expect(run.exitCode, run.stderr).toBe(0);
+    const list = await pipeline(['list'], dir);
+    expect(list.stdout).toContain(`copy — local folder ${join(dir, 'copy-***')}`);
+    outputs.push(run, list, await pipeline(['list', '--json'], dir), await pipeline(['validate', '--json'], dir));
+    // A destination that cannot be written: the summary line and the error name its path, masked.
+    await writeFile(join(dir, 'blocker'), 'a file, not a folder');
+    const config = JSON.parse(await readFile(join(dir, 'pipeline.config.json'), 'utf8')) as { destinations: { copy: { path: string } } };
+    config.destinations.copy.path = './blocker/copy-${file:token.txt}';
+    await writeFile(join(dir, 'pipeline.config.json'), JSON.stringify(config));
+    const failed = await pipeline(['run'], dir);
+    expect(failed.exitCode).toBe(1);
+    expect(failed.stderr).toContain('blocker/copy-***');
+    outputs.push(failed, await pipeline(['list', '--json'], dir));
+    for (const out of outputs) {
+      expect(out.stdout + out.stderr, out.command).not.toContain(secret);
+    }
+  });
+
+  it('refuses a YAML alias bomb and an oversized config with exit 2, naming the file', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'bp-cli-'));
+    const bomb = ['a: &a [x,x,x,x,x,x,x,x,x]', ...'bcdefgh'.split('').map((c, i) => `${c}: &${c} [${Array(9).fill(`*${'abcdefgh'[i]}`).join(',')}]`), 'pipelines: { x: { stages: [*h] } }'].join('\n');
+    await writeFile(join(dir, 'pipeline.config.yaml'), bomb);
+    const out = await pipeline(['validate'], dir);
+    expect(out.exitCode).toBe(2);
+    expect(out.stderr).toContain(`error CONFIG_INVALID: ${join(dir, 'pipeline.config.yaml')} expands YAML aliases (*name) more than 100 times; refusing to load it`);
+    await writeFile(join(dir, 'big.json'), JSON.stringify({ pipelines: {}, $schema: 'x'.repeat(2 << 20) }));
+    const big = await pipeline(['run', '--config', 'big.json'], dir);
+    expect(big.exitCode).toBe(2);
+    expect(big.stderr).toMatch(new RegExp(`error CONFIG_INVALID: ${join(dir, 'big.json')} is \\d+ bytes; a config file may be at most 1048576 bytes`));
+  });
+
+  it('finds the config in $XDG_CONFIG_HOME/backup-pipeline, then the system folder, and logs the one it chose', async () => {
+    const dir = await project(config());
+    const empty = await mkdtemp(join(tmpdir(), 'bp-cli-cwd-'));
+    const xdg = join(dir, 'xdg');
+    const system = join(dir, 'etc');
+    const env = { XDG_CONFIG_HOME: xdg, BACKUP_PIPELINE_SYSTEM_CONFIG_DIR: system };
+    const none = await pipeline(['validate'], empty, env);
+    expect(none.exitCode).toBe(2);
+    expect(none.stderr).toContain(`nor in ${join(xdg, 'backup-pipeline')}/ or ${system}/`);
+    // A config in the system folder, pointing at the project's plugin and folders by absolute paths.
+    const text = JSON.stringify({ ...config(), workDir: join(dir, 'work') }).replaceAll('./plugins.mjs', join(dir, 'plugins.mjs')).replaceAll('./copy', join(dir, 'copy'));
+    await mkdir(system, { recursive: true });
+    await writeFile(join(system, 'pipeline.config.json'), text);
+    const fromSystem = await pipeline(['list'], empty, env);
+    expect(fromSystem.exitCode, fromSystem.stderr).toBe(0);
+    const record = JSON.parse(fromSystem.stderr.split('\n')[0]!) as { level: number; config: string; found: string; msg: string };
+    expect(record).toMatchObject({ level: 30, config: join(system, 'pipeline.config.json'), found: 'system' });
+    await mkdir(join(xdg, 'backup-pipeline'), { recursive: true });
+    await writeFile(join(xdg, 'backup-pipeline', 'pipeline.config.json'), text);
+    const fromUser = await pipeline(['validate'], empty, env);
+    expect(fromUser.stdout).toContain(`ok ${join(xdg, 'backup-pipeline', 'pipeline.config.json')} (found: user)`);
   });
 });
