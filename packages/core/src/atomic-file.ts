@@ -5,10 +5,11 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { isPipelineError, PipelineError } from './errors.js';
 
 export const PARTIAL_SUFFIX = '.partial';
 export const FILE_MODE = 0o600;
@@ -50,17 +51,47 @@ export class DigestStream extends Transform {
 
 type Source = Readable | AsyncIterable<Uint8Array> | string | Uint8Array;
 
+const SPACE_ERRNOS = new Set(['ENOSPC', 'EDQUOT']);
+const ACCESS_ERRNOS = new Set(['EACCES', 'EPERM', 'EROFS']);
+
+/**
+ * A file-system error that names only the system call (`ENOSPC: no space left on device, write`)
+ * as a PipelineError naming the path too: NO_SPACE or ACCESS_DENIED. Other errors pass unchanged.
+ * The plugin and hook are added by the runner, so the message says which file and which stage.
+ */
+export function fileSystemError(error: unknown, path: string, doing: 'writing' | 'reading' | 'creating' = 'writing'): unknown {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  if (isPipelineError(error) || !code) return error;
+  const syscall = (error as NodeJS.ErrnoException).syscall;
+  if (SPACE_ERRNOS.has(code)) {
+    return new PipelineError('NO_SPACE', `no space left on the device ${doing} ${path} (${code}${syscall ? `, ${syscall}` : ''})`, { cause: error, details: { path, errno: code } });
+  }
+  if (ACCESS_ERRNOS.has(code)) {
+    const why = code === 'EROFS' ? 'read-only file system' : 'permission denied';
+    return new PipelineError('ACCESS_DENIED', `${why} ${doing} ${path} (${code}${syscall ? `, ${syscall}` : ''})`, { cause: error, details: { path, errno: code } });
+  }
+  return error;
+}
+
 /** Streams `source` into `path` atomically; resolves with its size and sha256. */
 export async function writeFileAtomic(path: string, source: Source, options: AtomicWriteOptions = {}): Promise<FileDigest> {
-  await ensurePrivateDir(dirname(path));
   const partial = path + PARTIAL_SUFFIX;
-  const handle = await open(partial, 'w', options.mode ?? FILE_MODE);
+  let handle: FileHandle;
+  try {
+    await ensurePrivateDir(dirname(path));
+    handle = await open(partial, 'w', options.mode ?? FILE_MODE);
+  } catch (error) {
+    if (typeof source === 'object' && source !== null && 'destroy' in source && typeof source.destroy === 'function') source.destroy();
+    throw fileSystemError(error, path, 'creating');
+  }
   const digest = new DigestStream(options.onBytes);
   try {
     const input = typeof source === 'string' || source instanceof Uint8Array ? Readable.from([Buffer.from(source)]) : source;
     // A stream on the raw fd: a stream on the FileHandle itself holds a reference that (on Node 20)
     // makes `handle.close()` wait forever when autoClose is false.
     const sink = createWriteStream('', { fd: handle.fd, autoClose: false });
+    // A failed write destroys `input` (pipeline does): a child process writing it is then stopped
+    // by exec, so nothing is left blocked behind a full disk.
     await pipeline(input, digest, sink, { signal: options.signal });
     await handle.sync();
     await handle.close();
@@ -70,7 +101,7 @@ export async function writeFileAtomic(path: string, source: Source, options: Ato
   } catch (error) {
     await handle.close().catch(() => {});
     await rm(partial, { force: true });
-    throw error;
+    throw fileSystemError(error, path);
   }
 }
 
@@ -84,7 +115,11 @@ export async function syncDir(path: string): Promise<void> {
 
 export async function hashFile(path: string, signal?: AbortSignal): Promise<FileDigest> {
   const digest = new DigestStream();
-  await pipeline(createReadStream(path), digest, new Writable({ write: (_c, _e, cb) => cb() }), { signal });
+  try {
+    await pipeline(createReadStream(path), digest, new Writable({ write: (_c, _e, cb) => cb() }), { signal });
+  } catch (error) {
+    throw fileSystemError(error, path, 'reading');
+  }
   return digest.digest();
 }
 

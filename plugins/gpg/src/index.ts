@@ -158,13 +158,21 @@ export function encryptArgs(plan: EncryptPlan): string[] {
 /** Runs gpg with `stdout` streamed into `path` by the core's atomic writer (hashed on the way); removed when gpg failed. */
 async function gpgToFile(args: string[], path: string, options: ExecOptions, onFailure: (error: unknown) => PipelineError): Promise<FileDigest> {
   const child = exec('gpg', args, { ...options, stdout: 'stream', label: 'gpg' });
+  // A failed write (a full disk) destroys gpg's stdout, and exec stops gpg at once: the write's
+  // error is then the cause, gpg's "stopped" only its consequence.
   const [ran, written] = await Promise.allSettled([child, writeFileAtomic(path, child.stdout!, { signal: options.signal })]);
+  if (written.status === 'rejected' && (ran.status === 'fulfilled' || wasStopped(ran.reason))) throw written.reason;
   if (ran.status === 'rejected') {
     await rm(path, { force: true });
     throw onFailure(ran.reason);
   }
   if (written.status === 'rejected') throw written.reason;
   return written.value;
+}
+
+/** A process exec stopped because another part of its chain failed first. */
+function wasStopped(error: unknown): boolean {
+  return isPipelineError(error) && error.details?.stopped === true;
 }
 
 const wrapExecError = (code: 'GPG_ENCRYPT_FAILED' | 'GPG_DECRYPT_FAILED', what: string) => (error: unknown) => {
@@ -199,6 +207,7 @@ export async function decrypt(input: string, options: DecryptOptions): Promise<F
   const digest = new DigestStream();
   const child = exec('gpg', args, { ...execOptions, stdout: 'stream', label: 'gpg' });
   const [ran, copied] = await Promise.allSettled([child, pipeline(child.stdout!, digest, options.to)]);
+  if (copied.status === 'rejected' && (ran.status === 'fulfilled' || wasStopped(ran.reason))) throw copied.reason;
   if (ran.status === 'rejected') throw fail(ran.reason);
   if (copied.status === 'rejected') throw copied.reason;
   return digest.digest();

@@ -157,7 +157,10 @@ class HeadCounter extends Transform {
 
 function pickError(results: PromiseSettledResult<unknown>[]): unknown {
   const failures = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as Error);
-  return failures.find((e) => !/SIGPIPE|EPIPE|ERR_STREAM_PREMATURE_CLOSE/.test(`${e?.message} ${(e as { code?: string })?.code ?? ''}`)) ?? failures[0];
+  // A process stopped by us (details.stopped) or by its reader going away (SIGPIPE, EPIPE) is a
+  // consequence of another member's failure, never the cause.
+  const consequence = (e: Error) => (e as { details?: { stopped?: unknown } })?.details?.stopped === true || /SIGPIPE|EPIPE|ERR_STREAM_PREMATURE_CLOSE/.test(`${e?.message} ${(e as { code?: string })?.code ?? ''}`);
+  return failures.find((e) => !consequence(e)) ?? failures[0];
 }
 
 /** The first bytes of a compressed file's plaintext (empty when the plaintext is empty). */
@@ -288,7 +291,7 @@ export async function runDump(ctx: RunContext, options: DumpOptions, source: PgS
     const streamed: CompressionOptions = { ...options.compression, method: options.format === 'plain' && options.compression.method === 'gzip' ? 'none' : streamCompression(options) };
     if (options.format === 'directory') {
       const dir = join(ctx.tmpDir, `pg_dump-${source.database.replace(/[^\w.-]/g, '_')}`);
-      const dump = ctx.exec(bins.pgDump.path, pgDumpArgs(options, { snapshot: session.snapshot, dir }), { env, label: 'pg_dump' });
+      const dump = ctx.exec(bins.pgDump.path, pgDumpArgs(options, { snapshot: session.snapshot, dir }), { env, label: 'pg_dump', writes: dir });
       counts = options.countRows ? session.countRows() : undefined;
       counts?.catch(() => undefined);
       await dump.catch((error: unknown) => {
