@@ -21,18 +21,19 @@ export interface MastodonHost {
 }
 
 /** A throwaway cluster with `mastodon_production` owned by `mastodon`, and a `.env.production` for it. */
-export async function mastodonHost(options: { scale?: 'tiny' | 'small' } = {}): Promise<MastodonHost> {
+export async function mastodonHost(options: { scale?: 'tiny' | 'small'; password?: string } = {}): Promise<MastodonHost> {
+  const password = options.password ?? HOSTILE_PASSWORD;
   const pg = await startPostgres();
   const database = 'mastodon_production';
   const user = 'mastodon';
-  await pg.createRole(user, HOSTILE_PASSWORD, { login: true, createdb: true });
+  await pg.createRole(user, password, { login: true, createdb: true });
   await pg.createDatabase(database, { owner: user });
   await loadMastodonSchema(pg, database, { owner: user });
   await generateMastodonData(pg, database, { scale: options.scale ?? 'tiny', owner: user });
   const dir = await mkdtemp(join(tmpdir(), 'bp-e2e-'));
   await chmod(dir, 0o700);
   const envFile = join(dir, '.env.production');
-  await writeFile(envFile, mastodonEnvText({ host: pg.host, port: pg.port, database, user, password: HOSTILE_PASSWORD, extra: ['SECRET_KEY_BASE=abc123'] }), { mode: 0o600 });
+  await writeFile(envFile, mastodonEnvText({ host: pg.host, port: pg.port, database, user, password, extra: ['SECRET_KEY_BASE=abc123'] }), { mode: 0o600 });
   return { pg, dir, envFile, database, user };
 }
 

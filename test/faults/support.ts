@@ -131,18 +131,30 @@ export async function project(sb: Sandbox, name: string, config: Record<string, 
 export interface DestinationSets {
   complete: string[];
   incomplete: string[];
+  /** Incomplete sets by state (see docs/set-states.md). */
+  damaged?: string[];
+  partial?: string[];
 }
 
 /** `pipeline list --json`, as `{ destination: { complete: [ids], incomplete: [ids] } }`. */
 export async function listSets(sb: Sandbox, p: Project): Promise<Record<string, DestinationSets>> {
   const out = await p.cli(['list', '--json']);
   expect(out.exitCode, `pipeline list failed: ${out.stderr}`).toBe(0);
-  const parsed = JSON.parse(out.stdout) as Array<{ destination: string; sets: Array<{ id: string; complete: boolean }> }>;
+  const parsed = JSON.parse(out.stdout) as Array<{ destination: string; sets: Array<{ id: string; complete: boolean; state: string }> }>;
   const result: Record<string, DestinationSets> = {};
   for (const d of parsed) {
     result[d.destination] = { complete: d.sets.filter((s) => s.complete).map((s) => s.id), incomplete: d.sets.filter((s) => !s.complete).map((s) => s.id) };
   }
   return result;
+}
+
+/** `pipeline list --json` by state: `{ destination: { complete, damaged, partial } }`. */
+export async function setStates(p: Project): Promise<Record<string, { complete: string[]; damaged: string[]; partial: string[] }>> {
+  const out = await p.cli(['list', '--json']);
+  expect(out.exitCode, `pipeline list failed: ${out.stderr}`).toBe(0);
+  const parsed = JSON.parse(out.stdout) as Array<{ destination: string; sets: Array<{ id: string; state: string }> }>;
+  const by = (sets: Array<{ id: string; state: string }>, state: string) => sets.filter((s) => s.state === state).map((s) => s.id);
+  return Object.fromEntries(parsed.map((d) => [d.destination, { complete: by(d.sets, 'complete'), damaged: by(d.sets, 'damaged'), partial: by(d.sets, 'partial') }]));
 }
 
 /** The lock folder is empty and the children's TMPDIR holds nothing (no run folder, no pgpass). */

@@ -11,6 +11,12 @@ import { PipelineError } from './errors.js';
 import { parseSetId } from './manifest.js';
 
 export const MANIFEST_NAME = 'manifest.json';
+/**
+ * Written into a set when a restore or verify found one of its files altered (a checksum
+ * failure): from then on every host lists the set as damaged, so retention keeps it out of its
+ * keep slots (and never deletes it) until a person has looked.
+ */
+export const DAMAGE_MARKER_NAME = 'damaged.json';
 
 /** A file a destination holds in a set, as its listing reports it. */
 export interface StoredFile {

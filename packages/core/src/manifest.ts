@@ -25,7 +25,7 @@ export const FileName = z.string().superRefine((name, ctx) => {
   if (problem) ctx.addIssue({ code: 'custom', message: `not a valid file name: it ${problem}` });
 });
 /** Artifact file names: a file name that is not the manifest's own. */
-export const ArtifactName = FileName.refine((n) => n !== 'manifest.json', 'manifest.json is the name of the manifest');
+export const ArtifactName = FileName.refine((n) => n !== 'manifest.json' && n !== 'damaged.json', 'manifest.json and damaged.json are reserved names');
 
 export const ManifestArtifact = z.object({
   name: ArtifactName,

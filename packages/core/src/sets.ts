@@ -3,14 +3,16 @@
  * only, and `list`, `--json`, metrics, restore and retention all use it:
  *
  * - `complete`: a valid manifest of this set, and every artifact it lists present with its size;
- * - `damaged`: a manifest that cannot be read or is not valid, or an artifact missing or of the
- *   wrong size — never deleted automatically, a person must look;
+ * - `damaged`: a manifest that cannot be read or is not valid, an artifact missing or of the
+ *   wrong size, or a checksum failure recorded by restore/verify (`damaged.json`) — never deleted
+ *   automatically, a person must look;
  * - `partial`: no manifest at all (an interrupted upload, or one still being written).
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MANIFEST_NAME, type Destination, type StoredSet } from './destination.js';
+import { writeFileAtomic } from './atomic-file.js';
+import { DAMAGE_MARKER_NAME, MANIFEST_NAME, type Destination, type StoredSet } from './destination.js';
 import { MAX_MANIFEST_BYTES, parseSetId, readManifestText, type Manifest } from './manifest.js';
 
 export type SetState = 'complete' | 'damaged' | 'partial';
@@ -50,6 +52,7 @@ export function judgeSet(set: StoredSet, read: { manifest?: Manifest; problem?: 
   if (!read?.manifest) return damaged(read?.problem ?? 'manifest was not read');
   const { manifest } = read;
   if (!set.files) return damaged('the destination does not list the files of its sets, so their sizes cannot be checked', manifest);
+  if (set.files.some((f) => f.name === DAMAGE_MARKER_NAME)) return damaged(`a restore or verify found an altered file (see ${DAMAGE_MARKER_NAME} in the set)`, manifest);
   const stored = new Map(set.files.map((f) => [f.name, f.bytes]));
   for (const artifact of manifest.artifacts) {
     const bytes = stored.get(artifact.name);
@@ -75,4 +78,27 @@ export async function listSets(destination: Destination, options: { scratchDir?:
     out.push({ ...set, ...parsed, ...judgeSet(set, read) });
   }
   return out.sort((a, b) => a.id.localeCompare(b.id));
+}
+
+/**
+ * Records in the set itself that a restore or verify found `problem` (a checksum failure), so every
+ * later listing, on every host, calls the set damaged. Never throws: a destination that refuses the
+ * write (read-only, append-only) gets a warning, and the failure that was found is reported anyway.
+ */
+export async function recordDamage(
+  destination: Destination,
+  setId: string,
+  problem: string,
+  ctx: { scratchDir: string; signal?: AbortSignal; log?: { warn(obj: object, msg: string): void } },
+): Promise<void> {
+  const dir = await mkdtemp(join(ctx.scratchDir, 'damage-'));
+  try {
+    const path = join(dir, DAMAGE_MARKER_NAME);
+    const digest = await writeFileAtomic(path, JSON.stringify({ setId, problem, foundAt: new Date().toISOString() }, null, 2) + '\n');
+    await destination.put(setId, DAMAGE_MARKER_NAME, { path, ...digest }, { signal: ctx.signal });
+  } catch (error) {
+    ctx.log?.warn({ setId, err: (error as Error).message }, `could not record in ${setId} that it is damaged: ${(error as Error).message}`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }

@@ -1,11 +1,12 @@
 /**
  * The `metrics` stage: after every run, successful or not, writes node_exporter's textfile
  * collector file (`*.prom`) atomically: when the pipeline last ran, when it last succeeded, whether
- * the last run worked, how long each stage took, how big the artifacts were and how many complete
- * sets each destination holds. Every sample carries a `pipeline` label; samples of other pipelines
+ * the last run worked, how long each stage took, how big the artifacts were, and how many complete
+ * and damaged sets each destination holds. Every sample carries a `pipeline` label; samples of other pipelines
  * already in the file are kept, so several pipelines may share one file.
  */
 import { readFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { definePlugin, listSets, PipelineError, writeFileAtomic, z, type RunContext, type RunSummary } from '@backup-pipeline/core';
 import { parseTextfile, renderTextfile, type MetricFamily, type Sample } from './textfile.js';
 
@@ -21,7 +22,7 @@ export const optionsSchema = z
     countSets: z
       .boolean()
       .default(true)
-      .describe('After a successful run, count the complete sets of each destination and the work dir (reads every manifest; turn off for slow remote destinations).'),
+      .describe('After every run, count the complete (after a success) and damaged sets of each destination and the work dir (reads every manifest; turn off for slow remote destinations).'),
   })
   .strict();
 
@@ -35,6 +36,7 @@ export const FAMILIES: readonly MetricFamily[] = [
   { name: 'backup_pipeline_stage_duration_seconds', type: 'gauge', help: 'Time each plugin spent in each hook during the last run.' },
   { name: 'backup_pipeline_artifact_bytes', type: 'gauge', help: 'Size of each artifact of the last successful run, as shipped.' },
   { name: 'backup_pipeline_sets', type: 'gauge', help: 'Complete backup sets each destination holds, counted after the last successful run.' },
+  { name: 'backup_pipeline_damaged_sets', type: 'gauge', help: 'Damaged backup sets each destination holds (kept for a person to inspect; alert when above 0), counted after every run.' },
 ];
 
 const FAMILY_NAMES = new Set(FAMILIES.map((f) => f.name));
@@ -48,6 +50,8 @@ export interface RenderInput {
   endedAt: Date;
   /** Complete sets per destination name (success only). */
   sets?: Record<string, number>;
+  /** Damaged sets per destination name (any outcome). */
+  damaged?: Record<string, number>;
   /** The file as it was before, if any. */
   previous?: string;
 }
@@ -74,6 +78,7 @@ export function renderMetrics(input: RenderInput): string {
   }
   for (const s of stages.values()) mine('backup_pipeline_stage_duration_seconds', s.ms / 1000, { plugin: s.plugin, hook: s.hook });
 
+  for (const [destination, count] of Object.entries(input.damaged ?? {})) mine('backup_pipeline_damaged_sets', count, { destination });
   if (ok) {
     mine('backup_pipeline_last_success_timestamp_seconds', now);
     for (const a of summary.artifacts) mine('backup_pipeline_artifact_bytes', a.bytes, { artifact: a.name });
@@ -84,12 +89,13 @@ export function renderMetrics(input: RenderInput): string {
   return renderTextfile(FAMILIES, samples);
 }
 
-async function countSets(ctx: RunContext, warn: (msg: string) => void): Promise<Record<string, number>> {
-  const out: Record<string, number> = {};
+async function countSets(ctx: RunContext, warn: (msg: string) => void): Promise<{ complete: Record<string, number>; damaged: Record<string, number> }> {
+  const out = { complete: {} as Record<string, number>, damaged: {} as Record<string, number> };
   for (const d of [...ctx.destinations, ctx.work]) {
     try {
       const sets = await listSets(d.destination, { scratchDir: ctx.tmpDir });
-      out[d.name] = sets.filter((s) => s.complete).length;
+      out.complete[d.name] = sets.filter((s) => s.state === 'complete').length;
+      out.damaged[d.name] = sets.filter((s) => s.state === 'damaged').length;
     } catch (error) {
       warn(`cannot count the sets of "${d.name}": ${(error as Error).message}`);
     }
@@ -101,17 +107,19 @@ export default definePlugin({
   name: 'metrics',
   description: "Writes node_exporter textfile-collector metrics (last run, last success, status, stage durations, sizes, sets) after every run.",
   options: optionsSchema,
+  // The textfile is replaced atomically: its folder must be writable.
+  writablePaths: (options, api) => [dirname(api.resolvePath(options.path))],
   apply(hooks, options, api) {
     const path = api.resolvePath(options.path);
 
     const write = async (summary: RunSummary, ctx: RunContext): Promise<void> => {
       try {
-        const sets = summary.ok && options.countSets ? await countSets(ctx, (m) => api.log.warn(m)) : undefined;
+        const counted = options.countSets ? await countSets(ctx, (m) => api.log.warn(m)) : undefined;
         const previous = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
           if (error.code === 'ENOENT') return undefined;
           throw error;
         });
-        const text = renderMetrics({ pipeline: ctx.pipeline, summary, endedAt: new Date(), sets, previous });
+        const text = renderMetrics({ pipeline: ctx.pipeline, summary, endedAt: new Date(), sets: summary.ok ? counted?.complete : undefined, damaged: counted?.damaged, previous });
         // Metrics hold no secrets, and node_exporter usually runs as another user: 0644.
         await writeFileAtomic(path, text, { mode: 0o644 });
         api.log.debug({ path }, `metrics written to ${path}`);

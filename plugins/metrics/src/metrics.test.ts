@@ -99,11 +99,20 @@ describe('metrics through real runs', () => {
     expect(m.has('backup_pipeline_stage_duration_seconds{hook="verify",pipeline="nightly",plugin="fixture"}')).toBe(false);
     expect(m.get('backup_pipeline_last_run_status{pipeline="we\\"ird\\\\one"}')).toBe(1);
 
-    expect((await run()).error).toBeUndefined();
+    const third = await run();
+    expect(third.error).toBeUndefined();
     m = await scrape();
     expect(m.get('backup_pipeline_sets{destination="work",pipeline="nightly"}')).toBe(2);
+    expect(m.get('backup_pipeline_damaged_sets{destination="work",pipeline="nightly"}')).toBe(0);
     expect(m.get('backup_pipeline_last_run_status{pipeline="nightly"}')).toBe(1);
     expect(await readFile(prom, 'utf8')).not.toContain('.partial');
+
+    // A damaged set is counted on every run, so an alert can fire on it.
+    await writeFile(join(third.workDir, third.result!.summary.setId, 'db.dump'), 'short');
+    await run();
+    m = await scrape();
+    expect(m.get('backup_pipeline_damaged_sets{destination="work",pipeline="nightly"}')).toBe(1);
+    expect(m.get('backup_pipeline_sets{destination="work",pipeline="nightly"}')).toBe(2);
   });
 
   it('a metrics file that cannot be written is a warning, not a failed run', async () => {
