@@ -1,0 +1,191 @@
+/**
+ * A full disk at each stage of `run` (and of `restore`), on small tmpfs file systems this test
+ * mounts: the dump (pg_dump → zstd → file), the media archive (tar → zstd → file), encryption
+ * (file → gpg → file) and the upload to a local destination. The free space is set per case with
+ * a filler file, from the sizes of a good set taken first, so each fault lands in the stage it
+ * names. Every case must end on its own (long before the CLI helper's timeout, with the stage
+ * timeout far away) and leave: a non-zero exit and one error line naming NO_SPACE, the stage and
+ * the path; no set listed that was not there before; the lock free; no password file or run
+ * folder left; no child process still running; and the next run green, with the earlier good
+ * sets still there.
+ */
+import { mkdir, readdir, readFile, rm, statfs } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execa } from 'execa';
+import { createGpgHome, type GpgHome } from '@backup-pipeline/testing';
+import {
+  assertCleanedUp,
+  assertFailed,
+  HOSTILE_PASSWORD,
+  join,
+  listSets,
+  mastodonHost,
+  project,
+  recordedPids,
+  running,
+  sandbox,
+  scanForSecrets,
+  writeRandomFile,
+  type DestinationSets,
+  type MastodonHost,
+  type Project,
+  type Sandbox,
+} from './support.js';
+
+let host: MastodonHost;
+let sb: Sandbox;
+let gpg: GpgHome;
+let p: Project;
+const mounts: string[] = [];
+let destDir: string;
+/** Sizes of the good set's artifacts: the compressed dump and the media archive (plaintext). */
+let dumpBytes = 0;
+let mediaBytes = 0;
+
+const MEDIA_BYTES = 3 * 1024 * 1024;
+const SLACK = 96 * 1024;
+
+async function mountTmpfs(dir: string, size: string): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  const mounted = await execa('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', dir], { reject: false });
+  // Mounting needs root; CI runs as root. Without it this file cannot test anything: fail, never skip.
+  expect(mounted.exitCode, `cannot mount a tmpfs on ${dir} (run as root): ${mounted.stderr}`).toBe(0);
+  mounts.push(dir);
+}
+
+/** Leaves `free` bytes available on the file system of `dir`, with a filler file. */
+async function leaveFree(dir: string, free: number): Promise<string> {
+  const filler = join(dir, 'filler.bin');
+  await rm(filler, { force: true });
+  const fs = await statfs(dir);
+  const available = fs.bavail * fs.bsize;
+  expect(available, `${dir} has only ${available} bytes`).toBeGreaterThan(free);
+  await writeRandomFile(filler, available - free);
+  return filler;
+}
+
+async function childrenLeft(since: Set<number>): Promise<number[]> {
+  const left: number[] = [];
+  for (const pid of await recordedPids(sb)) if (!since.has(pid) && (await running(pid))) left.push(pid);
+  return left;
+}
+
+/** No pgpass file and no run folder anywhere under the work dir or TMPDIR. */
+async function assertNoScratch(q: Project): Promise<void> {
+  await assertCleanedUp(sb, q);
+  expect(await readdir(join(q.workDir, '.runs')).catch(() => []), 'a run folder was left in the work dir').toEqual([]);
+  const found = await execa('find', [q.workDir, sb.tmp, '-name', 'pgpass-*'], { reject: false });
+  expect(found.stdout.trim(), 'a password file was left').toBe('');
+}
+
+beforeAll(async () => {
+  [host, sb, gpg] = await Promise.all([mastodonHost(), sandbox('diskfull'), createGpgHome()]);
+  const media = join(sb.root, 'media');
+  await mkdir(media);
+  await writeRandomFile(join(media, 'avatar.bin'), MEDIA_BYTES);
+  destDir = join(sb.root, 'dest');
+  p = await project(sb, 'diskfull', {
+    destinations: { folder: { use: 'local', path: destDir } },
+    pipelines: {
+      nightly: {
+        source: 'mastodon',
+        // Far away: a stage that hangs must show as a hang (the CLI helper's 90 s), not as a timeout error.
+        stageTimeoutMinutes: 60,
+        stages: [
+          { use: 'credentials', envFile: host.envFile },
+          { use: 'pg-dump' },
+          { use: 'files', mediaDir: media, compression: 'zstd' },
+          { use: 'gpg', recipients: [gpg.fingerprint], gnupgHome: gpg.home },
+          { use: 'retention', keepLast: 30, incompleteGraceHours: 0 },
+        ],
+        destinations: ['folder'],
+      },
+    },
+  });
+  await mountTmpfs(p.workDir, '64m');
+  await mountTmpfs(destDir, '24m');
+  sb.setRoots.add(destDir);
+  const first = await p.run();
+  expect(first.exitCode, first.stderr).toBe(0);
+  const sets = await listSets(sb, p);
+  const id = sets.folder!.complete[0]!;
+  const manifest = JSON.parse(await readFile(join(destDir, id, 'manifest.json'), 'utf8')) as { artifacts: Array<{ kind: string; bytes: number; plain?: { bytes: number } }> };
+  dumpBytes = manifest.artifacts.find((a) => a.kind === 'database')!.plain!.bytes;
+  mediaBytes = manifest.artifacts.find((a) => a.kind === 'files')!.plain!.bytes;
+  expect(mediaBytes).toBeGreaterThan(MEDIA_BYTES);
+  expect(mediaBytes / 2).toBeGreaterThan(dumpBytes + SLACK);
+}, 300_000);
+
+afterAll(async () => {
+  if (sb) await scanForSecrets(sb, [HOSTILE_PASSWORD]).catch((e: unknown) => console.error(e));
+  for (const m of mounts.reverse()) await execa('umount', [m], { reject: false });
+  await host?.pg.stop();
+  await gpg?.cleanup();
+  await sb?.cleanup();
+});
+
+/** Runs with `dir` left with `free` bytes, and checks the failure and its aftermath. */
+async function fullAt(dir: string, free: number, expect_: { stage: string; path: RegExp }): Promise<string> {
+  const before = await listSets(sb, p);
+  const filler = await leaveFree(dir, free);
+  const seen = await recordedPids(sb);
+  let line: string;
+  try {
+    const out = await p.run();
+    expect(out.timedOut, 'the run hung on the full disk').toBeFalsy();
+    line = assertFailed(out, 'NO_SPACE', [expect_.stage, expect_.path]);
+    expect(await childrenLeft(seen), 'a child process of the failed run is still running').toEqual([]);
+    expect(await listSets(sb, p), 'the failed run changed the sets').toEqual(before);
+    await assertNoScratch(p);
+  } finally {
+    await rm(filler, { force: true });
+  }
+  // With room again, the next run succeeds and the earlier good sets are all still there.
+  const next = await p.run();
+  expect(next.exitCode, next.stderr).toBe(0);
+  await assertNoScratch(p);
+  const after = await listSets(sb, p);
+  for (const [dest, sets] of Object.entries(before) as Array<[string, DestinationSets]>) {
+    for (const id of sets.complete) expect(after[dest]!.complete, `good set ${id} on ${dest} was deleted`).toContain(id);
+  }
+  return line;
+}
+
+describe('disk full during run', () => {
+  it('while pg_dump → zstd writes the dump: NO_SPACE naming the dump file and pg-dump', async () => {
+    const line = await fullAt(p.workDir, Math.floor(dumpBytes / 2), { stage: '[pg-dump → produce]', path: /work\/\S+\/mastodon_production\.dump\.zst/ });
+    expect(line).toMatch(/ENOSPC/);
+  });
+
+  it('while tar → zstd writes the media archive: NO_SPACE naming media.tar.zst and files', async () => {
+    await fullAt(p.workDir, dumpBytes + SLACK + Math.floor(mediaBytes / 2), { stage: '[files → produce]', path: /work\/\S+\/media\.tar\.zst/ });
+  });
+
+  it('while gpg encrypts (nobody reads gpg once the write failed): NO_SPACE naming the .gpg file, gpg stopped', async () => {
+    await fullAt(p.workDir, dumpBytes + mediaBytes + SLACK + Math.floor(mediaBytes / 2), { stage: '[gpg → transform]', path: /work\/\S+\/media\.tar\.zst\.gpg/ });
+  });
+
+  it('while shipping to a local destination: the run fails naming the destination, the path and ENOSPC', async () => {
+    const before = await listSets(sb, p);
+    const filler = await leaveFree(destDir, Math.floor(mediaBytes / 2));
+    const seen = await recordedPids(sb);
+    try {
+      const out = await p.run();
+      expect(out.timedOut, 'the run hung on the full destination').toBeFalsy();
+      const line = assertFailed(out, 'DESTINATION_FAILED', ['"folder"', 'no space left', /dest\/\S+\/media\.tar\.zst\.gpg/]);
+      expect(line).toMatch(/ENOSPC/);
+      expect(await childrenLeft(seen)).toEqual([]);
+      const now = await listSets(sb, p);
+      // Nothing new on the full destination; the work dir keeps the new set (complete there).
+      expect(now.folder).toEqual(before.folder);
+      expect(now.work!.complete.length).toBe(before.work!.complete.length + 1);
+      await assertNoScratch(p);
+    } finally {
+      await rm(filler, { force: true });
+    }
+    const next = await p.run();
+    expect(next.exitCode, next.stderr).toBe(0);
+    const after = await listSets(sb, p);
+    for (const id of before.folder!.complete) expect(after.folder!.complete).toContain(id);
+  });
+});
