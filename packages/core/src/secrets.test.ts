@@ -14,10 +14,10 @@ describe('SecretRegistry.add', () => {
     ['undefined', undefined, 0],
     ['null', null, 0],
     ['a plain value (no JSON or URL form of its own)', 'hunter2', 1],
-    ['a value with a quote (JSON form differs, URL form differs)', 'a"b', 3],
+    ['a value with a quote (JSON form, JSON form escaped again, URL form)', 'a"b', 4],
     ['a value with a space (URL form only)', 'a b', 2],
-    ['a value with a newline (JSON and URL forms)', 'a\nb', 3],
-  ])('registers %s as %i form(s)', (_label, value, size) => {
+    ['a value with a newline (JSON form, JSON form escaped again, URL form)', 'a\nb', 4],
+  ])('registers %s', (_label, value, size) => {
     expect(registry(value).size).toBe(size);
   });
 
@@ -49,6 +49,7 @@ describe('SecretRegistry.mask', () => {
     ['raw', 'token p@ss word"x end', `token ${MASK} end`],
     ['JSON-escaped', JSON.stringify({ pw: 'p@ss word"x' }), `{"pw":"${MASK}"}`],
     ['URL-encoded', `postgres://u:${encodeURIComponent('p@ss word"x')}@h/db`, `postgres://u:${MASK}@h/db`],
+    ['JSON-escaped inside a JSON line (escaped twice)', JSON.stringify({ msg: `leak ${JSON.stringify('p@ss word"x').slice(1, -1)}` }), `{"msg":"leak ${MASK}"}`],
     ['absent', 'nothing here', 'nothing here'],
     ['empty', '', ''],
   ])('masks the %s form', (_label, text, expected) => {

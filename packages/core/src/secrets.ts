@@ -13,7 +13,11 @@ export class SecretRegistry {
     this.#values.add(value);
     // The same value as it appears inside a JSON string, and URL-encoded (connection URLs).
     const json = JSON.stringify(value).slice(1, -1);
-    if (json !== value) this.#values.add(json);
+    if (json !== value) {
+      this.#values.add(json);
+      // A JSON-escaped value inside a JSON log line is escaped twice.
+      this.#values.add(JSON.stringify(json).slice(1, -1));
+    }
     const url = encodeURIComponent(value);
     if (url !== value) this.#values.add(url);
   }
