@@ -75,6 +75,8 @@ export class LocalFolderDestination implements Destination {
   }
 
   async delete(setId: string): Promise<void> {
+    // The manifest goes first: a set deleted halfway is then partial, never one that looks damaged.
+    await rm(join(this.setDir(setId), MANIFEST_NAME), { force: true });
     await rm(this.setDir(setId), { recursive: true, force: true });
   }
 

@@ -311,6 +311,8 @@ export class RsyncDestination implements Destination {
 
   async delete(setId: string, options: DestinationOperationOptions = {}): Promise<void> {
     assertSetId(setId);
+    // The manifest goes first: a set deleted halfway is then partial, never one that looks damaged.
+    await this.deleteFile(setId, MANIFEST_NAME, options);
     await this.deleteDir(setId, options);
   }
 
@@ -344,6 +346,8 @@ export default definePlugin({
   description: 'Destination: a folder reached with rsync over ssh (user@host:/path), or a local path.',
   destination: {
     options: RsyncOptions,
+    // Only a local target is written on this machine (no `host:` before the first slash).
+    writablePaths: (options, api) => (parseTarget(options.target).remote ? [] : [api.resolvePath(options.target)]),
     create: (options, api) => {
       const target = parseTarget(options.target);
       const resolved: RsyncOptions = {
