@@ -59,6 +59,15 @@ describe('SecretRegistry.mask', () => {
   it('returns the text unchanged with no secrets registered', () => {
     expect(new SecretRegistry().mask('p@ss')).toBe('p@ss');
   });
+
+  it.each([
+    ['a set id', 'restored 20261201T014500Z-mastodon into db', 'restored 20261201T014500Z-mastodon into db'],
+    ['a set id with milliseconds, twice, around masked text', '20261201T014500123Z-mastodon mastodon 20261202T014500Z-mastodon', `20261201T014500123Z-mastodon ${MASK} 20261202T014500Z-mastodon`],
+    ['a path after a set id', 'folder/20261201T014500Z-mastodon/mastodon_production.dump', `folder/20261201T014500Z-mastodon/${MASK}_production.dump`],
+    ['text that only looks like an id', '2026-12-01 mastodon', `2026-12-01 ${MASK}`],
+  ])('keeps set ids whole when a weak password equals the source: %s', (_label, text, expected) => {
+    expect(registry('mastodon').mask(text)).toBe(expected);
+  });
 });
 
 describe('SecretRegistry.maskDeep', () => {

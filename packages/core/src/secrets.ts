@@ -5,6 +5,12 @@
  */
 export const MASK = '***';
 
+/**
+ * Set ids (`20261201T014500Z-mastodon`) are public by construction — a time and the configured
+ * source name — and are never masked.
+ */
+const SET_ID_TOKEN = /\d{8}T\d{6}(?:\d{3})?Z-[A-Za-z0-9][A-Za-z0-9_-]*/g;
+
 export class SecretRegistry {
   readonly #values = new Set<string>();
 
@@ -40,9 +46,19 @@ export class SecretRegistry {
     if (this.#values.size === 0 || !text) return text;
     // Longest first, so a secret containing another is masked whole.
     const values = [...this.#values].sort((a, b) => b.length - a.length);
-    let out = text;
-    for (const value of values) out = out.split(value).join(MASK);
-    return out;
+    const maskPart = (part: string) => {
+      for (const value of values) part = part.split(value).join(MASK);
+      return part;
+    };
+    // Set ids stay whole, so a person can copy them into `restore` even when a weak password
+    // equals the source name they end with.
+    let out = '';
+    let last = 0;
+    for (const m of text.matchAll(SET_ID_TOKEN)) {
+      out += maskPart(text.slice(last, m.index)) + m[0];
+      last = m.index + m[0].length;
+    }
+    return out + maskPart(text.slice(last));
   }
 
   /** Masks every string inside a JSON-compatible value, for display (--json output, notifications); never for files read back. */
