@@ -309,13 +309,14 @@ export class Runner {
   private async ship(ctx: RunContext, d: NamedDestination, manifest: { path: string; bytes: number; sha256: string }, reports: ShipReport[]): Promise<void> {
     const started = Date.now();
     let bytes = 0;
+    const totalBytes = ctx.artifacts.reduce((n, a) => n + a.bytes, 0);
     try {
       for (const artifact of ctx.artifacts) {
         await retrying(
           () =>
             d.destination.put(ctx.setId, artifact.name, artifact, {
               signal: ctx.signal,
-              onBytes: (b) => ctx.progress({ plugin: d.plugin, task: `upload:${d.name}`, bytes: bytes + b, message: artifact.name }),
+              onBytes: (b) => ctx.progress({ plugin: d.plugin, task: `upload:${d.name}`, bytes: bytes + b, totalBytes, message: artifact.name }),
             }),
           ctx.signal,
         );
