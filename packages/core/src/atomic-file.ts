@@ -80,6 +80,9 @@ export async function writeFileAtomic(path: string, source: Source, options: Ato
   try {
     await ensurePrivateDir(dirname(path));
     handle = await open(partial, 'w', options.mode ?? FILE_MODE);
+    // An explicit mode is the file's mode whatever the umask (a unit's UMask=0077 would otherwise
+    // make the metrics file 0600, unreadable by node_exporter).
+    if (options.mode !== undefined) await handle.chmod(options.mode);
   } catch (error) {
     if (typeof source === 'object' && source !== null && 'destroy' in source && typeof source.destroy === 'function') source.destroy();
     throw fileSystemError(error, path, 'creating');
