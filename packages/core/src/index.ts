@@ -11,6 +11,7 @@ export * from './postgres.js';
 export * from './logger.js';
 export * from './lock.js';
 export * from './local-folder.js';
+export * from './run-scratch.js';
 export * from './sets.js';
 export * from './config.js';
 export * from './resolve-plugin.js';
