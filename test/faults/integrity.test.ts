@@ -25,7 +25,7 @@ afterAll(async () => {
   await sb?.cleanup();
 });
 
-const databaseExists = async (name: string) => (await host.pg.psql(`SELECT count(*) FROM pg_database WHERE datname = '${name}'`, 'postgres')).trim() === '1';
+const databaseExists = async (name: string) => (await host.pg.psql(`SELECT count(*) FROM pg_database WHERE datname = '${name}'`, 'postgres'))[0]?.[0] === '1';
 
 async function pipelineProject(name: string, retention: Record<string, unknown>, extraStages: unknown[] = []): Promise<{ p: Project; folder: string }> {
   const p = await project(sb, name, {
@@ -187,7 +187,9 @@ describe('damaged sets', () => {
     const dry = await p.cli(['prune', '--dry-run']);
     assertFailed(dry, 'SETS_DAMAGED', damaged.map((d) => `folder/${d}`));
     expect(dry.stdout).toContain(`keep ${good}: newest complete set`);
-    expect(dry.stdout).not.toContain('would delete');
+    const folderPlan = dry.stdout.slice(dry.stdout.indexOf('folder:'), dry.stdout.indexOf('work:'));
+    expect(folderPlan).toContain('folder: keep 4, would delete 0');
+    expect(folderPlan).not.toContain('would delete 2');
     const prune = await p.cli(['prune']);
     assertFailed(prune, 'SETS_DAMAGED', damaged.map((d) => `folder/${d}`));
     expect((await setStates(p)).folder).toEqual({ complete: [good], damaged, partial: [] });
