@@ -74,6 +74,16 @@ export interface PlaintextStream {
   cancel(): void;
 }
 
+/**
+ * A decompressor's failure that says nothing about the file: it was stopped because another part
+ * of its chain failed first, the run was interrupted, the program is missing, or it could not
+ * write (a full disk). Only other failures mean the file is truncated or corrupt.
+ */
+function notAboutTheFile(error: unknown): boolean {
+  const e = error as PipelineError | undefined;
+  return e?.details?.stopped === true || ['ABORTED', 'EXEC_NOT_FOUND', 'NO_SPACE', 'ACCESS_DENIED'].includes(e?.code ?? '');
+}
+
 /** The artifact's content with its outer compression undone, as a stream (nothing buffered). */
 export function plaintextStream(artifact: ReadableArtifact, ctx: Pick<RunContext, 'exec'>): PlaintextStream {
   const cmd = decompressCommand(outerCompression(artifact));
@@ -89,6 +99,7 @@ export function plaintextStream(artifact: ReadableArtifact, ctx: Pick<RunContext
   const done = proc.then(
     () => undefined,
     (error: unknown) => {
+      if (notAboutTheFile(error)) throw error;
       throw new PipelineError('ARTIFACT_CORRUPT', `${artifact.name} cannot be decompressed with ${cmd[0]}: ${(error as Error).message}`, {
         hint: 'The file is truncated or corrupt; do not trust this backup.',
         cause: error,
@@ -110,6 +121,7 @@ export function plaintextInto(artifact: ReadableArtifact, consumer: ExecProcess,
   const done = proc.then(
     () => undefined,
     (error: unknown) => {
+      if (notAboutTheFile(error)) throw error;
       throw new PipelineError('ARTIFACT_CORRUPT', `${artifact.name} cannot be decompressed with ${cmd[0]}: ${(error as Error).message}`, {
         hint: 'The file is truncated or corrupt; do not trust this backup.',
         cause: error,
@@ -127,12 +139,13 @@ export function plaintextInto(artifact: ReadableArtifact, consumer: ExecProcess,
 export async function decompressToFile(artifact: ReadableArtifact, dest: string, ctx: Pick<RunContext, 'exec' | 'signal'>): Promise<{ bytes: number }> {
   if (outerCompression(artifact) === 'zstd') {
     try {
-      await ctx.exec('zstd', ['-q', '-d', '-f', '-o', dest, '--', artifact.path], { signal: ctx.signal, label: `zstd -d (${artifact.name})` });
+      await ctx.exec('zstd', ['-q', '-d', '-f', '-o', dest, '--', artifact.path], { signal: ctx.signal, label: `zstd -d (${artifact.name})`, writes: dest });
       await chmod(dest, 0o600);
       return { bytes: (await stat(dest)).size };
     } catch (error) {
       await rm(dest, { force: true });
-      if ((error as PipelineError).code === 'ABORTED' || (error as PipelineError).code === 'EXEC_NOT_FOUND') throw error;
+      // A full disk is not a corrupt backup: saying so could make someone throw a good set away.
+      if (notAboutTheFile(error)) throw error;
       throw new PipelineError('ARTIFACT_CORRUPT', `${artifact.name} cannot be decompressed with zstd: ${(error as Error).message}`, {
         hint: 'The file is truncated or corrupt; do not trust this backup.',
         cause: error,
