@@ -1,4 +1,4 @@
-import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger, hashFile, isPipelineError, resolveConfig, Runner, type PipelineError } from '@backup-pipeline/core';
@@ -76,6 +76,21 @@ describe('rsync against a real sshd: faults and the runner', () => {
       await d.delete('20300101T000000Z-x');
       await expect(d.get('20300101T000000Z-x', 'a', join(dir, 'absent-get'))).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
     }
+  });
+
+  it('creates a missing target folder 0700 (parents included) and leaves an existing one as it is', async () => {
+    const source = join(dir, 'mode-source.txt');
+    await writeFile(source, 'x');
+    const put = { path: source, ...(await hashFile(source)) };
+    const fresh = `${sshd.dir}/modes/new/sets`;
+    await (await make(remoteOptions(sshd, fresh))).put('20300101T000000Z-x', 'a.txt', put);
+    expect((await stat(fresh)).mode & 0o777).toBe(0o700);
+    expect((await stat(join(fresh, '20300101T000000Z-x'))).mode & 0o777).toBe(0o700);
+    const shared = `${sshd.dir}/modes/shared`;
+    await mkdir(shared, { mode: 0o750 });
+    await chmod(shared, 0o750);
+    await (await make(remoteOptions(sshd, shared))).put('20300101T000000Z-x', 'a.txt', put);
+    expect((await stat(shared)).mode & 0o777).toBe(0o750);
   });
 
   it('refuses a host whose key is not in knownHostsFile', async () => {

@@ -120,6 +120,7 @@ const RSYNC_EXIT_MEANINGS: Record<number, string> = {
 export class RsyncDestination implements Destination {
   readonly target: RsyncTarget;
   readonly sshArgs: string[];
+  #rootReady = false;
 
   constructor(
     readonly options: RsyncOptions,
@@ -212,7 +213,29 @@ export class RsyncDestination implements Destination {
     await this.upload(setId, name, source, options);
   }
 
+  /**
+   * Creates the target folder 0700 when it does not exist yet, like every folder backup-pipeline
+   * makes (`--mkpath` alone would make it with the remote umask). An existing folder is left as it is.
+   */
+  private async ensureRoot(options: DestinationOperationOptions): Promise<void> {
+    if (this.#rootReady) return;
+    try {
+      await this.run('rsync', [...this.baseArgs(), '--list-only', '--', this.loc(this.root()) + '/.'], 'checking the target folder', options);
+    } catch (error) {
+      const stderr = String((isPipelineError(error) && error.details?.stderr) || '');
+      if (!/(change_dir|link_stat) .* failed: No such file or directory/.test(stderr)) throw error;
+      const empty = await mkdtemp(join(tmpdir(), 'rsync-root-'));
+      try {
+        await this.run('rsync', [...this.baseArgs(), '-r', '--perms', '--mkpath', '--chmod=D700', '--', empty + '/', this.loc(this.root()) + '/'], 'creating the target folder', options);
+      } finally {
+        await rm(empty, { recursive: true, force: true });
+      }
+    }
+    this.#rootReady = true;
+  }
+
   private async upload(dirName: string, name: string, source: PutSource, options: DestinationOperationOptions): Promise<void> {
+    await this.ensureRoot(options);
     const staged = await this.stage(dirName, name, source.path);
     try {
       // -r over the staged folder creates the set folder 0700 (files 0600); rsync writes each file to a
