@@ -15,4 +15,23 @@ export default tseslint.config(
       'no-control-regex': 'off',
     },
   },
+  {
+    // The core and the CLI know plugins only through the hooks and definePlugin's declarations:
+    // importing a plugin package there means the plugin API is missing something (STYLE.md §8).
+    files: ['packages/core/src/**/*.ts', 'packages/cli/src/**/*.ts'],
+    ignores: ['**/*.test.ts', '**/test-fixtures.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              group: ['@backup-pipeline/plugin-*', '**/plugins/*/src/**'],
+              message: 'The core and the CLI must not import a plugin: tap a hook or add a declaration to definePlugin instead.',
+            },
+          ],
+        },
+      ],
+    },
+  },
 );

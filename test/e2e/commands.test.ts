@@ -45,7 +45,7 @@ describe('operator commands', () => {
     expect(json.find((p) => p.name === 'retention')!.hooks).toEqual(expect.arrayContaining(['preflight', 'retain']));
   });
 
-  it('restore --globals --files-to brings back roles, the dump and the encrypted .env.production', async () => {
+  it('restore --globals --files-to brings back roles, the dump and the encrypted .env.production (unpacked)', async () => {
     const run = await pipeline(['run'], host.dir);
     expect(run.exitCode, run.stderr).toBe(0);
     // The role is gone on the "new server": --globals must bring it back.
@@ -53,10 +53,15 @@ describe('operator commands', () => {
     const out = join(host.dir, 'recovered');
     const restore = await pipeline(['restore', 'latest', '--to', 'restored', '--globals', '--files-to', out, '--gnupg-home', gpg.home], host.dir);
     expect(restore.exitCode, restore.stderr).toBe(0);
-    expect((await readdir(out)).sort()).toEqual(['mastodon_production.globals.sql.zst', 'secrets.tar.zst']);
-    const { execa } = await import('execa');
-    const listing = await execa('sh', ['-c', `zstd -dc '${join(out, 'secrets.tar.zst')}' | tar -t`]);
-    expect(listing.stdout).toContain('.env.production');
+    // The files stage restores its own archive: the decrypted secrets are unpacked, not left as a tar.
+    expect((await readdir(out)).sort()).toEqual(['.env.production']);
+    expect(await readFile(join(out, '.env.production'), 'utf8')).toContain('SECRET_KEY_BASE=abc123');
+    expect(restore.stdout).toMatch(/restored secrets\.tar\.zst into /);
+    // A second restore into the same folder never overwrites what is there.
+    const again = await pipeline(['restore', 'latest', '--to', 'restored_again', '--files-to', out, '--gnupg-home', gpg.home], host.dir);
+    expect(again.exitCode).toBe(1);
+    expect(again.stderr).toContain('FILES_RESTORE_FAILED');
+    expect(await host.pg.psql(`SELECT count(*) FROM pg_database WHERE datname = 'restored_again'`)).toEqual([['0']]);
     expect(await host.pg.psql(`SELECT count(*) FROM pg_roles WHERE rolname = 'mastodon_admin'`)).toEqual([['1']]);
   });
 

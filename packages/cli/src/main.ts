@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { CLI_PACKAGE } from './builtins.js';
+import { collect } from './stage-options.js';
 import { EXIT_CODES_HELP } from './help-text.js';
 
 export interface GlobalOptions {
@@ -70,11 +71,12 @@ export function buildProgram(): Command {
     .option('--from <destination>', 'destination to fetch from (default: the work dir, then each destination in order)')
     .option('-p, --pipeline <name>', 'pipeline whose credentials and destinations to use')
     .option('-j, --jobs <n>', 'parallel pg_restore jobs', (v) => Number.parseInt(v, 10))
-    .option('--clean', 'restore into a database that already has tables (drops what the dump recreates)')
+    .option('--clean', 'the database has tables: restore into a fresh one, check it, then swap names (the old one is kept as NAME_before_SET)')
     .option('--globals', 'also restore roles and tablespaces from the globals artifact')
-    .option('--files-to <dir>', "also write the set's other artifacts (decrypted: .env.production secrets, media tars) into DIR")
-    .option('--gnupg-home <dir>', 'GNUPGHOME holding the private key for decryption')
-    .option('--passphrase-file <file>', 'passphrase file for symmetrically encrypted sets')
+    .option('--files-to <dir>', "also unpack the set's other artifacts (the .env.production secrets, media) into DIR; existing files are never overwritten")
+    .option('-o, --option <key=value>', 'restore-time option of the stages (e.g. identityFile=~/age.key, gpg.gnupgHome=DIR); repeatable', collect)
+    .option('--gnupg-home <dir>', 'short for -o gnupgHome=DIR: GNUPGHOME holding the private key for decryption')
+    .option('--passphrase-file <file>', 'short for -o passphraseFile=FILE: passphrase file for symmetrically encrypted sets')
     .action(lazy(() => import('./commands/restore.js')));
 
   program
@@ -84,8 +86,9 @@ export function buildProgram(): Command {
     .option('--from <destination>', 'destination to fetch from (default: the work dir, then each destination in order)')
     .option('-p, --pipeline <name>', 'pipeline whose credentials and destinations to use')
     .option('--restore-test', 'restore into a scratch database and compare row counts, then drop it')
-    .option('--gnupg-home <dir>', 'GNUPGHOME holding the private key for decryption')
-    .option('--passphrase-file <file>', 'passphrase file for symmetrically encrypted sets')
+    .option('-o, --option <key=value>', 'restore-time option of the stages (e.g. identityFile=~/age.key); repeatable', collect)
+    .option('--gnupg-home <dir>', 'short for -o gnupgHome=DIR: GNUPGHOME holding the private key for decryption')
+    .option('--passphrase-file <file>', 'short for -o passphraseFile=FILE: passphrase file for symmetrically encrypted sets')
     .action(lazy(() => import('./commands/verify.js')));
 
   program

@@ -4,9 +4,25 @@ import type { Logger } from 'pino';
 import type { NamedDestination } from './destination.js';
 import type { ExecOptions, ExecProcess } from './exec.js';
 import type { PgSource } from './postgres.js';
+import type { RestoreReport, RestoreTarget } from './restore-context.js';
 import type { SecretRegistry } from './secrets.js';
 
-export type Compression = 'none' | 'gzip' | 'zstd' | 'lz4';
+/** The compressions the built-in plugins read and write. */
+export type KnownCompression = 'none' | 'gzip' | 'zstd' | 'lz4';
+/**
+ * An artifact's compression: a built-in one, or any identifier a plugin declares (`xz`…). The
+ * manifest accepts every safe identifier; restoring needs a plugin that handles it.
+ */
+export type Compression = KnownCompression | (string & {});
+
+/** How an artifact is encrypted. `method` is an identifier a plugin declares (`gpg`, `age`…). */
+export interface Encryption {
+  method: string;
+  /** Who can decrypt it (key fingerprints, age recipients…); no secrets. */
+  recipients: string[];
+  /** Encrypted with a passphrase rather than for recipients. */
+  symmetric?: boolean;
+}
 
 /** One file of a backup set. */
 export interface Artifact {
@@ -19,7 +35,7 @@ export interface Artifact {
   /** How to read it: `pg-custom`, `pg-directory-tar`, `pg-plain`, `tar`, `file`… */
   format: string;
   compression: Compression;
-  encryption?: { method: 'gpg'; recipients: string[]; symmetric: boolean };
+  encryption?: Encryption;
   bytes: number;
   sha256: string;
   /** For an encrypted or otherwise derived artifact: what the original was. */
@@ -112,4 +128,25 @@ export interface RunContext {
   defer(cleanup: () => unknown): void;
   /** The run's one concurrency queue. */
   readonly queue: PQueue;
+  /**
+   * Restores an artifact through the `restore` hook (keyed by its format): a restore test uses
+   * this. Throws RESTORE_NEEDS_PLUGIN when no loaded plugin restores that format.
+   */
+  restore(artifact: Artifact, target: RestoreTarget): Promise<RestoreReport>;
+  /** The artifact with its compression undone, through the `decompress` hook (a file in tmpDir). */
+  decompress(artifact: Artifact): Promise<Artifact>;
+  /** What `retain` taps kept and deleted, per destination (shown by `pipeline prune`). */
+  readonly retention: RetainReport[];
+  /** Set by `pipeline prune`: damaged sets the operator asked to delete (`--delete-damaged`). */
+  readonly prune?: { readonly deleteDamaged: readonly string[] };
+}
+
+/** One retention pass over one destination, as a `retain` tap reports it (`ctx.retention.push`). */
+export interface RetainReport {
+  destination: string;
+  dryRun: boolean;
+  keep: Array<{ id: string; reasons: string[] }>;
+  delete: Array<{ id: string; reasons: string[] }>;
+  deleted: string[];
+  failed: Array<{ id: string; error: string }>;
 }

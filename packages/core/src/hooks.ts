@@ -1,21 +1,33 @@
 /**
- * The whole lifecycle of a run, declared once. The runner calls them in this order:
+ * The whole lifecycle, both halves, declared once. The runner calls them in this order:
  *
- *   started → connect → preflight → (dry-run: plan, then stop) → produce → verify (each artifact)
- *   → transform (each artifact) → manifest written → destinations (concurrently) → shipped (each)
- *   → retain → succeeded | failed
+ *   backup (`run`):   started → connect → preflight → (dry-run: plan, then stop) → produce
+ *                     → verify (each artifact) → transform (each artifact) → manifest written
+ *                     → destinations (concurrently) → shipped (each) → retain → succeeded | failed
+ *   restore:          connect → locate (core) → fetch (core) → fetched (each) → decrypt[method]
+ *                     → restore[format] (each; may ask decompress[compression]) → restored
+ *   verifyStored:     connect → locate → fetch → fetched → decrypt[method] → verify (each) → verified
+ *   prune:            connect → (lock) → retain
+ *
+ * Keyed hooks (`HookMap` of `AsyncSeriesBailHook`) are "first plugin that answers wins": the core
+ * asks `hooks.decrypt.get(method)`; no tap, or every tap returning undefined, means "needs a plugin
+ * that is not loaded" — a fact to report, never a reason to call a set corrupt.
  *
  * Every hook takes one context object last, so it can grow without breaking taps.
  */
-import { AsyncSeriesHook, AsyncSeriesWaterfallHook, SyncHook } from 'tapable';
+import { AsyncSeriesBailHook, AsyncSeriesHook, AsyncSeriesWaterfallHook, HookMap, SyncHook } from 'tapable';
 import type { PipelineError } from './errors.js';
 import type { Artifact, Plan, ProgressEvent, RunContext, RunSummary, ShipReport, StageEvent } from './context.js';
+import type { RestoreContext, RestoreReport, RestoreSummary, RestoreTarget, VerifySummary } from './restore-context.js';
+
+const keyed = <H>(factory: (key: string) => H) => new HookMap<H>(factory);
 
 export const createHooks = () =>
   Object.freeze({
+    // ── backup ────────────────────────────────────────────────────────────────────────────────
     /** The run began (lock held, set id chosen). Notifications of a start go here. */
     started: new AsyncSeriesHook<[RunContext]>(['ctx']),
-    /** Resolve credentials and describe the source: set `ctx.pg`. Touches no data. */
+    /** Resolve credentials and describe the source: set `ctx.pg`. Touches no data. Runs for every command. */
     connect: new AsyncSeriesHook<[RunContext]>(['ctx']),
     /** Check everything before data moves: server reachable, tool versions, keys, destinations. */
     preflight: new AsyncSeriesHook<[RunContext]>(['ctx']),
@@ -23,18 +35,53 @@ export const createHooks = () =>
     plan: new AsyncSeriesHook<[Plan, RunContext]>(['plan', 'ctx']),
     /** Make the artifacts: dumps, archives (`ctx.addArtifact`). */
     produce: new AsyncSeriesHook<[RunContext]>(['ctx']),
-    /** Prove each artifact is usable; throwing stops the run before anything is shipped. */
+    /**
+     * Prove each artifact is usable; throwing stops the run before anything is shipped. Also run by
+     * `verifyStored` on artifacts fetched back (decrypted): then `ctx` is a `RestoreContext`.
+     */
     verify: new AsyncSeriesHook<[Artifact, RunContext]>(['artifact', 'ctx']),
     /** Replace each artifact by a transformed one (encryption): return the new artifact. */
     transform: new AsyncSeriesWaterfallHook<[Artifact, RunContext]>(['artifact', 'ctx']),
     /** A destination finished receiving the set (or failed to). */
     shipped: new AsyncSeriesHook<[ShipReport, RunContext]>(['report', 'ctx']),
-    /** Apply retention. Runs only when everything before it succeeded. */
+    /** Apply retention. In a run, only when everything before it succeeded; `prune` runs it alone, under the lock. */
     retain: new AsyncSeriesHook<[RunContext]>(['ctx']),
     /** The run succeeded. Errors thrown here are logged as warnings, never fail the run. */
     succeeded: new AsyncSeriesHook<[RunSummary, RunContext]>(['summary', 'ctx']),
     /** The run failed. Errors thrown here are logged as warnings, never hide the failure. */
     failed: new AsyncSeriesHook<[PipelineError, RunSummary, RunContext]>(['error', 'summary', 'ctx']),
+
+    // ── restore ───────────────────────────────────────────────────────────────────────────────
+    /**
+     * An artifact was fetched and its size and sha256 match the manifest (checked by the core).
+     * Extra checks of the stored copy go here; throwing rejects this copy, and the core tries the
+     * same set from the next destination that holds it.
+     */
+    fetched: new AsyncSeriesHook<[Artifact, RestoreContext]>(['artifact', 'ctx']),
+    /**
+     * Keyed by `artifact.encryption.method`. The first tap that answers writes the plaintext into
+     * `ctx.tmpDir` and returns it as an artifact (`name`, `path`, `bytes`, `sha256` of the
+     * plaintext, no `encryption`); the core checks it against `artifact.plain`.
+     */
+    decrypt: keyed(() => new AsyncSeriesBailHook<[Artifact, RestoreContext], Artifact | undefined>(['artifact', 'ctx'])),
+    /**
+     * Keyed by `artifact.compression`. Writes the content with that compression undone into
+     * `ctx.tmpDir` and returns it (`compression: 'none'`). Called through `ctx.decompress(artifact)`
+     * by restore taps that need plain bytes, and by the core for artifacts written to a folder.
+     */
+    decompress: keyed(() => new AsyncSeriesBailHook<[Artifact, RunContext], Artifact | undefined>(['artifact', 'ctx'])),
+    /**
+     * Keyed by `artifact.format`. Restores a (decrypted) artifact into `target` — a database, or
+     * a folder — and reports what it restored. Called by `restore`, and through `ctx.restore()` by
+     * a restore test during a run (then `ctx` is the run's context).
+     */
+    restore: keyed(() => new AsyncSeriesBailHook<[Artifact, RestoreTarget, RunContext], RestoreReport | undefined>(['artifact', 'target', 'ctx'])),
+    /** A restore finished (or failed: `summary.ok`). Advisory, for notify and metrics. */
+    restored: new AsyncSeriesHook<[RestoreSummary, RestoreContext]>(['summary', 'ctx']),
+    /** A stored set was re-verified (or failed to: `summary.ok`). Advisory, for notify and metrics. */
+    verified: new AsyncSeriesHook<[VerifySummary, RestoreContext]>(['summary', 'ctx']),
+
+    // ── events ────────────────────────────────────────────────────────────────────────────────
     /** A tap of a lifecycle hook started / finished (for progress and metrics). */
     stageStart: new SyncHook<[StageEvent]>(['event']),
     stageFinish: new SyncHook<[StageEvent]>(['event']),
@@ -44,12 +91,60 @@ export const createHooks = () =>
 
 export type PipelineHooks = ReturnType<typeof createHooks>;
 export type HookName = keyof PipelineHooks;
+/** The keyed hooks (a `HookMap` each). */
+export type KeyedHookName = 'decrypt' | 'decompress' | 'restore';
+export const KEYED_HOOKS: readonly KeyedHookName[] = ['decrypt', 'decompress', 'restore'];
 
 /** Hooks that report on other hooks; they are not stages themselves. */
 export const EVENT_HOOKS: readonly HookName[] = ['stageStart', 'stageFinish', 'progress'];
 /** Hooks whose failure is only a warning. */
-export const ADVISORY_HOOKS: readonly HookName[] = ['started', 'shipped', 'succeeded', 'failed'];
+export const ADVISORY_HOOKS: readonly HookName[] = ['started', 'shipped', 'succeeded', 'failed', 'restored', 'verified'];
+
+/**
+ * What each hook is, for docs/plugins.md (generated) and `pipeline plugins`: the half of the
+ * lifecycle, the tapable kind, the key of a keyed hook, whether it runs in `--dry-run`, and what
+ * comes before and after it.
+ */
+export interface HookDescription {
+  half: 'backup' | 'restore' | 'both' | 'event';
+  kind: string;
+  args: string;
+  keyedBy?: string;
+  dryRun: 'no' | 'yes' | 'only';
+  advisory: boolean;
+  after: string;
+  before: string;
+}
+
+export const HOOK_DESCRIPTIONS: Readonly<Record<HookName, HookDescription>> = Object.freeze({
+  started: { half: 'backup', kind: 'AsyncSeriesHook', args: '(ctx)', dryRun: 'no', advisory: true, after: 'lock taken, set id chosen', before: '`connect`' },
+  connect: { half: 'both', kind: 'AsyncSeriesHook', args: '(ctx)', dryRun: 'yes', advisory: false, after: '`started` (run); start of `restore`, `verify`, `prune`', before: '`preflight` (run); locating the set (restore, verify); `retain` (prune)' },
+  preflight: { half: 'backup', kind: 'AsyncSeriesHook', args: '(ctx)', dryRun: 'yes', advisory: false, after: '`connect`', before: 'destination checks, then `plan` (dry run) or `produce`' },
+  plan: { half: 'backup', kind: 'AsyncSeriesHook', args: '(plan, ctx)', dryRun: 'only', advisory: false, after: '`preflight` and the destination checks', before: 'end of the dry run' },
+  produce: { half: 'backup', kind: 'AsyncSeriesHook', args: '(ctx)', dryRun: 'no', advisory: false, after: 'destination checks', before: '`verify`' },
+  verify: { half: 'both', kind: 'AsyncSeriesHook', args: '(artifact, ctx)', dryRun: 'no', advisory: false, after: '`produce` (run); `decrypt` (verifyStored)', before: '`transform` (run); `verified` (verifyStored)' },
+  transform: { half: 'backup', kind: 'AsyncSeriesWaterfallHook', args: '(artifact, ctx) → artifact', dryRun: 'no', advisory: false, after: '`verify`', before: 'manifest written, shipping' },
+  shipped: { half: 'backup', kind: 'AsyncSeriesHook', args: '(report, ctx)', dryRun: 'no', advisory: true, after: 'every destination finished', before: '`retain`' },
+  retain: { half: 'backup', kind: 'AsyncSeriesHook', args: '(ctx)', dryRun: 'no', advisory: false, after: '`shipped` (run); `connect` under the lock (prune)', before: '`succeeded`' },
+  succeeded: { half: 'backup', kind: 'AsyncSeriesHook', args: '(summary, ctx)', dryRun: 'no', advisory: true, after: '`retain`', before: 'end' },
+  failed: { half: 'backup', kind: 'AsyncSeriesHook', args: '(error, summary, ctx)', dryRun: 'no', advisory: true, after: 'any failing step', before: 'end' },
+  fetched: { half: 'restore', kind: 'AsyncSeriesHook', args: '(artifact, restoreCtx)', dryRun: 'no', advisory: false, after: 'the core fetched the artifact and checked its sha256', before: '`decrypt`' },
+  decrypt: { half: 'restore', kind: 'HookMap<AsyncSeriesBailHook>', args: '(artifact, restoreCtx) → artifact | undefined', keyedBy: '`artifact.encryption.method`', dryRun: 'no', advisory: false, after: '`fetched`', before: 'the core checks the plaintext sha256, then `restore` or `verify`' },
+  decompress: { half: 'both', kind: 'HookMap<AsyncSeriesBailHook>', args: '(artifact, ctx) → artifact | undefined', keyedBy: '`artifact.compression`', dryRun: 'no', advisory: false, after: '`decrypt`; called by `ctx.decompress()`', before: 'whatever asked for it' },
+  restore: { half: 'both', kind: 'HookMap<AsyncSeriesBailHook>', args: '(artifact, target, ctx) → report | undefined', keyedBy: '`artifact.format`', dryRun: 'no', advisory: false, after: '`decrypt` (restore); `ctx.restore()` in a restore test (run, verifyStored)', before: '`restored`' },
+  restored: { half: 'restore', kind: 'AsyncSeriesHook', args: '(summary, restoreCtx)', dryRun: 'no', advisory: true, after: '`restore` of every artifact (or a failure)', before: 'end' },
+  verified: { half: 'restore', kind: 'AsyncSeriesHook', args: '(summary, restoreCtx)', dryRun: 'no', advisory: true, after: '`verify` of every fetched artifact (or a failure)', before: 'end' },
+  stageStart: { half: 'event', kind: 'SyncHook', args: '(event)', dryRun: 'yes', advisory: false, after: '—', before: 'every promise/callback tap of a lifecycle hook' },
+  stageFinish: { half: 'event', kind: 'SyncHook', args: '(event)', dryRun: 'yes', advisory: false, after: 'every promise/callback tap of a lifecycle hook', before: '—' },
+  progress: { half: 'event', kind: 'SyncHook', args: '(event)', dryRun: 'no', advisory: false, after: '—', before: '— (`ctx.progress()` from any tap)' },
+});
 
 /** What a plugin may do with a hook: tap it. Only the core calls hooks. */
 type TapMethods<H> = Pick<H, Extract<keyof H, 'tap' | 'tapAsync' | 'tapPromise'>>;
-export type TapOnlyHooks = { readonly [K in HookName]: TapMethods<PipelineHooks[K]> };
+/** A keyed hook, tap-only: `hooks.decrypt.for('age').tapPromise(…)`. */
+export interface TapOnlyHookMap<H> {
+  for(key: string): TapMethods<H>;
+}
+export type TapOnlyHooks = {
+  readonly [K in HookName]: PipelineHooks[K] extends HookMap<infer H> ? TapOnlyHookMap<H> : TapMethods<PipelineHooks[K]>;
+};

@@ -7,6 +7,7 @@
 import { homedir } from 'node:os';
 import { isAbsolute, resolve } from 'node:path';
 import type { Logger } from 'pino';
+import { HookMap } from 'tapable';
 import type { z } from 'zod';
 import type { Destination } from './destination.js';
 import type { HookName, PipelineHooks, TapOnlyHooks } from './hooks.js';
@@ -30,7 +31,12 @@ export interface DestinationType<S extends z.ZodType = z.ZodType> {
   /** Options of one configured destination of this type. */
   options: S;
   create(options: z.output<S>, api: PluginApi): Destination | Promise<Destination>;
+  /** Local folders a destination with these options writes to (see `PluginDefinition.writablePaths`). */
+  writablePaths?(options: z.output<S>, api: PathApi): string[];
 }
+
+/** What a plugin's static declarations get: path resolution only, no I/O. */
+export type PathApi = Pick<PluginApi, 'configDir' | 'resolvePath'>;
 
 export interface PluginDefinition<S extends z.ZodType = z.ZodType, D extends z.ZodType = z.ZodType> {
   /** Unique name, used in taps, errors and logs. */
@@ -43,6 +49,12 @@ export interface PluginDefinition<S extends z.ZodType = z.ZodType, D extends z.Z
   apply?(hooks: TapOnlyHooks, options: z.output<S>, api: PluginApi): void;
   /** Makes this plugin a destination type. */
   destination?: DestinationType<D>;
+  /**
+   * The local folders a stage with these options writes to (absolute), declared without running
+   * the plugin: `pipeline schedule` lets a hardened service write there (`ReadWritePaths=`).
+   * Pure: no I/O. The work dir and the run's private temp dir are the core's; do not list them.
+   */
+  writablePaths?(options: z.output<S>, api: PathApi): string[];
 }
 
 const BRAND = Symbol.for('backup-pipeline.plugin');
@@ -65,22 +77,30 @@ export function isPlugin(value: unknown): value is Plugin {
     (p.options === undefined || isSchema(p.options)) &&
     (p.apply === undefined || typeof p.apply === 'function') &&
     (p.destination === undefined || (isSchema(p.destination.options) && typeof p.destination.create === 'function')) &&
+    (p.writablePaths === undefined || typeof p.writablePaths === 'function') &&
     (p.apply !== undefined || p.destination !== undefined)
   );
 }
 
 /** A tap-only view of the hooks for one plugin: taps are always named after the plugin. */
 export function tapOnlyHooks(hooks: PipelineHooks, pluginName: string): TapOnlyHooks {
-  const view: Record<string, unknown> = {};
-  for (const [name, hook] of Object.entries(hooks) as Array<[HookName, PipelineHooks[HookName]]>) {
-    const named = (options: string | { name: string }) =>
-      typeof options === 'string' ? { name: pluginName } : { ...options, name: pluginName };
-    const h = hook as unknown as Record<'tap' | 'tapAsync' | 'tapPromise', (o: unknown, fn: unknown) => void>;
-    view[name] = Object.freeze({
+  const named = (options: string | { name: string }) => (typeof options === 'string' ? { name: pluginName } : { ...options, name: pluginName });
+  const tapView = (hook: object) => {
+    const h = hook as Record<'tap' | 'tapAsync' | 'tapPromise', (o: unknown, fn: unknown) => void>;
+    return Object.freeze({
       tap: (options: string | { name: string }, fn: unknown) => h.tap.call(hook, named(options), fn),
       tapAsync: (options: string | { name: string }, fn: unknown) => h.tapAsync.call(hook, named(options), fn),
       tapPromise: (options: string | { name: string }, fn: unknown) => h.tapPromise.call(hook, named(options), fn),
     });
+  };
+  const view: Record<string, unknown> = {};
+  for (const [name, hook] of Object.entries(hooks) as Array<[HookName, PipelineHooks[HookName]]>) {
+    if (hook instanceof HookMap) {
+      const map = hook as HookMap<object>;
+      view[name] = Object.freeze({ for: (key: string) => tapView(map.for(key)) });
+    } else {
+      view[name] = tapView(hook);
+    }
   }
   return Object.freeze(view) as unknown as TapOnlyHooks;
 }

@@ -4,22 +4,27 @@
  * the lock, the staging folder, the manifest, shipping to destinations, and cleanup.
  */
 import { readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
-import { hostname, tmpdir } from 'node:os';
+import { mkdir, rm, stat } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import PQueue from 'p-queue';
+import { HookMap } from 'tapable';
 import type { Logger } from 'pino';
 import { writeFileAtomic, DIR_MODE } from './atomic-file.js';
 import type { ConfiguredDestination, ResolvedConfig, ResolvedPipeline } from './config.js';
-import type { Artifact, Plan, RunContext, RunSummary, ShipReport, StageEvent } from './context.js';
+import type { Artifact, Plan, RetainReport, RunContext, RunSummary, ShipReport, StageEvent } from './context.js';
 import { MANIFEST_NAME, type NamedDestination } from './destination.js';
+import { assertFileName } from './names.js';
 import { PipelineError, isPipelineError, toPipelineError } from './errors.js';
 import { exec } from './exec.js';
 import { createHooks, EVENT_HOOKS, ADVISORY_HOOKS, type HookName, type PipelineHooks, type TapOnlyHooks } from './hooks.js';
 import { LocalFolderDestination } from './local-folder.js';
-import { acquireLock } from './lock.js';
-import { MANIFEST_FORMAT, makeSetId, type Manifest } from './manifest.js';
+import { acquireLock, type Lock } from './lock.js';
+import { createRunScratch } from './run-scratch.js';
+import { MANIFEST_FORMAT, makeSetId, serializeManifest, type Manifest } from './manifest.js';
 import { makePathResolver, tapOnlyHooks, type PluginApi } from './plugin.js';
+import { locateSet, restoreStoredSet, verifyStoredSet, type RestoreRequestOptions, type RestoreResult } from './restore.js';
+import type { RestoreContext, RestoreRequest } from './restore-context.js';
 import type { SecretRegistry } from './secrets.js';
 
 export const FRAMEWORK_VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -30,11 +35,11 @@ export interface RunOptions {
   /** The clock (tests set it to simulate time). */
   now?: () => Date;
   /**
-   * Work with the pipeline's source instead of backing it up: only the `connect` hook runs (so
-   * `ctx.pg` holds the pipeline's credentials), then `session(ctx)`, then the usual cleanup.
-   * `restore` and `verify --restore-test` use it. Implies nothing is written to the work dir.
+   * Options given on the command line for this command only (restore-time settings such as a
+   * key file): `key` applies to every stage whose options declare `key`, `plugin.key` to that
+   * plugin's stages. Each changed stage is validated again with its plugin's schema.
    */
-  session?: (ctx: RunContext) => Promise<void>;
+  stageOptions?: Record<string, unknown>;
   /** Taps the run's hooks from outside (the CLI's progress display, tests). */
   observe?: (hooks: TapOnlyHooks) => void;
 }
@@ -96,6 +101,46 @@ async function checkDestination(d: NamedDestination, signal: AbortSignal): Promi
   }
 }
 
+interface OpenRun {
+  hooks: PipelineHooks;
+  ctx: RunContext;
+  stages: StageEvent[];
+  now: () => Date;
+  controller: AbortController;
+  current(): StageEvent | undefined;
+  close(): Promise<void>;
+}
+
+/** A stage's options with the command line's `stageOptions` applied (validated again), or as configured. */
+export function withStageOptions(stage: ResolvedPipeline['stages'][number], given: Record<string, unknown> | undefined): unknown {
+  if (!given || !stage.plugin.options) return stage.options;
+  const shape = (stage.plugin.options as { shape?: Record<string, unknown> }).shape ?? {};
+  const changes: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(given)) {
+    const dot = key.indexOf('.');
+    const [plugin, option] = dot > 0 ? [key.slice(0, dot), key.slice(dot + 1)] : [undefined, key];
+    if (plugin !== undefined && plugin !== stage.plugin.name) continue;
+    if (option in shape) changes[option] = value;
+    else if (plugin !== undefined) throw new PipelineError('USAGE', `${stage.plugin.name} has no option "${option}"`, { hint: `Its options: ${Object.keys(shape).join(', ')}.` });
+  }
+  if (Object.keys(changes).length === 0) return stage.options;
+  const parsed = stage.plugin.options.safeParse({ ...(stage.options as object), ...changes });
+  if (!parsed.success) {
+    throw new PipelineError('USAGE', `${stage.plugin.name}: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(options)'}: ${i.message}`).join('; ')}`, {
+      hint: 'Fix the value given on the command line (--option key=value).',
+    });
+  }
+  return parsed.data;
+}
+
+/** No loaded plugin handles this: a fact about the set, not damage. */
+export function needsPlugin(hook: 'decrypt' | 'decompress' | 'restore', artifact: Pick<Artifact, 'name'>, what: string): PipelineError {
+  return new PipelineError('RESTORE_NEEDS_PLUGIN', `${artifact.name} needs a plugin that taps ${hook} for ${what}, and none of this pipeline's stages does`, {
+    hint: `The set is not damaged. Add the plugin that wrote it (the stage that ${hook === 'decrypt' ? 'encrypted' : hook === 'decompress' ? 'compressed' : 'produced'} it) to the pipeline's stages, with its restore-time options (e.g. a key file), and run again.`,
+    details: { artifact: artifact.name, hook, what },
+  });
+}
+
 export class Runner {
   constructor(
     readonly config: ResolvedConfig,
@@ -114,8 +159,11 @@ export class Runner {
     return pipeline;
   }
 
-  async run(name: string | undefined, options: RunOptions = {}): Promise<RunResult> {
-    const pipeline = this.pipeline(name);
+  /**
+   * Builds what every command works with: fresh hooks with the pipeline's plugins applied (and
+   * instrumented), its destinations, and a context. `close()` runs the deferred cleanups.
+   */
+  private async open(pipeline: ResolvedPipeline, options: RunOptions, setIdFor: (startedAt: Date) => Promise<string>, extra: object = {}): Promise<OpenRun> {
     const { config } = this;
     const secrets: SecretRegistry = config.secrets;
     const now = options.now ?? (() => new Date());
@@ -151,23 +199,20 @@ export class Runner {
     );
     const work = workDestination(config);
     for (const stage of pipeline.stages) {
-      stage.plugin.apply!(tapOnlyHooks(hooks, stage.plugin.name), stage.options as never, pluginApi(config, log, stage.plugin.name));
+      const stageOptions = withStageOptions(stage, options.stageOptions);
+      stage.plugin.apply!(tapOnlyHooks(hooks, stage.plugin.name), stageOptions as never, pluginApi(config, log, stage.plugin.name));
     }
 
     options.observe?.(tapOnlyHooks(hooks, 'observer'));
 
-    // Ids have one-second resolution and must sort in time order: a second run within the same
-    // second takes the next free second rather than a differently shaped id.
-    let setId = makeSetId(startedAt, pipeline.source);
-    for (let bump = 1; await stat(join(config.workDir, setId)).catch(() => undefined); bump++) {
-      setId = makeSetId(new Date(startedAt.getTime() + bump * 1000), pipeline.source);
-    }
+    const setId = await setIdFor(startedAt);
     const setDir = join(config.workDir, setId);
-    const tmpDir = await mkdtemp(join(tmpdir(), 'backup-pipeline-'));
+    // The run's private scratch (password file, temp files), where the next run finds it after a crash.
+    const scratch = await createRunScratch(config.workDir, { dryRun: options.dryRun, log, pipeline: pipeline.name });
+    const tmpDir = scratch.dir;
     const artifacts: Artifact[] = [];
     const queue = new PQueue({ concurrency: config.concurrency });
 
-    if (options.session) options = { ...options, dryRun: true };
     const ctx: RunContext = {
       pipeline: pipeline.name,
       setId,
@@ -188,6 +233,7 @@ export class Runner {
       tools: {},
       exec: (file, args, opts) => exec(file, args, { signal, secrets, ...opts }),
       addArtifact: (artifact) => {
+        assertFileName(artifact.name);
         if (artifacts.some((a) => a.name === artifact.name)) {
           throw new PipelineError('ARTIFACT_DUPLICATE', `two artifacts are named ${artifact.name}`, { hint: 'Give the stages distinct output names.' });
         }
@@ -196,11 +242,201 @@ export class Runner {
       progress: (event) => hooks.progress.call({ ...event, plugin: event.plugin ?? current?.plugin ?? 'core' }),
       defer: (cleanup) => void deferred.push(cleanup),
       queue,
+      retention: [],
+      restore: async (artifact, target) => {
+        const report = await hooks.restore.get(artifact.format)?.promise(artifact, target, ctx);
+        if (!report) throw needsPlugin('restore', artifact, `format "${artifact.format}"`);
+        return report;
+      },
+      decompress: async (artifact) => {
+        if (artifact.compression === 'none') return artifact;
+        const plain = await hooks.decompress.get(artifact.compression)?.promise(artifact, ctx);
+        if (!plain) throw needsPlugin('decompress', artifact, `compression "${artifact.compression}"`);
+        return plain;
+      },
+      ...extra,
     };
 
     // A tap whose promise can never settle empties the event loop: fail loudly instead of exiting 0.
     const onBeforeExit = () => rejectCurrent?.(new PipelineError('STAGE_NEVER_SETTLED', `${current?.plugin ?? 'a plugin'} never finished its ${current?.hook ?? ''} step (its promise can never settle)`));
     process.on('beforeExit', onBeforeExit);
+
+    return {
+      hooks,
+      ctx,
+      stages,
+      now,
+      controller,
+      current: () => current,
+      close: async () => {
+        process.off('beforeExit', onBeforeExit);
+        controller.abort();
+        for (const cleanup of deferred.reverse()) {
+          try {
+            await cleanup();
+          } catch (error) {
+            log.warn({ err: (error as Error).message }, 'cleanup step failed');
+          }
+        }
+        await scratch.remove();
+      },
+    };
+  }
+
+  /** The work dir and the pipeline's destinations, or only the one named `from`. */
+  private sources(ctx: RunContext, from: string | undefined): NamedDestination[] {
+    const all = [ctx.work, ...ctx.destinations];
+    if (!from) return all;
+    const chosen = all.filter((d) => d.name === from);
+    if (chosen.length === 0) {
+      throw new PipelineError('DESTINATION_UNKNOWN', `destination "${from}" is not one of pipeline "${ctx.pipeline}"'s`, { hint: `Destinations: ${all.map((d) => d.name).join(', ')}.` });
+    }
+    return chosen;
+  }
+
+  /** Opens a context for a stored set (restore, verifyStored): connect, then locate. */
+  private async openStored(pipeline: ResolvedPipeline, options: RunOptions, request: RestoreRequest, from: string | undefined) {
+    const opened = await this.open(pipeline, { ...options, dryRun: false }, async (startedAt) => makeSetId(startedAt, pipeline.source), {
+      stored: { id: request.set, manifest: undefined, from: '' },
+      request,
+    });
+    const ctx = opened.ctx as RestoreContext;
+    return { opened, ctx, locate: async () => {
+      await opened.hooks.connect.promise(ctx);
+      const located = await locateSet(this.sources(ctx, from), request.set, ctx);
+      Object.assign(ctx, { setId: located.id, setDir: ctx.tmpDir, stored: { id: located.id, manifest: located.manifest, from: located.holders[0]!.name } });
+      return located;
+    } };
+  }
+
+  /**
+   * Restores a stored set: locate (`latest` = newest complete set in the work dir or any
+   * destination) → fetch, checking every sha256 (a bad copy: the next destination holding it)
+   * → decrypt → restore. Nothing is written to the work dir and no lock is taken.
+   */
+  async restore(name: string | undefined, request: RestoreRequestOptions & { from?: string }, options: RunOptions = {}): Promise<RestoreResult> {
+    const pipeline = this.pipeline(name);
+    const { opened, ctx, locate } = await this.openStored(pipeline, options, { command: 'restore', set: request.set }, request.from);
+    const started = Date.now();
+    try {
+      const located = await locate();
+      const result = await restoreStoredSet(opened.hooks, located, request, ctx);
+      await opened.hooks.restored.promise({ pipeline: pipeline.name, setId: result.setId, from: result.from, ok: true, reports: result.reports, durationMs: result.durationMs }, ctx);
+      return result;
+    } catch (caught) {
+      const error = this.failure(caught, ctx);
+      await opened.hooks.restored
+        .promise({ pipeline: pipeline.name, setId: ctx.setId, from: ctx.stored.from, ok: false, reports: [], durationMs: Date.now() - started, error: { code: error.code, message: error.message } }, ctx)
+        .catch(() => {});
+      throw error;
+    } finally {
+      await opened.close();
+    }
+  }
+
+  /**
+   * Re-verifies a stored set: fetch one copy, check every sha256, decrypt (checking the plaintext),
+   * then run the `verify` hook on each artifact — the same checks as during a run. With
+   * `restoreTest`, the verify stage also restores into a scratch database.
+   */
+  async verifyStored(name: string | undefined, request: { set: string; from?: string; restoreTest?: boolean }, options: RunOptions = {}): Promise<{ setId: string; from: string; artifacts: Artifact[]; verifiers: number }> {
+    const pipeline = this.pipeline(name);
+    const { opened, ctx, locate } = await this.openStored(pipeline, options, { command: 'verify', set: request.set, restoreTest: request.restoreTest }, request.from);
+    const started = Date.now();
+    try {
+      const verifiers = opened.hooks.verify.taps.length;
+      if (request.restoreTest && verifiers === 0) {
+        throw new PipelineError('USAGE', `pipeline "${pipeline.name}" has no stage that verifies artifacts, so there is nothing to run a restore test with`, { hint: 'Add `- use: verify` to the pipeline.' });
+      }
+      const located = await locate();
+      const result = await verifyStoredSet(opened.hooks, located, ctx);
+      const artifacts = result.artifacts.map((a) => ({ name: a.name, kind: a.kind, format: a.format, verification: a.meta.verification }));
+      await opened.hooks.verified.promise({ pipeline: pipeline.name, setId: result.setId, from: result.from, ok: true, artifacts, durationMs: Date.now() - started }, ctx);
+      return { ...result, verifiers };
+    } catch (caught) {
+      const error = this.failure(caught, ctx);
+      await opened.hooks.verified
+        .promise({ pipeline: pipeline.name, setId: ctx.setId, from: ctx.stored.from, ok: false, artifacts: [], durationMs: Date.now() - started, error: { code: error.code, message: error.message } }, ctx)
+        .catch(() => {});
+      throw error;
+    } finally {
+      await opened.close();
+    }
+  }
+
+  /**
+   * Retention alone: the `retain` hook, under the pipeline's lock (so it never races a run).
+   * Returns what each retain tap reported, and the error the hook ended with, if any (damaged sets
+   * kept, deletions that failed), so the caller can show the decisions before failing.
+   */
+  async prune(
+    name: string | undefined,
+    request: { dryRun?: boolean; deleteDamaged?: readonly string[] } = {},
+    options: RunOptions = {},
+  ): Promise<{ retention: RetainReport[]; error?: PipelineError }> {
+    const pipeline = this.pipeline(name);
+    const { config } = this;
+    const opened = await this.open(pipeline, { ...options, dryRun: request.dryRun === true }, async (startedAt) => makeSetId(startedAt, pipeline.source), {
+      prune: { deleteDamaged: request.deleteDamaged ?? [] },
+    });
+    const { ctx, hooks } = opened;
+    let lock: { release(): Promise<void> } | undefined;
+    try {
+      if (hooks.retain.taps.length === 0) {
+        throw new PipelineError('USAGE', `pipeline "${pipeline.name}" has no retention stage`, { hint: 'Add `- use: retention` with a keep policy to the pipeline.' });
+      }
+      await mkdir(config.workDir, { recursive: true, mode: DIR_MODE });
+      lock = await this.lock(pipeline.name, ctx);
+      await hooks.connect.promise(ctx);
+      try {
+        await hooks.retain.promise(ctx);
+      } catch (caught) {
+        if (ctx.retention.length === 0 || ctx.signal.aborted) throw caught;
+        return { retention: [...ctx.retention], error: this.failure(caught, ctx) };
+      }
+      return { retention: [...ctx.retention] };
+    } catch (caught) {
+      throw this.failure(caught, ctx);
+    } finally {
+      await opened.close();
+      await lock?.release();
+    }
+  }
+
+  /** Takes the pipeline's lock, recording the run's scratch folder with it; a stale lock taken over is logged with its dead owner. */
+  private async lock(pipeline: string, ctx: RunContext): Promise<Lock> {
+    const lock = await acquireLock(join(this.config.workDir, '.locks', `${pipeline}.lock`), { runDir: ctx.tmpDir });
+    const dead = lock.takenOver;
+    if (dead) {
+      ctx.log.warn({ lock: lock.path, deadPid: dead.pid, startedAt: dead.startedAt }, `took over the lock ${lock.path} left by pid ${dead.pid} (started ${dead.startedAt}), which is no longer running`);
+    }
+    return lock;
+  }
+
+  private failure(caught: unknown, ctx: RunContext): PipelineError {
+    const error = ctx.signal.aborted && !isPipelineError(caught) ? new PipelineError('ABORTED', 'interrupted') : toPipelineError(caught);
+    error.message = this.config.secrets.mask(error.message);
+    return error;
+  }
+
+  async run(name: string | undefined, options: RunOptions = {}): Promise<RunResult> {
+    const pipeline = this.pipeline(name);
+    const { config } = this;
+    const secrets: SecretRegistry = config.secrets;
+    // Ids have one-second resolution and must sort in time order: a second run within the same
+    // second takes the next free second rather than a differently shaped id.
+    const opened = await this.open(pipeline, options, async (startedAt) => {
+      let setId = makeSetId(startedAt, pipeline.source);
+      for (let bump = 1; await stat(join(config.workDir, setId)).catch(() => undefined); bump++) {
+        setId = makeSetId(new Date(startedAt.getTime() + bump * 1000), pipeline.source);
+      }
+      return setId;
+    });
+    const { hooks, ctx, stages, now } = opened;
+    const { setId, setDir, startedAt, signal, log, destinations } = ctx;
+    const artifacts = ctx.artifacts as Artifact[];
+    const queue = ctx.queue;
+    const current = opened.current;
 
     const reports: ShipReport[] = [];
     let manifest: Manifest | undefined;
@@ -218,16 +454,11 @@ export class Runner {
     });
 
     try {
-      if (options.session) {
-        await hooks.connect.promise(ctx);
-        await options.session(ctx);
-        return { summary: summary() };
-      }
       if (ctx.dryRun) {
         await hooks.connect.promise(ctx);
         await hooks.preflight.promise(ctx);
         await Promise.all(destinations.map((d) => checkDestination(d, signal)));
-        const plan = makePlan(() => current?.plugin);
+        const plan = makePlan(() => current()?.plugin);
         for (const d of destinations) plan.add({ plugin: d.plugin, hook: 'ship', description: `ship to "${d.name}": ${d.destination.describe()}` });
         plan.add({ plugin: 'core', hook: 'ship', description: `keep the set in the work dir ${config.workDir}` });
         await hooks.plan.promise(plan, ctx);
@@ -235,7 +466,7 @@ export class Runner {
       }
 
       await mkdir(config.workDir, { recursive: true, mode: DIR_MODE });
-      lock = await acquireLock(join(config.workDir, '.locks', `${pipeline.name}.lock`));
+      lock = await this.lock(pipeline.name, ctx);
       await mkdir(setDir, { mode: DIR_MODE });
       await hooks.started.promise(ctx);
       await hooks.connect.promise(ctx);
@@ -256,15 +487,26 @@ export class Runner {
         completedAt: now().toISOString(),
         framework: { name: 'backup-pipeline', version: FRAMEWORK_VERSION, node: process.version },
         host: hostname(),
-        artifacts: artifacts.map(({ path: _path, ...rest }) => rest),
+        artifacts: artifacts.map((a) => ({
+          name: a.name,
+          kind: a.kind,
+          format: a.format,
+          compression: a.compression,
+          ...(a.encryption ? { encryption: a.encryption } : {}),
+          bytes: a.bytes,
+          sha256: a.sha256,
+          ...(a.plain ? { plain: a.plain } : {}),
+          meta: a.meta,
+        })),
         stages: stages.filter((s) => s.result).map((s) => ({ plugin: s.plugin, hook: s.hook, durationMs: s.durationMs ?? 0, result: s.result! })),
         facts: ctx.facts,
         tools: ctx.tools,
         verified: hooks.verify.taps.length > 0,
       };
-      manifest = secrets.maskDeep(manifest);
+      // The manifest is data: validated as readers will read it, and never masked (masking is for display).
+      const manifestText = serializeManifest(manifest, { isSecret: (v) => secrets.isSecret(v) });
       const manifestPath = join(setDir, MANIFEST_NAME);
-      const manifestDigest = await writeFileAtomic(manifestPath, JSON.stringify(manifest, null, 2) + '\n');
+      const manifestDigest = await writeFileAtomic(manifestPath, manifestText);
       log.info({ setId, artifacts: artifacts.length }, `set ${setId} is complete in the work dir`);
 
       await Promise.all(destinations.map((d) => queue.add(() => this.ship(ctx, d, { path: manifestPath, ...manifestDigest }, reports))));
@@ -291,16 +533,7 @@ export class Runner {
       }
       throw error;
     } finally {
-      process.off('beforeExit', onBeforeExit);
-      controller.abort();
-      for (const cleanup of deferred.reverse()) {
-        try {
-          await cleanup();
-        } catch (error) {
-          log.warn({ err: (error as Error).message }, 'cleanup step failed');
-        }
-      }
-      await rm(tmpDir, { recursive: true, force: true });
+      await opened.close();
       await lock?.release();
     }
   }
@@ -344,8 +577,7 @@ export class Runner {
     setCurrent: (ev: StageEvent | undefined, reject?: (e: Error) => void) => void,
     onAdvisoryError: (error: PipelineError) => void,
   ): void {
-    for (const [hookName, hook] of Object.entries(hooks) as Array<[HookName, PipelineHooks[HookName]]>) {
-      if (EVENT_HOOKS.includes(hookName)) continue;
+    const instrumentOne = (hookName: HookName, hook: object) => {
       const advisory = ADVISORY_HOOKS.includes(hookName);
       (hook as { intercept(i: object): void }).intercept({
         register: (tap: { name: string; type: 'sync' | 'async' | 'promise'; fn: (...args: unknown[]) => unknown }) => {
@@ -405,6 +637,12 @@ export class Runner {
           return tap;
         },
       });
+    };
+    for (const [hookName, hook] of Object.entries(hooks) as Array<[HookName, PipelineHooks[HookName]]>) {
+      if (EVENT_HOOKS.includes(hookName)) continue;
+      // A keyed hook: instrument each hook of the map as it is created.
+      if (hook instanceof HookMap) (hook as HookMap<object>).intercept({ factory: (_key, created) => (instrumentOne(hookName, created), created) });
+      else instrumentOne(hookName, hook);
     }
   }
 }

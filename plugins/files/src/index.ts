@@ -8,7 +8,7 @@
  * an encryption stage (gpg) in the pipeline.
  */
 import { parseEnvFile } from '@backup-pipeline/plugin-credentials';
-import { readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { definePlugin, PipelineError, writeFileAtomic, z, type Artifact, type ExecProcess, type RunContext } from '@backup-pipeline/core';
 
@@ -36,6 +36,8 @@ const SECRET_NAME = /PASS|SECRET|KEY|TOKEN|SALT|CREDENTIAL|OTP/i;
 
 const EXTENSION = { zstd: '.tar.zst', gzip: '.tar.gz', none: '.tar' } as const;
 const COMPRESSION = { zstd: 'zstd', gzip: 'gzip', none: 'none' } as const;
+/** tar's flag for reading each compression it writes. */
+const TAR_FLAG: Record<string, string[]> = { zstd: ['--zstd'], gzip: ['-z'], none: [] };
 
 interface TarJob {
   /** Folder tar changes into. */
@@ -135,10 +137,31 @@ export default definePlugin({
       }
     });
 
+    // The restore half: the archives are unpacked into the folder given (`pipeline restore --files-to DIR`):
+    // the env file into DIR itself, media into DIR/<its folder name>. Nothing existing is overwritten.
+    hooks.restore.for('tar').tapPromise('files', async (artifact, target, ctx) => {
+      if (!target.directory) return undefined;
+      const started = Date.now();
+      const readable = TAR_FLAG[artifact.compression] !== undefined ? artifact : await ctx.decompress(artifact);
+      const into = artifact.kind === 'files' ? join(target.directory, typeof artifact.meta.folder === 'string' ? basename(artifact.meta.folder) : 'media') : target.directory;
+      await mkdir(into, { recursive: true, mode: 0o700 });
+      const flag = TAR_FLAG[readable.compression] ?? [];
+      const listed = await ctx.exec('tar', ['-t', ...flag, '-f', readable.path], { label: 'tar -t' });
+      await ctx.exec('tar', ['-x', ...flag, '--keep-old-files', '--no-same-owner', '--no-same-permissions', '-C', into, '-f', readable.path], { label: 'tar -x' }).catch((error: unknown) => {
+        throw new PipelineError('FILES_RESTORE_FAILED', `${artifact.name} could not be unpacked into ${into}: ${(error as Error).message}`, {
+          hint: 'Files that already exist are never overwritten: restore into an empty folder.',
+          cause: error,
+        });
+      });
+      const files = listed.stdout.split('\n').filter((l) => l && !l.endsWith('/'));
+      log.info({ artifact: artifact.name, into, files: files.length }, `unpacked ${artifact.name} into ${into} (${files.length} files)`);
+      return { artifact: artifact.name, into, files: files.slice(0, 100), mismatches: [], durationMs: Date.now() - started };
+    });
+
     hooks.transform.tapPromise({ name: 'files', stage: 100 }, async (artifact) => {
       if (artifact.kind === 'secrets' && !artifact.encryption && !options.allowUnencrypted) {
         throw new PipelineError('FILES_UNENCRYPTED_SECRETS', `${artifact.name} holds the Mastodon secrets and no stage encrypted it`, {
-          hint: 'Add an encryption stage (gpg) to the pipeline, or set allowUnencrypted: true if the destinations are yours alone.',
+          hint: 'Add an encryption stage (gpg, age) to the pipeline, or set allowUnencrypted: true if the destinations are yours alone.',
         });
       }
       return artifact;

@@ -362,5 +362,19 @@ export default definePlugin({
       if (!prepared) throw new PipelineError('PLUGIN_FAILED', 'gpg: transform ran before preflight');
       return encrypt(artifact, prepared, options, ctx);
     });
+    // The restore half: the secret key is in `gnupgHome` (or $GNUPGHOME), a passphrase in `passphraseFile`.
+    hooks.decrypt.for('gpg').tapPromise('gpg', async (artifact, ctx) => {
+      const to = join(ctx.tmpDir, `plain-${artifact.plain?.name ?? `${artifact.name}.out`}`);
+      const digest = await decrypt(artifact.path, {
+        to,
+        gnupgHome: options.gnupgHome ? api.resolvePath(options.gnupgHome) : undefined,
+        passphraseFile: options.passphraseFile ? api.resolvePath(options.passphraseFile) : undefined,
+        signal: ctx.signal,
+        secrets: ctx.secrets,
+      });
+      return { ...artifact, name: artifact.plain?.name ?? artifact.name, path: to, bytes: digest.bytes, sha256: digest.sha256, encryption: undefined, plain: undefined };
+    });
   },
+  // gpg takes lock files in its home even to encrypt (ProtectHome=read-only would stop it).
+  writablePaths: (options, { resolvePath }) => [options.gnupgHome ? resolvePath(options.gnupgHome) : process.env.GNUPGHOME ?? resolvePath('~/.gnupg')],
 });

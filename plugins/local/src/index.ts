@@ -16,5 +16,6 @@ export default definePlugin({
   destination: {
     options: LocalOptions,
     create: (options, api) => new LocalFolderDestination(api.resolvePath(options.path)),
+    writablePaths: (options, api) => [api.resolvePath(options.path)],
   },
 });

@@ -3,7 +3,10 @@
  * produce — one consistent snapshot shared with the row counts, compressed on the stream, hashed
  * while written, every exit status checked.
  */
-import { definePlugin, PipelineError, z, type PgSource } from '@backup-pipeline/core';
+import { basename, join } from 'node:path';
+import { definePlugin, hashFile, PipelineError, z, type Artifact, type PgSource } from '@backup-pipeline/core';
+import { decompressToFile, outerCompression } from './compression.js';
+import { restoreArtifact, restoreGlobals } from './restore.js';
 import { describeDump, pickBinaries, runDump, serverInfo, type Binaries, type DumpOptions, type ServerInfo } from './dump.js';
 
 export {
@@ -20,6 +23,13 @@ export {
 } from './compression.js';
 export { artifactName, pgDumpArgs, pickBinaries, serverInfo, type DumpFormat, type DumpOptions, type ServerInfo } from './dump.js';
 export { SnapshotSession } from './snapshot-session.js';
+export { extractDirectory, pgRestoreFor, pipeInto, restoreArtifact, restoreGlobals, RESTORE_PGOPTIONS, type FailFn } from './restore.js';
+
+/** The formats pg-dump writes, and restores. */
+export const PG_FORMATS = ['pg-custom', 'pg-directory-tar', 'pg-plain'] as const;
+/** The compressions pg-dump writes, and undoes. */
+export const PG_COMPRESSIONS = ['zstd', 'gzip', 'lz4'] as const;
+const EXTENSIONS: Record<string, string> = { zstd: '.zst', gzip: '.gz', lz4: '.lz4' };
 
 const pgIdentList = (what: string) => z.array(z.string().min(1)).default([]).describe(what);
 
@@ -81,6 +91,30 @@ export default definePlugin({
   options: optionsSchema,
   apply(hooks, rawOptions) {
     const options = rawOptions as DumpOptions;
+
+    // The restore half: pg-dump restores what it wrote, and undoes its compressions.
+    for (const format of PG_FORMATS) {
+      hooks.restore.for(format).tapPromise('pg-dump', async (artifact, target, ctx) => {
+        // A compression pg-dump does not know (another plugin's): ask for the plain bytes first.
+        const readable = (PG_COMPRESSIONS as readonly string[]).includes(outerCompression(artifact)) || outerCompression(artifact) === 'none' ? artifact : await ctx.decompress(artifact);
+        if (artifact.kind === 'globals') return target.globals ? restoreGlobals(readable, ctx) : undefined;
+        if (!target.database) return undefined;
+        return restoreArtifact(readable, { database: target.database, jobs: target.jobs, clean: target.clean }, ctx);
+      });
+    }
+    for (const method of PG_COMPRESSIONS) {
+      hooks.decompress.for(method).tapPromise('pg-dump', async (artifact, ctx): Promise<Artifact> => {
+        // pg_dump's own gzip inside a custom or directory archive: its tools read it as it is.
+        if (outerCompression(artifact) === 'none') return { ...artifact, compression: 'none' };
+        const ext = EXTENSIONS[method]!;
+        const name = artifact.name.endsWith(ext) ? artifact.name.slice(0, -ext.length) : `${basename(artifact.name)}.plain`;
+        const path = join(ctx.tmpDir, `plain-${name}`);
+        await decompressToFile(artifact, path, ctx);
+        const digest = await hashFile(path, ctx.signal);
+        return { ...artifact, name, path, compression: 'none', bytes: digest.bytes, sha256: digest.sha256 };
+      });
+    }
+
     let bins: Binaries | undefined;
     let server: ServerInfo | undefined;
     const sourceOf = (pg: PgSource | undefined): PgSource => {

@@ -208,13 +208,23 @@ export default definePlugin({
             protect: [ctx.setId],
             source: options.allSources ? undefined : ctx.source,
             scratchDir: ctx.tmpDir,
-            dryRun: options.dryRun,
+            // `pipeline prune --dry-run` runs this hook with a dry-run context.
+            dryRun: options.dryRun || ctx.dryRun,
+            deleteDamaged: ctx.prune?.deleteDamaged,
             log,
             signal: ctx.signal,
           });
+          ctx.retention.push({
+            destination: target.name,
+            dryRun: options.dryRun || ctx.dryRun,
+            keep: result.keep.map((s) => ({ id: s.id, reasons: s.reasons })),
+            delete: result.delete.map((s) => ({ id: s.id, reasons: s.reasons })),
+            deleted: result.deleted,
+            failed: result.failed,
+          });
           log.info(
             { destination: target.name, kept: result.keep.length, deleted: result.deleted.length, failed: result.failed.length },
-            `retention in ${target.name}: ${result.keep.length} kept, ${options.dryRun ? `${result.delete.length} would be deleted` : `${result.deleted.length} deleted`}`,
+            `retention in ${target.name}: ${result.keep.length} kept, ${options.dryRun || ctx.dryRun ? `${result.delete.length} would be deleted` : `${result.deleted.length} deleted`}`,
           );
           results.push(result);
           for (const set of result.damaged) {

@@ -3,10 +3,12 @@
  * data and the expected tables — and, with `restoreTest`, restore into a scratch database with the
  * row counts of the dump's own snapshot. A failure stops the run before anything is shipped.
  */
-import { definePlugin, z } from '@backup-pipeline/core';
+import { definePlugin, z, type RestoreContext, type RunContext } from '@backup-pipeline/core';
 import { verifyDatabaseArtifact, type VerifyOptions } from './verify.js';
 
-export { restoreArtifact, tableDataEntries, verifyDatabaseArtifact, type RestoreReport, type Verification, type VerifyOptions } from './verify.js';
+export { tableDataEntries, verifyDatabaseArtifact, type Verification, type VerifyOptions } from './verify.js';
+
+const isStored = (ctx: RunContext): ctx is RestoreContext => 'request' in ctx && 'stored' in ctx;
 
 export const MASTODON_TABLES = ['accounts', 'users', 'statuses', 'follows'];
 
@@ -29,7 +31,10 @@ export default definePlugin({
   apply(hooks, options) {
     hooks.verify.tapPromise('verify', async (artifact, ctx) => {
       if (artifact.kind !== 'database') return;
-      const verification = await verifyDatabaseArtifact(artifact, options as VerifyOptions, ctx);
+      // Re-verifying a stored set (`pipeline verify`): read it fully; `--restore-test` asks for a drill.
+      const request = isStored(ctx) ? ctx.request : undefined;
+      const effective: VerifyOptions = request ? { ...options, fullRead: true, restoreTest: request.restoreTest === true } : options;
+      const verification = await verifyDatabaseArtifact(artifact, effective, ctx);
       artifact.meta.verification = verification;
       ctx.log.info(
         { artifact: artifact.name, tables: verification.tableData, restoreTest: verification.restoreTest?.database },

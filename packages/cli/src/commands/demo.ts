@@ -7,15 +7,12 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { createDestination, exec, loadConfig, PipelineError, Runner, type RunSummary } from '@backup-pipeline/core';
+import { exec, loadConfig, PipelineError, Runner, type RunSummary } from '@backup-pipeline/core';
 import { createGpgHome, findServerBinDir, generateMastodonData, loadMastodonSchema, mastodonEnvText, startPostgres, tableChecksums, tableRowCounts, type GpgHome, type PostgresServer } from '@backup-pipeline/sandbox';
-import { restoreArtifact } from '@backup-pipeline/plugin-verify';
 import { CLI_DIR } from '../builtins.js';
 import { formatBytes, formatDuration, green, red, table } from '../output.js';
-import { fetchSet, locateSet } from '../restore-set.js';
 import { globalOptions, openLogger } from '../session.js';
 import { withSignals } from '../signals.js';
-import { prepareTarget } from './restore.js';
 
 /** Programs the demo runs besides PostgreSQL's (found with the server), and the Debian package of each. */
 const TOOLS: Array<[string, string]> = [
@@ -105,20 +102,10 @@ export default async function demo(command: Command, flags: { dir: string; keep?
       const { summary } = await runner.run('nightly', { signal });
 
       out('4/5 restoring the newest set from "mirror" into mastodon_restored…');
-      const mirror = await createDestination(config, config.destinations.mirror!, log);
-      let restoreMs = 0;
-      await runner.run('nightly', {
-        signal,
-        session: async (ctx) => {
-          const located = await locateSet([mirror], 'latest');
-          const artifacts = await fetchSet(located, ctx.tmpDir, ctx, { gnupgHome: gpg!.home });
-          const database = artifacts.find((a) => a.kind === 'database')!;
-          await prepareTarget(ctx, 'mastodon_restored', false);
-          const started = Date.now();
-          await restoreArtifact(database, { database: 'mastodon_restored', jobs: 2 }, ctx);
-          restoreMs = Date.now() - started;
-        },
-      });
+      const started = Date.now();
+      // The same path as `pipeline restore latest --from mirror --to mastodon_restored`.
+      await runner.restore('nightly', { set: 'latest', from: 'mirror', database: 'mastodon_restored', jobs: 2 }, { signal, stageOptions: { gnupgHome: gpg.home } });
+      const restoreMs = Date.now() - started;
 
       out('5/5 comparing every table of the restored database with the source…');
       const [source, restored, counts] = await Promise.all([tableChecksums(pg, 'mastodon_production'), tableChecksums(pg, 'mastodon_restored'), tableRowCounts(pg, 'mastodon_production')]);

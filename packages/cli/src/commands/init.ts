@@ -8,8 +8,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
-import { EXIT, PipelineError, writeFileAtomic } from '@backup-pipeline/core';
-import { parseEnvFile } from '@backup-pipeline/plugin-credentials';
+import { EXIT, parseEnvFile, PipelineError, writeFileAtomic } from '@backup-pipeline/core';
 import type { Command } from 'commander';
 import { green } from '../output.js';
 

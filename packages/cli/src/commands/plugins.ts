@@ -1,19 +1,25 @@
 import type { Command } from 'commander';
-import { candidateNames, createHooks, loadConfig, resolvePlugin, SecretRegistry, tapOnlyHooks, z, type Plugin, type HookName } from '@backup-pipeline/core';
+import { candidateNames, createHooks, KEYED_HOOKS, loadConfig, resolvePlugin, SecretRegistry, tapOnlyHooks, z, type Plugin, type HookName } from '@backup-pipeline/core';
 import { BUILTIN_PLUGINS, CLI_DIR } from '../builtins.js';
 import { dim } from '../output.js';
 import { globalOptions, openLogger } from '../session.js';
 
 /** The hooks a plugin taps, found by applying it to a fresh set of hooks that only records. */
-export function tappedHooks(plugin: Plugin, options: unknown, log: import('@backup-pipeline/core').Logger): HookName[] {
+export function tappedHooks(plugin: Plugin, options: unknown, log: import('@backup-pipeline/core').Logger): string[] {
   if (!plugin.apply) return [];
   const hooks = createHooks();
+  // Keyed hooks: `restore[pg-custom]`, recorded as the plugin asks for each key.
+  const keyed: Array<{ name: string; hook: { taps: unknown[] } }> = [];
+  for (const name of KEYED_HOOKS) {
+    (hooks[name] as unknown as { intercept(i: object): void }).intercept({ factory: (key: string, hook: { taps: unknown[] }) => (keyed.push({ name: `${name}[${key}]`, hook }), hook) });
+  }
   try {
     plugin.apply(tapOnlyHooks(hooks, plugin.name), options as never, { name: plugin.name, log, secrets: new SecretRegistry(), configDir: process.cwd(), resolvePath: (p) => p });
   } catch {
     // Options may be required to apply; the list stays partial.
   }
-  return (Object.keys(hooks) as HookName[]).filter((h) => (hooks[h] as { taps: unknown[] }).taps.length > 0);
+  const plain = (Object.keys(hooks) as HookName[]).filter((h) => !(KEYED_HOOKS as readonly string[]).includes(h) && (hooks[h] as unknown as { taps: unknown[] }).taps.length > 0);
+  return [...plain, ...keyed.filter((k) => k.hook.taps.length > 0).map((k) => k.name)];
 }
 
 interface OptionDoc {

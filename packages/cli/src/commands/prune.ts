@@ -1,45 +1,28 @@
+/** `pipeline prune`: the pipeline's `retain` hook on its own, under the pipeline's lock, with the same rules as in a run. */
 import type { Command } from 'commander';
-import { PipelineError } from '@backup-pipeline/core';
-import { applyRetention, damagedSetsError, type RetentionOptions } from '@backup-pipeline/plugin-retention';
+import type { RetainReport } from '@backup-pipeline/core';
 import { output } from '../output.js';
-import { openDestinations, openSession } from '../session.js';
+import { openSession } from '../session.js';
 
-/** Retention alone, with the same rules and code as the `retention` stage of a run. */
 export default async function prune(command: Command, name: string | undefined, opts: { dryRun?: boolean; deleteDamaged?: string[] }): Promise<number> {
   const session = await openSession(command);
   const pipeline = session.runner.pipeline(name);
-  const stage = pipeline.stages.find((s) => s.plugin.name === 'retention');
-  if (!stage) {
-    throw new PipelineError('USAGE', `pipeline "${pipeline.name}" has no retention stage`, { hint: 'Add `- use: retention` with a keep policy to the pipeline.' });
-  }
-  const options = stage.options as RetentionOptions;
-  const dryRun = opts.dryRun || options.dryRun;
-  const targets = (await openDestinations(session, pipeline.name)).filter((d) => !options.destinations || options.destinations.includes(d.name));
-  const results = [];
-  let failed = 0;
-  for (const target of targets) {
-    const result = await applyRetention(target, options, {
-      now: new Date(),
-      timezone: session.config.timezone,
-      source: options.allSources ? undefined : pipeline.source,
-      dryRun,
-      deleteDamaged: opts.deleteDamaged,
-      log: session.log,
-    });
-    failed += result.failed.length;
-    results.push(result);
-  }
-  if (session.options.json) {
-    output.json({ dryRun: !!dryRun, destinations: results });
-  } else {
-    for (const r of results) {
-      output.stdout(`${r.destination}: keep ${r.keep.length}, ${dryRun ? 'would delete' : 'deleted'} ${dryRun ? r.delete.length : r.deleted.length}\n`);
-      for (const s of r.delete) output.stdout(`  ${dryRun ? 'would delete' : 'deleted'} ${s.id}: ${s.reasons.join('; ')}\n`);
-      for (const s of r.keep) output.stdout(`  keep ${s.id}: ${s.reasons.join('; ')}\n`);
-    }
-  }
+  const { retention, error } = await session.runner.prune(pipeline.name, { dryRun: opts.dryRun, deleteDamaged: opts.deleteDamaged });
+  print(retention, session.options.json === true);
   // Damaged sets were kept; a person must look at them, so prune does not end as if all were well.
-  const damaged = damagedSetsError(results);
-  if (damaged) throw damaged;
-  return failed > 0 ? 1 : 0;
+  if (error) throw error;
+  return retention.some((r) => r.failed.length > 0) ? 1 : 0;
 }
+
+function print(results: RetainReport[], json: boolean): void {
+  if (json) {
+    output.json({ dryRun: results.some((r) => r.dryRun), destinations: results });
+    return;
+  }
+  for (const r of results) {
+    output.stdout(`${r.destination}: keep ${r.keep.length}, ${r.dryRun ? 'would delete' : 'deleted'} ${r.dryRun ? r.delete.length : r.deleted.length}\n`);
+    for (const s of r.delete) output.stdout(`  ${r.dryRun ? 'would delete' : 'deleted'} ${s.id}: ${s.reasons.join('; ')}\n`);
+    for (const s of r.keep) output.stdout(`  keep ${s.id}: ${s.reasons.join('; ')}\n`);
+  }
+}
+

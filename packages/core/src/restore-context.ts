@@ -1,0 +1,80 @@
+/** The types of the restore half of the lifecycle: what restore, verify and their taps receive. */
+import type { Artifact, RunContext } from './context.js';
+import type { Manifest } from './manifest.js';
+
+/** Where one artifact is restored to. A tap restores into what fits its format and ignores the rest. */
+export interface RestoreTarget {
+  /** An existing database to restore a database artifact into (empty, or `clean`). */
+  database?: string;
+  /** A folder to restore file artifacts (archives, env files) into; existing files are never overwritten. */
+  directory?: string;
+  /** Roles and tablespaces (a globals artifact) are replayed into the server. */
+  globals?: boolean;
+  /** Parallel workers (pg_restore -j). */
+  jobs: number;
+  /** Drop objects the dump recreates first (pg_restore --clean). */
+  clean?: boolean;
+}
+
+/** What a `restore` tap did. */
+export interface RestoreReport {
+  /** The artifact restored. */
+  artifact: string;
+  /** Where it went: a database name or a folder. */
+  into: string;
+  /** Tables restored and rows counted in them (database artifacts). */
+  tables?: number;
+  rows?: number;
+  /** Per table: rows counted in the dump's snapshot, and restored. */
+  counts?: Array<{ table: string; expected?: number; restored?: number }>;
+  /** What differs from what the artifact promised (e.g. row counts); empty when all matches. */
+  mismatches: string[];
+  /** Files written (folder targets). */
+  files?: string[];
+  durationMs: number;
+}
+
+/** Which set a restore or verify works on, and where it was fetched from. */
+export interface StoredSetRef {
+  id: string;
+  manifest: Manifest;
+  /** Config name of the destination the artifacts were fetched from (`work` for the work dir). */
+  from: string;
+}
+
+/** What `restore` / `verifyStored` was asked to do. */
+export interface RestoreRequest {
+  /** `restore` or `verify`. */
+  command: 'restore' | 'verify';
+  /** A set id, or `latest`. */
+  set: string;
+  /** verify: also restore into a scratch database and compare row counts. */
+  restoreTest?: boolean;
+}
+
+/** The context of `restore` and `verifyStored`: a run context whose set is a stored one. */
+export interface RestoreContext extends RunContext {
+  /** The stored set being worked on (known once located). */
+  readonly stored: StoredSetRef;
+  readonly request: RestoreRequest;
+}
+
+export interface RestoreSummary {
+  pipeline: string;
+  setId: string;
+  from: string;
+  ok: boolean;
+  reports: RestoreReport[];
+  durationMs: number;
+  error?: { code: string; message: string };
+}
+
+export interface VerifySummary {
+  pipeline: string;
+  setId: string;
+  from: string;
+  ok: boolean;
+  artifacts: Array<Pick<Artifact, 'name' | 'kind' | 'format'> & { verification?: unknown }>;
+  durationMs: number;
+  error?: { code: string; message: string };
+}
