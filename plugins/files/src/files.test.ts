@@ -151,19 +151,32 @@ describe('files stage (real tar and zstd)', () => {
     expect((await failure(run({ mediaDir: 'x', exclude: ['y'] }))).code).toBe('CONFIG_INVALID');
   });
 
-  // As root tar reads everything, so this cannot be provoked with permissions.
-  it.skipIf(process.getuid?.() === 0)('a failing tar fails the run with EXEC_FAILED and leaves no partial archive', async () => {
-    // An unreadable folder makes tar exit 2 ("Cannot open: Permission denied") unless run as root.
-    const locked = join(live, 'public/system/accounts');
-    execFileSync('chmod', ['000', locked]);
+  // As root (CI) tar reads everything, so an unreadable folder cannot make it fail: a `tar` first
+  // on PATH writes the start of a real archive, then fails as tar does on an unreadable folder.
+  it('a failing tar fails the run with EXEC_FAILED and leaves no partial archive', async () => {
+    const bin = join(dir, 'fake-bin');
+    await mkdir(bin);
+    const realTar = execFileSync('sh', ['-c', 'command -v tar'], { encoding: 'utf8' }).trim();
+    await writeFile(
+      join(bin, 'tar'),
+      `#!/bin/sh\n'${realTar}' "$@" | head -c 20480\necho "tar: ./accounts: Cannot open: Permission denied" >&2\necho "tar: Exiting with failure status due to previous errors" >&2\nexit 2\n`,
+      { mode: 0o755 },
+    );
+    const path = process.env.PATH;
+    process.env.PATH = `${bin}:${path ?? '/usr/bin:/bin'}`;
     try {
       const error = await failure(run({ mediaDir: join(live, 'public/system') }));
       expect(error.code).toBe('EXEC_FAILED');
       expect(error.plugin).toBe('files');
+      expect(error.message).toMatch(/tar/);
+      expect(error.message).toContain('Permission denied');
       expect(execFileSync('find', [join(dir, 'work'), '-name', 'media*'], { encoding: 'utf8' })).toBe('');
     } finally {
-      execFileSync('chmod', ['755', locked]);
+      process.env.PATH = path;
     }
+    // With the real tar the same run succeeds.
+    const ok = await run({ mediaDir: join(live, 'public/system') });
+    expect(ok.summary.ok).toBe(true);
   });
 });
 
