@@ -132,6 +132,8 @@ describe('on a terminal (a real pseudo-terminal)', () => {
     const demo = await inTerminal(['demo', '--scale', 'tiny', '--dir', join(dir, 'demo')], dir);
     expectReadable(demo);
     expect(demo.screen.join('\n')).toContain('the restored database is identical to the source, table by table.');
+    // The backup showed its progress on the status line, and cleared it.
+    expect(demo.raw).toMatch(/\r\u001b\[K\[pg-dump → produce \d/);
   });
 
   it('bare `pipeline` prints the help and exits 1', async () => {

@@ -10,7 +10,8 @@ import type { Command } from 'commander';
 import { exec, loadConfig, PipelineError, Runner, type RunSummary } from '@backup-pipeline/core';
 import { createGpgHome, findServerBinDir, generateMastodonData, loadMastodonSchema, mastodonEnvText, startPostgres, tableChecksums, tableRowCounts, type GpgHome, type PostgresServer } from '@backup-pipeline/sandbox';
 import { CLI_DIR } from '../builtins.js';
-import { formatBytes, formatDuration, green, red, table } from '../output.js';
+import { formatBytes, formatDuration, green, output, red, table } from '../output.js';
+import { progressReporter } from '../progress.js';
 import { globalOptions, openLogger } from '../session.js';
 import { withSignals } from '../signals.js';
 
@@ -69,7 +70,7 @@ pipelines:
 
 export default async function demo(command: Command, flags: { dir: string; keep?: boolean; scale: string }): Promise<number> {
   const options = globalOptions(command);
-  const out = (line: string) => options.quiet || process.stdout.write(line + '\n');
+  const out = (line: string) => options.quiet || output.stdout(line + '\n');
   await checkTools();
   const dir = resolve(flags.dir);
   await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -99,7 +100,8 @@ export default async function demo(command: Command, flags: { dir: string; keep?
       config.secrets.add(password);
       const log = await openLogger(options.logLevel === 'info' ? { ...options, logLevel: 'warn' } : options, config.secrets);
       const runner = new Runner(config, log);
-      const { summary } = await runner.run('nightly', { signal });
+      const { summary } = await runner.run('nightly', { signal, observe: progressReporter({ quiet: options.quiet || options.json, log }) });
+      output.clearStatus();
 
       out('4/5 restoring the newest set from "mirror" into mastodon_restored…');
       const started = Date.now();
@@ -117,7 +119,7 @@ export default async function demo(command: Command, flags: { dir: string; keep?
         rows.push([name, String(counts[name] ?? '?'), match ? 'identical' : 'DIFFERENT']);
       }
       if (options.json) {
-        process.stdout.write(JSON.stringify({ ok: same, summary, restoreMs, tables: rows.slice(1) }, null, 2) + '\n');
+        output.json({ ok: same, summary, restoreMs, tables: rows.slice(1) });
       } else {
         printDemoSummary(summary, restoreMs, dir);
         out(table(rows).trimEnd());
@@ -138,7 +140,7 @@ export default async function demo(command: Command, flags: { dir: string; keep?
 }
 
 function printDemoSummary(summary: RunSummary, restoreMs: number, dir: string): void {
-  const w = (s: string) => process.stdout.write(s + '\n');
+  const w = (s: string) => output.stdout(s + '\n');
   w('');
   w(`set ${summary.setId}, backed up in ${formatDuration(summary.durationMs)}, restored in ${formatDuration(restoreMs)}`);
   for (const a of summary.artifacts) w(`  ${a.name}: ${formatBytes(a.bytes)}${a.encrypted ? ', encrypted' : ''}, sha256 ${a.sha256.slice(0, 16)}…`);
