@@ -89,6 +89,39 @@ const FS_FAILURES: Array<[RegExp, 'ENOSPC' | 'EDQUOT' | 'EROFS' | 'EACCES']> = [
   [/Permission denied|EACCES/, 'EACCES'],
 ];
 
+/**
+ * Whether a chain member's failure is only a consequence of another's: exec stopped it
+ * (`details.stopped`), or its reader went away (SIGPIPE, EPIPE, a prematurely closed stream).
+ */
+export function isChainConsequence(error: unknown): boolean {
+  const e = error as { message?: string; code?: string; details?: { stopped?: unknown; signal?: unknown } } | undefined;
+  if (e?.details?.stopped === true || e?.details?.signal === 'SIGPIPE') return true;
+  return /SIGPIPE|EPIPE|ERR_STREAM_PREMATURE_CLOSE/.test(`${e?.message ?? ''} ${e?.code ?? ''}`);
+}
+
+/**
+ * Settles every member of a chain of processes and streams; when one fails, `stopAll` is called
+ * at once (so nothing stays blocked on a full pipe), and the first failure that is not a
+ * consequence of another is thrown — the real cause, whichever member noticed first.
+ */
+export async function settleChain<T extends readonly unknown[]>(members: { [K in keyof T]: Promise<T[K]> }, stopAll: () => void): Promise<T> {
+  let stopped = false;
+  const results = await Promise.allSettled(
+    members.map((m) =>
+      Promise.resolve(m).catch((error: unknown) => {
+        if (!stopped) {
+          stopped = true;
+          stopAll();
+        }
+        throw error;
+      }),
+    ),
+  );
+  const failures = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as unknown);
+  if (failures.length > 0) throw failures.find((e) => !isChainConsequence(e)) ?? failures[0];
+  return results.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
+}
+
 /** The command line as it may be shown: quoted where needed, secrets masked. */
 export function displayCommand(file: string, args: readonly string[], secrets?: SecretRegistry): string {
   const quoted = [file, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`));

@@ -10,7 +10,7 @@
 import { parseEnvFile } from '@backup-pipeline/plugin-credentials';
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { definePlugin, PipelineError, writeFileAtomic, z, type Artifact, type ExecProcess, type RunContext } from '@backup-pipeline/core';
+import { definePlugin, PipelineError, settleChain, writeFileAtomic, z, type Artifact, type ExecProcess, type RunContext } from '@backup-pipeline/core';
 
 export const FilesOptions = z
   .object({
@@ -65,11 +65,13 @@ export async function streamTar(ctx: Pick<RunContext, 'exec' | 'signal'>, job: T
     out = compressor.stdout!;
   }
   try {
-    const [digest, tarResult] = await Promise.all([writeFileAtomic(job.target, out, { signal: ctx.signal }), ...procs]);
+    // Any member failing stops the others; the cause reported is the real one (a full disk's
+    // NO_SPACE, not the compressor that was stopped because of it).
+    const [digest, tarResult] = await settleChain([writeFileAtomic(job.target, out, { signal: ctx.signal }), ...procs] as const, () => {
+      for (const p of procs) p.kill();
+    });
     return { ...digest, tarExitCode: tarResult.exitCode };
   } catch (error) {
-    for (const p of procs) p.kill();
-    await Promise.allSettled(procs);
     await rm(job.target, { force: true });
     throw error;
   }

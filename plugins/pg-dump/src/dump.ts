@@ -11,6 +11,7 @@ import {
   displayCommand,
   exec,
   findPgBinary,
+  isChainConsequence,
   parsePgVersion,
   pgConnectionError,
   pgEnv,
@@ -159,8 +160,7 @@ function pickError(results: PromiseSettledResult<unknown>[]): unknown {
   const failures = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as Error);
   // A process stopped by us (details.stopped) or by its reader going away (SIGPIPE, EPIPE) is a
   // consequence of another member's failure, never the cause.
-  const consequence = (e: Error) => (e as { details?: { stopped?: unknown } })?.details?.stopped === true || /SIGPIPE|EPIPE|ERR_STREAM_PREMATURE_CLOSE/.test(`${e?.message} ${(e as { code?: string })?.code ?? ''}`);
-  return failures.find((e) => !consequence(e)) ?? failures[0];
+  return failures.find((e) => !isChainConsequence(e)) ?? failures[0];
 }
 
 /** The first bytes of a compressed file's plaintext (empty when the plaintext is empty). */
