@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { candidateNames, createHooks, KEYED_HOOKS, loadConfig, resolvePlugin, SecretRegistry, tapOnlyHooks, z, type Plugin, type HookName } from '@backup-pipeline/core';
 import { BUILTIN_PLUGINS, CLI_DIR } from '../builtins.js';
-import { dim } from '../output.js';
+import { dim, output } from '../output.js';
 import { globalOptions, openLogger } from '../session.js';
 
 /** The hooks a plugin taps, found by applying it to a fresh set of hooks that only records. */
@@ -71,18 +71,18 @@ export default async function plugins(command: Command): Promise<number> {
     destinationOptions: describeOptions(plugin.destination?.options),
   }));
   if (options.json) {
-    process.stdout.write(JSON.stringify(described, null, 2) + '\n');
+    output.json(described);
     return 0;
   }
   for (const p of described) {
-    process.stdout.write(`${p.name} (${p.kind}) — ${p.description}\n`);
-    if (p.hooks.length) process.stdout.write(`  ${dim('taps:')} ${p.hooks.join(', ')}\n`);
+    output.stdout(`${p.name} (${p.kind}) — ${p.description}\n`);
+    if (p.hooks.length) output.stdout(`  ${dim('taps:')} ${p.hooks.join(', ')}\n`);
     for (const [title, list] of [['options', p.options], ['destination options', p.destinationOptions]] as const) {
       if (list.length === 0) continue;
-      process.stdout.write(`  ${dim(title + ':')}\n`);
+      output.stdout(`  ${dim(title + ':')}\n`);
       for (const o of list) {
         const def = o.default !== undefined ? ` = ${JSON.stringify(o.default)}` : o.required ? ' (required)' : '';
-        process.stdout.write(`    ${o.name}: ${o.type}${def}${o.description ? `  — ${o.description}` : ''}\n`);
+        output.stdout(`    ${o.name}: ${o.type}${def}${o.description ? `  — ${o.description}` : ''}\n`);
       }
     }
   }
