@@ -167,8 +167,14 @@ describe('pg-dump against a real server', () => {
     const stdin = new PassThrough();
     const locker = exec(join(pg.bindir, 'psql'), ['-X', '-q', '-h', pg.socketDir, '-p', String(pg.port), '-U', pg.superuser, '-d', 'mastodon_test'], { stdin, env: { PGPASSFILE: join(dir, 'none') } });
     stdin.write('BEGIN; LOCK TABLE statuses IN ACCESS EXCLUSIVE MODE; SELECT 1;\n');
-    await new Promise((r) => setTimeout(r, 300));
     try {
+      // Wait until the lock is really granted (not a guessed delay).
+      for (let i = 0; ; i++) {
+        const rows = await pg.psql(`SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'statuses' AND l.mode = 'AccessExclusiveLock' AND l.granted`, 'mastodon_test');
+        if (rows.length > 0) break;
+        if (i > 750) throw new Error('the lock on statuses was not granted within 15 s');
+        await new Promise((r) => setTimeout(r, 20));
+      }
       const started = Date.now();
       const out = await runStages({ stages: [credentials(), { use: 'pg-dump', lockWaitTimeout: '1s', countRows: false }] });
       expect(out.error?.code, out.error?.message + JSON.stringify(out.error?.details)).toBe('DUMP_LOCK_TIMEOUT');
