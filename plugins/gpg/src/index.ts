@@ -50,10 +50,23 @@ function gpgError(code: GpgErrorCode, message: string, options: { cause?: unknow
   return new PipelineError(code, message, { hint: GPG_ERRORS[code], ...options });
 }
 
+/** A value left from a template (`pipeline init`'s REPLACE-WITH-…-FINGERPRINT, a README's ADMIN_KEY_FINGERPRINT). */
+export function isPlaceholderRecipient(value: string): boolean {
+  return /REPLACE[-_ ]?WITH|^<.*>$/i.test(value) || (!value.includes('@') && /FINGERPRINT/i.test(value));
+}
+
+const Recipient = z
+  .string()
+  .min(1)
+  .refine((value) => !isPlaceholderRecipient(value), {
+    error: (issue) =>
+      `"${String(issue.input)}" is a placeholder: put the full fingerprint of the public key of the admin who will restore (gpg --import KEY.asc, then gpg --list-keys --fingerprint), or their e-mail address`,
+  });
+
 export const GpgOptions = z
   .object({
     recipients: z
-      .array(z.string().min(1))
+      .array(Recipient)
       .default([])
       .describe('Public keys to encrypt to: full fingerprints (best) or e-mail addresses, looked up in the keyring (`gnupgHome`).'),
     recipientFiles: z
