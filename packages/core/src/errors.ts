@@ -47,6 +47,14 @@ export const ERROR_CODES = {
   MANIFEST_INVALID: { exit: EXIT.failed, hint: 'The manifest is corrupt; the set cannot be trusted. Use another set.' },
   NAME_INVALID: { exit: EXIT.failed, hint: 'Names of backup files are one path segment of plain characters; a name from a manifest or listing that is not was tampered with.' },
   SETS_DAMAGED: { exit: EXIT.failed, hint: 'Retention keeps damaged sets for a person to inspect: check the named files, then delete the set by hand or with `pipeline prune --delete-damaged SET`.' },
+  RESTORE_NEEDS_PLUGIN: { exit: EXIT.failed, hint: 'The set is not damaged: add the stage that wrote it (its encryption, its format) to the pipeline, with its restore-time options.' },
+  RESTORE_TARGET_REFUSED: { exit: EXIT.usage, hint: 'Restore into a database of its own, never postgres, template0 or template1.' },
+  RESTORE_TARGET_NOT_EMPTY: { exit: EXIT.failed, hint: 'Restore into a new database name, or pass --clean to restore into a fresh database and swap it in.' },
+  RESTORE_TARGET_UNAVAILABLE: { exit: EXIT.failed, hint: 'Create the database first (createdb -T template0) or grant CREATEDB to the restoring role.' },
+  RESTORE_SWAP_FAILED: { exit: EXIT.failed, hint: 'The live database is unchanged: stop what is connected to it, then run the restore again.' },
+  RESTORE_MISMATCH: { exit: EXIT.failed, hint: 'The restored row counts differ from the dump\'s snapshot; the database this restore created was dropped.' },
+  RESTORE_FAILED: { exit: EXIT.failed, hint: 'The restore stopped; a database it created was dropped. See the message for the tool that failed.' },
+  SET_NOT_RESTORABLE: { exit: EXIT.failed, hint: 'The set does not hold what was asked for; `pipeline list --json` shows its artifacts.' },
   ENV_FILE_INVALID: { exit: EXIT.usage, hint: 'Fix the named line of the env file.' },
 } as const satisfies Record<string, CodeDefinition>;
 
