@@ -6,9 +6,10 @@
  * good ones out of retention.
  */
 import { existsSync } from 'node:fs';
-import { readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { assertCleanedUp, assertFailed, join, mastodonHost, project, sandbox, setStates, type MastodonHost, type Project, type Sandbox } from './support.js';
+import { mastodonEnvText } from '@backup-pipeline/testing';
+import { assertCleanedUp, assertFailed, join, shimRecords, mastodonHost, project, sandbox, setStates, type MastodonHost, type Project, type Sandbox } from './support.js';
 
 /** A weak but real-world password: the same word as the source name and the user. */
 const WEAK = 'mastodon';
@@ -217,6 +218,46 @@ describe('damaged sets', () => {
     const restore = await p.cli(['restore', 'latest', '--from', 'folder', '--to', 'after_damage']);
     expect(restore.exitCode, restore.stderr).toBe(0);
     expect(await databaseExists('after_damage')).toBe(true);
+    await assertCleanedUp(sb, p);
+  });
+});
+
+describe('preflight refuses before any data moves', () => {
+  async function limitedRole(name: string, grant: string): Promise<string> {
+    await host.pg.createRole(name, 'limited-pass-1', { login: true });
+    await host.pg.psql(grant, host.database);
+    const envFile = join(sb.root, `${name}.env.production`);
+    await writeFile(envFile, mastodonEnvText({ host: host.pg.host, port: host.pg.port, database: host.database, user: name, password: 'limited-pass-1' }), { mode: 0o600 });
+    return envFile;
+  }
+
+  const pgDumpRan = async () => (await shimRecords(sb)).some((r) => r.tool === 'pg_dump' && !r.argv.includes('--version'));
+
+  it('a restore test with a role that may not create databases fails in preflight with VERIFY_NEEDS_CREATEDB', async () => {
+    const envFile = await limitedRole('no_createdb', `GRANT pg_read_all_data TO no_createdb`);
+    const p = await project(sb, 'no-createdb', {
+      destinations: { folder: { use: 'local', path: './backups' } },
+      pipelines: { nightly: { source: 'mastodon', stages: [{ use: 'credentials', envFile }, { use: 'pg-dump' }, { use: 'verify', restoreTest: true }], destinations: ['folder'] } },
+    });
+    await rm(sb.shimLog, { recursive: true, force: true }).then(() => mkdir(sb.shimLog));
+    const out = await p.run();
+    assertFailed(out, 'VERIFY_NEEDS_CREATEDB', ['no_createdb', 'preflight']);
+    expect(out.stderr).toContain('ALTER ROLE no_createdb CREATEDB');
+    expect(await pgDumpRan(), 'pg_dump ran before the refusal').toBe(false);
+    expect((await setStates(p)).work?.complete ?? []).toEqual([]);
+    await assertCleanedUp(sb, p);
+  });
+
+  it('a role that cannot read a table fails in preflight with INSUFFICIENT_PRIVILEGE naming it', async () => {
+    const envFile = await limitedRole('partial_reader', `GRANT USAGE ON SCHEMA public TO partial_reader; GRANT SELECT ON ALL TABLES IN SCHEMA public TO partial_reader; GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO partial_reader; REVOKE SELECT ON public.users FROM partial_reader`);
+    const p = await project(sb, 'partial-reader', {
+      destinations: { folder: { use: 'local', path: './backups' } },
+      pipelines: { nightly: { source: 'mastodon', stages: [{ use: 'credentials', envFile }, { use: 'pg-dump' }], destinations: ['folder'] } },
+    });
+    await rm(sb.shimLog, { recursive: true, force: true }).then(() => mkdir(sb.shimLog));
+    const out = await p.run();
+    assertFailed(out, 'INSUFFICIENT_PRIVILEGE', ['partial_reader', 'public.users']);
+    expect(await pgDumpRan(), 'pg_dump ran before the refusal').toBe(false);
     await assertCleanedUp(sb, p);
   });
 });
