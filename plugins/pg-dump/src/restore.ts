@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import {
   findPgBinary,
+  isChainConsequence,
   parsePgVersion,
   pgEnv,
   PipelineError,
@@ -37,9 +38,23 @@ const restoreFailed: FailFn = (artifact, why, cause) =>
 const failed = restoreFailed;
 
 export function why(error: unknown): string {
-  const e = error as { message?: string; details?: { stderr?: string } };
-  const tail = e?.details?.stderr?.trim().split('\n').slice(-2).join(' ') ?? '';
-  return (tail || e?.message || String(error)).slice(0, 400);
+  const e = error as { message?: string; details?: { stderr?: string; errors?: unknown } };
+  // A PostgreSQL client's cause is in its ERROR/FATAL lines, which can be far from the end of its
+  // stderr (the end of a failed statement's text); other tools end with it.
+  const errors = Array.isArray(e?.details?.errors) ? (e.details.errors as string[]) : [];
+  const tail = errors.length > 0 ? errors.slice(0, 3).join(' | ') : (e?.details?.stderr?.trim().split('\n').slice(-2).join(' ') ?? '');
+  return (tail || e?.message || String(error)).slice(0, 600);
+}
+
+/** Failures that say nothing about the artifact: a full disk, no permission, an interruption. */
+function notAboutTheArtifact(error: unknown): boolean {
+  return ['NO_SPACE', 'ACCESS_DENIED', 'ABORTED'].includes((error as { code?: string } | undefined)?.code ?? '');
+}
+
+/** The server refused a statement (`ERROR:  permission denied…`): the archive itself was read fine. */
+function serverRefused(error: unknown): boolean {
+  const errors = (error as { details?: { errors?: unknown } } | undefined)?.details?.errors;
+  return Array.isArray(errors) && errors.some((l) => /(ERROR|FATAL|PANIC): {2}/.test(String(l)));
 }
 
 /**
@@ -84,14 +99,24 @@ export async function pipeInto(
   // read all it needed (the archive's own end, or just the table of contents for --list), so that
   // is not a failure. A truncated stream still fails the full read that follows a --list.
   if ((options.direct || options.partial) && consumer.ok && producer && !producer.ok && killedBySigpipe(producer.reason)) producer = { ok: true };
+  // A consumer that failed (a full disk under tar -x, a refused statement) leaves the decompressor
+  // writing into nothing: its EPIPE, or our stopping it, is a consequence, not a corrupt file.
+  if (!consumer.ok && producer && !producer.ok && (killedBySigpipe(producer.reason) || isChainConsequence(producer.reason))) producer = { ok: true };
   const failedOnItsOwn = producer && !producer.ok ? producer.reason : undefined;
   if (!producer) {
     if (options.partial || !consumer.ok) plain.cancel();
     else plain.stream?.resume(); // the consumer read what it needed: drain the rest
     await producerDone;
   }
-  if (failedOnItsOwn !== undefined) throw failed(artifact, `it is truncated or corrupt (${why(failedOnItsOwn)})`, failedOnItsOwn);
-  if (!consumer.ok) throw failed(artifact, `it is not a readable PostgreSQL archive (${options.label}: ${why(consumer.reason)})`, consumer.reason);
+  if (failedOnItsOwn !== undefined) {
+    if (notAboutTheArtifact(failedOnItsOwn)) throw failedOnItsOwn;
+    throw failed(artifact, `it is truncated or corrupt (${why(failedOnItsOwn)})`, failedOnItsOwn);
+  }
+  if (!consumer.ok) {
+    if (notAboutTheArtifact(consumer.reason)) throw consumer.reason;
+    if (serverRefused(consumer.reason)) throw failed(artifact, `${options.label} failed: ${why(consumer.reason)}`, consumer.reason);
+    throw failed(artifact, `it is not a readable PostgreSQL archive (${options.label}: ${why(consumer.reason)})`, consumer.reason);
+  }
   if (producer && !producer.ok && !options.partial) throw failed(artifact, `it is truncated or corrupt (${why(producer.reason)})`, producer.reason);
   return consumer.value.stdout;
 }
@@ -161,6 +186,7 @@ export async function restoreArtifact(
       if (outerCompression(artifact) !== 'none') {
         file = join(ctx.tmpDir, `restore-${randomBytes(4).toString('hex')}.dump`);
         await decompressToFile(artifact, file, ctx).catch((error: unknown) => {
+          if (notAboutTheArtifact(error)) throw error;
           throw failed(artifact, `it is truncated or corrupt (${why(error)})`, error);
         });
       }
