@@ -135,12 +135,13 @@ describe('the whole chain, end to end', () => {
     const bytes = await readFile(join(dir, 'folder', set, file));
     bytes[bytes.length >> 1] ^= 0xff;
     await writeFile(join(dir, 'folder', set, file), bytes);
-    const tampered = await pipeline(['verify', set, '--from', 'folder', '--gnupg-home', gpg.home], dir);
-    expect(tampered.exitCode).toBe(1);
-    expect(tampered.stderr).toContain(`CHECKSUM_MISMATCH: folder/${set}/${file} does not match its manifest`);
     const notRestored = await pipeline(['restore', set, '--from', 'folder', '--to', 'never_created', '--gnupg-home', gpg.home], dir);
     expect(notRestored.exitCode).toBe(1);
-    expect(notRestored.stderr).toContain('CHECKSUM_MISMATCH');
+    expect(notRestored.stderr).toContain(`CHECKSUM_MISMATCH: folder/${set}/${file} does not match its manifest`);
     expect(await host.pg.psql(`SELECT count(*) FROM pg_database WHERE datname = 'never_created'`)).toEqual([['0']]);
+    // The failure was recorded in the set: it is damaged from now on, and verify says so.
+    const tampered = await pipeline(['verify', set, '--from', 'folder', '--gnupg-home', gpg.home], dir);
+    expect(tampered.exitCode).toBe(1);
+    expect(tampered.stderr).toMatch(/SET_INCOMPLETE: .*a restore or verify found an altered file/);
   });
 });

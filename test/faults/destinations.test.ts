@@ -223,16 +223,20 @@ describe('tampering with stored sets', () => {
     return (await host.pg.psql(`SELECT 1 FROM pg_database WHERE datname = '${name}'`)).length > 0;
   }
 
-  it('an artifact truncated in the local folder: verify and restore fail with CHECKSUM_MISMATCH; nothing is restored', async () => {
+  it('an artifact truncated in the local folder: the set is listed damaged, verify and restore refuse it; nothing is restored', async () => {
     const id = await newestComplete('folder');
     const name = await artifactOf(local, id);
     await truncate(join(local, id, name), 100);
+    const list = await p.cli(['list', '-d', 'folder']);
+    expect(list.stdout).toMatch(new RegExp(`${id}.*DAMAGED: ${name.replace(/\./g, '\\.')} is 100 bytes`));
     const verify = await p.cli(['verify', id, '--from', 'folder']);
-    assertFailed(verify, 'CHECKSUM_MISMATCH', [`folder/${id}/${name}`]);
+    assertFailed(verify, 'SET_INCOMPLETE', [id, `${name} is 100 bytes`]);
     const restore = await p.cli(['restore', id, '--from', 'folder', '--to', 'restored_truncated']);
-    assertFailed(restore, 'CHECKSUM_MISMATCH', [`folder/${id}/${name}`]);
+    assertFailed(restore, 'SET_INCOMPLETE', [id, `${name} is 100 bytes`]);
     expect(await databaseExists('restored_truncated'), 'restore created the target database from a bad set').toBe(false);
     await assertCleanedUp(sb, p);
+    const chosen = await p.cli(['prune', '--delete-damaged', id]);
+    expect(chosen.exitCode, chosen.stderr).toBe(0);
   });
 
   it('an artifact altered (same size) on the rsync remote: verify and restore fail with CHECKSUM_MISMATCH', async () => {
@@ -242,15 +246,19 @@ describe('tampering with stored sets', () => {
     const bytes = await readFile(path);
     bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
     await writeFile(path, bytes, { mode: 0o600 });
-    const verify = await p.cli(['verify', id, '--from', 'nas']);
-    assertFailed(verify, 'CHECKSUM_MISMATCH', [`nas/${id}/${name}`]);
     const restore = await p.cli(['restore', id, '--from', 'nas', '--to', 'restored_altered']);
     assertFailed(restore, 'CHECKSUM_MISMATCH', [`nas/${id}/${name}`]);
     expect(await databaseExists('restored_altered')).toBe(false);
+    // The failure is recorded in the set: from now on it is damaged everywhere it is listed.
+    expect((await listSets(sb, p)).nas!.incomplete).toContain(id);
+    const verify = await p.cli(['verify', id, '--from', 'nas']);
+    assertFailed(verify, 'SET_INCOMPLETE', [id, 'altered file']);
     await assertCleanedUp(sb, p);
+    const chosen = await p.cli(['prune', '--delete-damaged', id]);
+    expect(chosen.exitCode, chosen.stderr).toBe(0);
   });
 
-  it('a missing or corrupt manifest: the set is listed incomplete, restore refuses it, and "latest" takes an older complete set', async () => {
+  it('a missing manifest (partial) or a corrupt one (damaged): restore refuses it, "latest" takes an older complete set, and the damaged one is kept until a person deletes it', async () => {
     // Two fresh complete sets in the folder (retention keeps these two).
     for (let i = 0; i < 2; i++) {
       const out = await p.run();
@@ -270,15 +278,21 @@ describe('tampering with stored sets', () => {
 
     await writeFile(join(local, newest, 'manifest.json'), '{"format": "backup-pipeline/manifest@1", "id": "tru', { mode: 0o600 });
     const list = await p.cli(['list', '-d', 'folder']);
-    expect(list.stdout).toMatch(new RegExp(`${newest}.*INCOMPLETE: manifest is corrupt`));
+    expect(list.stdout).toMatch(new RegExp(`${newest}.*DAMAGED: manifest is not JSON`));
     expect((await listSets(sb, p)).folder).toEqual({ complete: [older], incomplete: [newest] });
     const corrupt = await p.cli(['verify', newest, '--from', 'folder']);
-    assertFailed(corrupt, 'SET_INCOMPLETE', [newest, 'corrupt']);
+    assertFailed(corrupt, 'SET_INCOMPLETE', [newest, 'not JSON']);
     const restoreCorrupt = await p.cli(['restore', newest, '--from', 'folder', '--to', 'restored_corrupt']);
-    assertFailed(restoreCorrupt, 'SET_INCOMPLETE', [newest, 'corrupt']);
+    assertFailed(restoreCorrupt, 'SET_INCOMPLETE', [newest, 'not JSON']);
     expect(await databaseExists('restored_corrupt')).toBe(false);
     await assertCleanedUp(sb, p);
-    // The next run succeeds, and its retention removes the broken set.
+    // An unreadable manifest may be bit rot on a good set: retention keeps it and the next run
+    // says so (its own set is complete and shipped); only a person's choice deletes it.
+    const next = await p.run();
+    assertFailed(next, 'SETS_DAMAGED', [`folder/${newest}`]);
+    expect((await listSets(sb, p)).folder!.incomplete).toEqual([newest]);
+    const chosen = await p.cli(['prune', '--delete-damaged', newest]);
+    expect(chosen.exitCode, chosen.stderr).toBe(0);
     await nextRunSucceeds();
   });
 });
