@@ -190,6 +190,22 @@ describe('config limits', () => {
   });
 });
 
+describe('config limits: ${file:…}', () => {
+  it('refuses a referenced file over 64 KiB, and /dev/zero, naming the path, without reading it all', async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, 'big'), 'x'.repeat(64 * 1024 + 1));
+    await writeFile(join(dir, 'ok'), `${'y'.repeat(64 * 1024 - 1)}\n`);
+    const secrets = new SecretRegistry();
+    const problems: Problem[] = [];
+    const out = interpolate({ a: '${file:big}', b: '${file:/dev/zero}', c: '${file:ok}' }, {}, dir, secrets, problems);
+    expect(problems).toEqual([
+      { path: 'a', message: `cannot read ${join(dir, 'big')}: larger than 65536 bytes` },
+      { path: 'b', message: 'cannot read /dev/zero: larger than 65536 bytes' },
+    ]);
+    expect((out as { c: string }).c).toHaveLength(64 * 1024 - 1);
+  });
+});
+
 describe('config discovery', () => {
   const CONFIG = 'pipelines:\n  nightly:\n    stages: [{ use: retention, keepLast: 1 }]\n';
 

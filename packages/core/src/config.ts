@@ -3,7 +3,7 @@
  * whole file validated with zod — including every plugin's own options — before anything runs.
  * All problems are reported at once, each with its exact path.
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -120,6 +120,26 @@ function zodProblems(error: z.ZodError, prefix: ReadonlyArray<PropertyKey> = [])
 
 const SECRET_NAME = /PASS|SECRET|TOKEN|KEY|CREDENTIAL/i;
 
+/** A `${file:…}` value is a password or a key: more than this is refused (and /dev/zero cannot fill the heap). */
+export const FILE_REFERENCE_MAX_BYTES = 64 * 1024;
+
+function readReference(file: string): string {
+  const fd = openSync(file, 'r');
+  try {
+    const buffer = Buffer.alloc(FILE_REFERENCE_MAX_BYTES + 1);
+    let length = 0;
+    while (length < buffer.length) {
+      const n = readSync(fd, buffer, length, buffer.length - length, null);
+      if (n === 0) break;
+      length += n;
+    }
+    if (length > FILE_REFERENCE_MAX_BYTES) throw new Error(`larger than ${FILE_REFERENCE_MAX_BYTES} bytes`);
+    return buffer.subarray(0, length).toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** Fills `${NAME}` from the environment and `${file:PATH}` from a file (trailing newline dropped). `$${` escapes. */
 export function interpolate(value: unknown, env: NodeJS.ProcessEnv, dir: string, secrets: SecretRegistry, problems: Problem[], path: PropertyKey[] = []): unknown {
   if (typeof value === 'string') {
@@ -128,7 +148,7 @@ export function interpolate(value: unknown, env: NodeJS.ProcessEnv, dir: string,
       if (ref.startsWith('file:')) {
         const file = resolve(dir, ref.slice(5).replace(/^~(?=\/)/, env.HOME ?? '~'));
         try {
-          const text = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+          const text = readReference(file).replace(/\r?\n$/, '');
           secrets.add(text);
           return text;
         } catch (error) {
