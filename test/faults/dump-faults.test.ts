@@ -18,7 +18,9 @@ import {
   runHeldInDump,
   sandbox,
   scanForSecrets,
+  requireOrSkip,
   shimRecords,
+  verifyCompleteSets,
   type MastodonHost,
   type Project,
   type Sandbox,
@@ -58,6 +60,7 @@ afterAll(async () => {
 /** The failed run left every destination as it was; cleanup happened; the next run succeeds. */
 async function aftermath(q: Project, before: Awaited<ReturnType<typeof listSets>>): Promise<void> {
   expect(await listSets(sb, q), 'a failed dump changed the sets').toEqual(before);
+  expect(await verifyCompleteSets(q), 'the good sets verify by content').toBeGreaterThan(0);
   await assertCleanedUp(sb, q);
   const next = await q.run();
   expect(next.exitCode, next.stderr).toBe(0);
@@ -84,7 +87,7 @@ describe('dump faults', () => {
     const before = await listSets(sb, p);
     const out = await runHeldInDump(sb, host, p, () => host.pg.halt());
     await host.pg.restart();
-    const line = assertFailed(out, out.stderr.includes('SOURCE_UNREACHABLE') ? 'SOURCE_UNREACHABLE' : 'EXEC_FAILED', ['pg-dump']);
+    const line = assertFailed(out, 'SOURCE_UNREACHABLE', ['pg-dump']);
     expect(line).toMatch(new RegExp(`pg_dump|127\\.0\\.0\\.1:${host.pg.port}`));
     await aftermath(p, before);
   });
@@ -114,24 +117,32 @@ describe('dump faults', () => {
     const small = join(base, 'work');
     await mkdir(small, { recursive: true });
     const mounted = await execa('mount', ['-t', 'tmpfs', '-o', 'size=256k,mode=0700', 'tmpfs', small], { reject: false });
-    if (mounted.exitCode !== 0) {
-      console.warn(`skipped: cannot mount a small tmpfs for the work dir (${mounted.stderr.trim()}); run as root to test a full disk`);
-      ctx.skip();
-    }
+    requireOrSkip(ctx, mounted.exitCode === 0, `cannot mount a small tmpfs for the work dir (${mounted.stderr.trim()}); run as root to test a full disk`);
     mounts.push(small);
     // An uncompressed dump of the tiny database is well over 256 KiB.
     const q = await project(sb, 'full', pipelineConfig({ compression: { method: 'none' } }));
+    sb.setRoots.add(join(q.dir, 'backups'));
+    // An earlier good set (made with room), so "no good set deleted" is not vacuous.
+    await execa('mount', ['-o', 'remount,size=64m', small]);
+    const good = await q.run();
+    expect(good.exitCode, good.stderr).toBe(0);
+    // Then only 256 KiB more than the good set takes.
+    const used = Number((await execa('df', ['-B1', '--output=used', small])).stdout.split('\n')[1]!.trim());
+    await execa('mount', ['-o', `remount,size=${Math.ceil((used + 256 * 1024) / 4096) * 4096}`, small]);
     const before = await listSets(sb, q);
+    expect(before.folder!.complete).toHaveLength(1);
     const out = await q.run();
-    const line = assertFailed(out, out.stderr.includes('EXEC_FAILED') ? 'EXEC_FAILED' : 'PLUGIN_FAILED', ['pg-dump']);
-    expect(line).toMatch(/ENOSPC|No space left on device/);
+    const line = assertFailed(out, 'NO_SPACE', ['pg-dump', small]);
+    expect(line).toMatch(/ENOSPC|No space left on device|no space/i);
     expect(await listSets(sb, q)).toEqual(before);
     await assertCleanedUp(sb, q);
     // With room again (a bigger tmpfs), the next run succeeds.
     await execa('mount', ['-o', 'remount,size=64m', small]);
+    // (verify needs scratch room in the work dir, so it runs once there is room again)
+    expect(await verifyCompleteSets(q)).toBe(2);
     const next = await q.run();
     expect(next.exitCode, next.stderr).toBe(0);
     await assertCleanedUp(sb, q);
-    sb.setRoots.add(join(q.dir, 'backups'));
+    expect(await verifyCompleteSets(q)).toBeGreaterThanOrEqual(2);
   });
 });
