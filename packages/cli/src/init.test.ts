@@ -1,5 +1,9 @@
-/** `pipeline init` through the real binary: a config from a fixture .env.production, never a password in it, valid as written. */
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+/**
+ * `pipeline init` through the real binary: a config from a fixture .env.production, never a
+ * password in it, encrypted and valid as written (with a key pair it generates), the host's time
+ * zone, the schema reference; without gpg a placeholder that fails validate with what to put there.
+ */
+import { chmod, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +17,8 @@ const PASSWORD = `Hunter2-"q" #x$y\\z`;
 const DQ = `"${PASSWORD.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\$/g, '\\$')}"`;
 
 let dir: string;
-const pipeline = (args: string[]) => execa(process.execPath, [BIN, ...args], { cwd: dir, reject: false, stdin: 'ignore', env: { NO_COLOR: '1', CI: 'true' } });
+const pipeline = (args: string[], env: Record<string, string> = {}) =>
+  execa(process.execPath, [BIN, ...args], { cwd: dir, reject: false, stdin: 'ignore', env: { NO_COLOR: '1', CI: 'true', ...env } });
 
 async function mastodon(name: string, env: string): Promise<string> {
   const live = join(dir, name);
@@ -50,16 +55,86 @@ describe('pipeline init', () => {
     expect(text).toMatch(/- use: verify\n\s+restoreTest: true/);
     expect(text).toMatch(/keepDaily: 7\n\s+keepWeekly: 4\n\s+keepMonthly: 6/);
     expect(text).toContain('path: /var/backups/mastodon/sets');
-    expect(text).toMatch(/# - use: gpg\n\s+# {3}recipients:\n\s+# {5}- "REPLACE-WITH/);
     expect(text).toContain('#   use: rsync');
     expect(text).toContain('# - use: notify');
     expect(text).toContain('# - use: metrics');
-    expect(text).toContain(`mediaDir: "${join(live, 'public', 'system')}"`);
+    expect(text).toContain(`# mediaDir: "${join(live, 'public', 'system')}"`);
+    // Editors find the installed schema; the retention buckets use the host's time zone.
+    expect(text.split('\n')[0]).toBe(`# yaml-language-server: $schema=${resolve(CLI_DIR, '../../config/schema.json')}`);
+    expect(text).toMatch(/^timezone: [A-Za-z_]+(\/[A-Za-z_+-]+)*$/m);
+
+    // Encryption and .env.production are on: to a key pair init generated, the private half apart.
+    const publicKey = join(dir, 'pipeline.config.public-key.asc');
+    const privateKey = join(dir, 'pipeline.config.PRIVATE-key.asc');
+    expect(text).toMatch(new RegExp(`- use: files\\n\\s+envFile: "${join(live, '.env.production').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}"`));
+    expect(text).toContain(`- use: gpg\n        recipientFiles:\n          - "${publicKey}"`);
+    expect((await stat(publicKey)).mode & 0o777).toBe(0o644);
+    expect((await stat(privateKey)).mode & 0o777).toBe(0o600);
+    expect(await readFile(publicKey, 'utf8')).toContain('-----BEGIN PGP PUBLIC KEY BLOCK-----');
+    expect(await readFile(privateKey, 'utf8')).toContain('-----BEGIN PGP PRIVATE KEY BLOCK-----');
+    const lines = out.stdout.trimEnd().split('\n');
+    expect(out.stdout).toContain(`The private key that decrypts every backup is ${privateKey}.`);
+    expect(out.stdout).toContain('Move it off this server now');
+    expect(out.stdout).toContain(`shred -u ${privateKey}`);
+    expect(out.stdout).toContain('Test decryption on another machine: gpg --import pipeline.config.PRIVATE-key.asc');
+    expect(lines.at(-1)).toBe('.env.production is backed up (encrypted) with every dump: the files stage is on.');
+
+    // The pair works: what is encrypted to the public file decrypts with the private one, elsewhere.
+    const home = await mkdtemp(join(tmpdir(), 'bp-init-decrypt-'));
+    try {
+      const gpg = (args: string[], input?: string) => execa('gpg', ['--batch', '--no-tty', '--pinentry-mode', 'loopback', '--passphrase', '', ...args], { env: { GNUPGHOME: home }, input });
+      const encrypted = await execa('gpg', ['--batch', '--no-tty', '--trust-model', 'always', '--armor', '--recipient-file', publicKey, '--encrypt'], { input: 'secret data', env: { GNUPGHOME: home } });
+      await gpg(['--import', privateKey]);
+      expect((await gpg(['--decrypt'], encrypted.stdout)).stdout).toBe('secret data');
+    } finally {
+      await execa('gpgconf', ['--kill', 'all'], { env: { GNUPGHOME: home }, reject: false });
+      await rm(home, { recursive: true, force: true });
+    }
 
     const validate = await pipeline(['validate', '--config', file]);
-    expect(validate.stderr).toBe('');
+    expect(validate.stderr).not.toMatch(/"level":[4-6]0|error/i);
     expect(validate.exitCode).toBe(0);
-    expect(validate.stdout).toContain('pipeline nightly: credentials → pg-dump → verify → retention ⇒ local');
+    expect(validate.stdout).toContain('pipeline nightly: credentials → pg-dump → verify → files → gpg → retention ⇒ local');
+  });
+
+  it('uses the host\'s time zone ($TZ first, an invalid one is ignored)', async () => {
+    const live = await mastodon('live-tz', 'DB_USER=mastodon\nDB_PASS=\n');
+    expect((await pipeline(['init', '--mastodon-dir', live, '-o', 'berlin.yaml'], { TZ: 'Europe/Berlin' })).exitCode).toBe(0);
+    expect(await readFile(join(dir, 'berlin.yaml'), 'utf8')).toContain('\ntimezone: Europe/Berlin\n');
+    const bogus = await pipeline(['init', '--mastodon-dir', live, '-o', 'bogus.yaml'], { TZ: 'Nowhere/Bogus' });
+    expect(bogus.exitCode).toBe(0);
+    expect(await readFile(join(dir, 'bogus.yaml'), 'utf8')).not.toContain('Nowhere/Bogus');
+  });
+
+  it('never replaces a key pair backups may be encrypted to', async () => {
+    const live = await mastodon('live-key', 'DB_USER=mastodon\nDB_PASS=\n');
+    expect((await pipeline(['init', '--mastodon-dir', live, '-o', 'keyed.yaml'])).exitCode).toBe(0);
+    const before = await readFile(join(dir, 'keyed.PRIVATE-key.asc'), 'utf8');
+    const again = await pipeline(['init', '--mastodon-dir', live, '-o', 'keyed.yaml', '--force']);
+    expect(again.exitCode).toBe(2);
+    expect(again.stderr).toContain(`INIT_EXISTS: ${join(dir, 'keyed.public-key.asc')} already exists: backups may be encrypted to that key`);
+    expect(await readFile(join(dir, 'keyed.PRIVATE-key.asc'), 'utf8')).toBe(before);
+  });
+
+  it('without gpg: a placeholder recipient that fails validate with what to put there, and says .env.production is not backed up', async () => {
+    const live = await mastodon('live-nogpg', 'DB_USER=mastodon\nDB_PASS=\n');
+    // A PATH with node and nothing else: no gpg, no timedatectl.
+    const bin = join(dir, 'only-node');
+    await mkdir(bin);
+    await symlink(process.execPath, join(bin, 'node'));
+    await chmod(bin, 0o755);
+    const out = await pipeline(['init', '--mastodon-dir', live, '-o', 'nogpg.yaml'], { PATH: bin });
+    expect(out.exitCode, out.stderr).toBe(0);
+    expect(out.stdout).toContain(`NOT BACKED UP: ${join(live, '.env.production')}.`);
+    const file = join(dir, 'nogpg.yaml');
+    const text = await readFile(file, 'utf8');
+    expect(text).toMatch(/# - use: files\n\s+# {3}envFile:/);
+    expect(text).toMatch(/- use: gpg\n\s+recipients:\n\s+- "REPLACE-WITH-THE-RESTORING-ADMIN'S-KEY-FINGERPRINT"/);
+    const validate = await pipeline(['validate', '--config', file]);
+    expect(validate.exitCode).toBe(2);
+    expect(validate.stderr).toContain(
+      `pipelines.nightly.stages[3].recipients[0]: "REPLACE-WITH-THE-RESTORING-ADMIN'S-KEY-FINGERPRINT" is a placeholder: put the full fingerprint of the public key of the admin who will restore`,
+    );
   });
 
   it('refuses to overwrite without --force (exit 2), and overwrites with it', async () => {
@@ -76,7 +151,8 @@ describe('pipeline init', () => {
     const text = await readFile(file, 'utf8');
     expect(text).toContain('without a password (peer authentication');
     expect(text).toContain('Media is in object storage');
-    expect((await pipeline(['validate', '--config', file])).exitCode).toBe(0);
+    const validate = await pipeline(['validate', '--config', file]);
+    expect(validate.exitCode, validate.stderr).toBe(0);
   });
 
   it('never copies a DATABASE_URL (it holds the password), nor a value equal to the password', async () => {

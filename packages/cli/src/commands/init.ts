@@ -2,14 +2,23 @@
  * `pipeline init`: writes a commented config for this host from Mastodon's `.env.production`.
  * It reads the connection settings only to describe them in comments: the credentials stage reads
  * the env file again at every run, so no password is ever copied into the config. It never
- * prompts; the file it writes passes `pipeline validate` as written (encryption, the off-site copy,
- * notifications and metrics are there, commented out, with what to fill in).
+ * prompts.
+ *
+ * The config it writes is a working, encrypted backup as written: init generates a gpg key pair
+ * for the admin who will restore (the public key stays next to the config as a recipient file,
+ * the private key is exported for the admin to move off the server), so the `files` stage with
+ * `.env.production` is on from the start. Without gpg it writes a placeholder recipient that
+ * fails `pipeline validate` with what to put there, and its last lines say what is not backed up.
+ * The time zone of the retention buckets is the host's; the first line points editors at the
+ * installed JSON Schema.
  */
-import { readFile, stat } from 'node:fs/promises';
-import { homedir } from 'node:os';
-import { isAbsolute, join, resolve } from 'node:path';
-import { EXIT, parseEnvFile, PipelineError, writeFileAtomic } from '@backup-pipeline/core';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { homedir, tmpdir } from 'node:os';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { EXIT, exec, parseEnvFile, PipelineError, writeFileAtomic } from '@backup-pipeline/core';
 import type { Command } from 'commander';
+import { CLI_DIR } from '../builtins.js';
 import { green } from '../output.js';
 
 export interface InitOptions {
@@ -58,13 +67,132 @@ export function instanceFacts(text: string, envFile: string, mastodonDir: string
 
 const q = (value: string) => JSON.stringify(value);
 
+/** A name the config (and Intl) accept as an IANA time zone. */
+function validZone(zone: string | undefined): string | undefined {
+  const z = zone?.trim().replace(/^:/, '');
+  if (!z || !/^[A-Za-z0-9_+\-/]+$/.test(z)) return undefined;
+  try {
+    return new Intl.DateTimeFormat('en', { timeZone: z }).resolvedOptions().timeZone === undefined ? undefined : z;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The host's time zone: $TZ, then timedatectl, then /etc/timezone, then what Node.js sees; UTC last. */
+export async function detectTimezone(env: NodeJS.ProcessEnv = process.env): Promise<string> {
+  const fromEnv = validZone(env.TZ);
+  if (fromEnv) return fromEnv;
+  const fromSystemd = await exec('timedatectl', ['show', '--property=Timezone', '--value'], { label: 'timedatectl' }).then(
+    (r) => validZone(r.stdout),
+    () => undefined,
+  );
+  if (fromSystemd) return fromSystemd;
+  const fromFile = validZone(await readFile('/etc/timezone', 'utf8').catch(() => undefined));
+  if (fromFile) return fromFile;
+  return validZone(Intl.DateTimeFormat().resolvedOptions().timeZone) ?? 'UTC';
+}
+
+/** The JSON Schema of the installed CLI (its package ships it; a checkout has it in config/). */
+export function schemaFile(): string | undefined {
+  return [join(CLI_DIR, '..', '..', 'config', 'schema.json'), join(CLI_DIR, 'schema.json')].find((p) => existsSync(p));
+}
+
+/** A key pair init made for the admin who will restore. */
+export interface InitKey {
+  fingerprint: string;
+  /** Armored public key, next to the config: the gpg stage's recipient file. */
+  publicKeyFile: string;
+  /** Armored private key (0600): to be moved off the server. */
+  secretKeyFile: string;
+}
+
+/**
+ * Generates an ed25519/cv25519 key pair without passphrase in a throwaway keyring, exports both
+ * halves next to the config and removes the keyring: the server keeps only the public key.
+ * Undefined when gpg is not installed.
+ */
+export async function generateKey(dir: string, base: string, label: string): Promise<InitKey | undefined> {
+  const publicKeyFile = join(dir, `${base}.public-key.asc`);
+  const secretKeyFile = join(dir, `${base}.PRIVATE-key.asc`);
+  // Never replace a key backups may already be encrypted to: a second init keeps using it.
+  for (const file of [publicKeyFile, secretKeyFile]) {
+    if (await stat(file).catch(() => undefined)) {
+      throw new PipelineError('INIT_EXISTS', `${file} already exists: backups may be encrypted to that key`, {
+        hint: 'Keep it: move the files elsewhere first if you really want a new key (and keep the old private key for the old backups).',
+        exitCode: EXIT.usage,
+      });
+    }
+  }
+  const home = await mkdtemp(join(tmpdir(), 'bp-init-gnupg-'));
+  const env = { GNUPGHOME: home };
+  const gpg = (args: string[]) => exec('gpg', ['--batch', '--no-tty', ...args], { env, label: 'gpg' });
+  try {
+    try {
+      await gpg(['--version']);
+    } catch (error) {
+      if ((error as PipelineError).code === 'EXEC_NOT_FOUND') return undefined;
+      throw error;
+    }
+    const uid = `backup-pipeline restore key (${label}) <backup-restore@${label.replace(/[^A-Za-z0-9.-]/g, '-') || 'localhost'}>`;
+    await gpg(['--passphrase', '', '--quick-generate-key', uid, 'ed25519', 'cert', 'never']);
+    const listed = await gpg(['--with-colons', '--list-keys', uid]);
+    const fingerprint = listed.stdout.split('\n').find((l) => l.startsWith('fpr:'))?.split(':')[9];
+    if (!fingerprint) throw new PipelineError('INIT_KEY_FAILED', 'gpg generated no key');
+    await gpg(['--passphrase', '', '--quick-add-key', fingerprint, 'cv25519', 'encr', 'never']);
+    const pub = await gpg(['--armor', '--export', fingerprint]);
+    const sec = await gpg(['--pinentry-mode', 'loopback', '--passphrase', '', '--armor', '--export-secret-keys', fingerprint]);
+    await writeFileAtomic(publicKeyFile, pub.stdout + '\n', { mode: 0o644 });
+    await writeFileAtomic(secretKeyFile, sec.stdout + '\n', { mode: 0o600 });
+    return { fingerprint, publicKeyFile, secretKeyFile };
+  } finally {
+    await exec('gpgconf', ['--kill', 'all'], { env, label: 'gpgconf' }).catch(() => {});
+    await rm(home, { recursive: true, force: true });
+  }
+}
+
+export interface InitChoices {
+  timezone: string;
+  schema?: string;
+  key?: InitKey;
+}
+
 /** The commented YAML config. */
-export function renderInitConfig(f: InstanceFacts): string {
+export function renderInitConfig(f: InstanceFacts, choices: InitChoices = { timezone: 'UTC' }): string {
   const media = join(f.mastodonDir, 'public', 'system');
   const connection = f.databaseUrl
     ? `      #   DATABASE_URL is set there: it overrides every DB_* value (its password stays in that file).`
     : `      #   ${f.user}@${f.host}:${f.port}/${f.database}, ${f.hasPassword ? 'with the password in DB_PASS' : 'without a password (peer authentication: run the backup as that Unix user)'}.`;
-  return `# backup-pipeline config for ${f.localDomain ? `the Mastodon instance ${f.localDomain}` : 'a Mastodon instance'}, written by \`pipeline init\`.
+  const files = [
+    `      - use: files`,
+    `        envFile: ${q(f.envFile)}`,
+    f.s3 ? `        # Media is in object storage (S3_ENABLED=true): there is no local media folder to archive.` : `        # mediaDir: ${q(media)}   # local media (without its re-fetchable cache/): large, so off by default`,
+  ];
+  const encryption = choices.key
+    ? [
+        `      # Secrets and encryption. .env.production holds SECRET_KEY_BASE, OTP_SECRET and the`,
+        `      # ACTIVE_RECORD_ENCRYPTION_* keys: without it a restored database loses 2FA and its encrypted`,
+        `      # columns, so it is backed up with the dump, and only ever shipped encrypted (the files stage`,
+        `      # refuses otherwise). Everything is encrypted to the key \`pipeline init\` generated`,
+        `      # (${choices.key.fingerprint}); its private half is NOT on this server once you moved it.`,
+        `      # To add another admin (or rotate): add their public key file or fingerprint below.`,
+        ...files,
+        `      - use: gpg`,
+        `        recipientFiles:`,
+        `          - ${q(choices.key.publicKeyFile)}`,
+      ]
+    : [
+        `      # Secrets and encryption. .env.production holds SECRET_KEY_BASE, OTP_SECRET and the`,
+        `      # ACTIVE_RECORD_ENCRYPTION_* keys: without it a restored database loses 2FA and its encrypted`,
+        `      # columns. It is only ever shipped encrypted (the files stage refuses otherwise).`,
+        `      # gpg was not found when this file was written: install it (apt-get install gnupg), import the`,
+        `      # public key of the admin who will restore (gpg --import KEY.asc), put its fingerprint in place`,
+        `      # of the placeholder and uncomment the files stage. \`pipeline validate\` fails until then.`,
+        ...files.map((l) => l.replace(/^ {6}/, '      # ')),
+        `      - use: gpg`,
+        `        recipients:`,
+        `          - "REPLACE-WITH-THE-RESTORING-ADMIN'S-KEY-FINGERPRINT"`,
+      ];
+  return `${choices.schema ? `# yaml-language-server: $schema=${choices.schema}\n` : ''}# backup-pipeline config for ${f.localDomain ? `the Mastodon instance ${f.localDomain}` : 'a Mastodon instance'}, written by \`pipeline init\`.
 # Check it with:       pipeline validate --config <this file>
 # Try it without data: pipeline run --dry-run --config <this file>
 # Schedule it:         pipeline schedule systemd nightly --user mastodon --config <this file>
@@ -72,8 +200,8 @@ export function renderInitConfig(f: InstanceFacts): string {
 
 # Staging folder: each run builds its set here; completed sets stay here too (retention applies).
 workDir: /var/backups/mastodon/work
-# Time zone of the daily/weekly/monthly retention buckets.
-timezone: UTC
+# Time zone of the daily/weekly/monthly retention buckets (this host's).
+timezone: ${choices.timezone}
 
 # Where sets are shipped: every destination gets a complete copy (artifacts, then manifest.json).
 destinations:
@@ -82,7 +210,7 @@ destinations:
     use: local
     path: /var/backups/mastodon/sets
   # An off-site copy over ssh: fill in the host, uncomment, and add "offsite" to the pipeline's
-  # destinations below. Only ship off-site once the gpg stage below is on.
+  # destinations below. Everything is encrypted by the gpg stage before it is shipped.
   # offsite:
   #   use: rsync
   #   target: backup@backup.example.org:/srv/backups/mastodon
@@ -114,17 +242,7 @@ ${connection}
       - use: verify
         restoreTest: true
 
-      # Encryption, and the secrets of .env.production (SECRET_KEY_BASE, OTP_SECRET, the
-      # ACTIVE_RECORD_ENCRYPTION_* keys): without that file a restored database loses 2FA and its
-      # encrypted columns. The files stage refuses to ship it unencrypted, so both come together.
-      # To turn them on: import the public key of the admin who will restore (gpg --import KEY.asc),
-      # put its fingerprint below in place of the placeholder, and uncomment the two stages.
-      # - use: files
-      #   envFile: ${q(f.envFile)}
-${f.s3 ? `      #   # Media is in object storage (S3_ENABLED=true): there is no local media folder to archive.` : `      #   mediaDir: ${q(media)}   # local media, without its re-fetchable cache/`}
-      # - use: gpg
-      #   recipients:
-      #     - "REPLACE-WITH-THE-RESTORING-ADMIN'S-KEY-FINGERPRINT"
+${encryption.join('\n')}
 
       # Retention: keep the newest set of each of the last 7 days, 4 weeks and 6 months, in the
       # work dir and in every destination. It runs only after every shipment succeeded.
@@ -171,8 +289,30 @@ export default async function init(command: Command): Promise<number> {
     });
   }
   const facts = instanceFacts(text, envFile, mastodonDir);
-  await writeFileAtomic(output, renderInitConfig(facts), { mode: 0o600 });
-  process.stdout.write(`${green('wrote')} ${output}\n`);
-  process.stdout.write(`Next: review it, then\n  pipeline validate --config ${output}\n  pipeline run --dry-run --config ${output}\n`);
+  const base = output.replace(/^.*\//, '').replace(/\.(ya?ml|json)$/, '');
+  const key = await generateKey(dirname(output), base, facts.localDomain ?? 'mastodon');
+  const choices: InitChoices = { timezone: await detectTimezone(), schema: schemaFile(), key };
+  await writeFileAtomic(output, renderInitConfig(facts, choices), { mode: 0o600 });
+  const w = (line = '') => process.stdout.write(line + '\n');
+  w(`${green('wrote')} ${output} (time zone ${choices.timezone})`);
+  if (key) {
+    w(`${green('wrote')} ${key.publicKeyFile} (the public key: backups are encrypted to it)`);
+    w(`${green('wrote')} ${key.secretKeyFile} (the PRIVATE key, fingerprint ${key.fingerprint})`);
+  }
+  w(`Next: review it, then\n  pipeline validate --config ${output}\n  pipeline run --dry-run --config ${output}`);
+  w();
+  if (key) {
+    w(`The private key that decrypts every backup is ${key.secretKeyFile}.`);
+    w(`Move it off this server now (a password manager, an offline USB stick), then delete it here:`);
+    w(`  shred -u ${key.secretKeyFile}`);
+    w(`A backup encrypted to a key that exists only on the server it protects is lost with that server.`);
+    w(`Test decryption on another machine: gpg --import ${key.secretKeyFile.replace(/^.*\//, '')}, copy one backup set there, then`);
+    w(`  gpg --decrypt <set>/<file>.gpg > /dev/null && echo decrypts   (or pipeline verify latest --restore-test there)`);
+    w(`.env.production is backed up (encrypted) with every dump: the files stage is on.`);
+  } else {
+    w(`NOT BACKED UP: ${envFile}. Without it a restored database loses 2FA and its encrypted columns.`);
+    w(`gpg is not installed, so no key was generated: apt-get install gnupg, put the restoring admin's key`);
+    w(`fingerprint in place of the placeholder and uncomment the files stage (validate fails until then).`);
+  }
   return 0;
 }
