@@ -1,7 +1,9 @@
 /**
- * A full disk at each stage of `run` (and of `restore`), on small tmpfs file systems this test
+ * A full disk at each stage of `run` and of `restore`, on small tmpfs file systems this test
  * mounts: the dump (pg_dump → zstd → file), the media archive (tar → zstd → file), encryption
- * (file → gpg → file) and the upload to a local destination. The free space is set per case with
+ * (file → gpg → file) and the upload to a local destination; for `restore`, fetching, decrypting
+ * (gpg → file) and decompressing for a parallel pg_restore (zstd -o) in the run's scratch folder
+ * (under the work dir), and a full $TMPDIR (which a restore no longer needs). The free space is set per case with
  * a filler file, from the sizes of a good set taken first, so each fault lands in the stage it
  * names. Every case must end on its own (long before the CLI helper's timeout, with the stage
  * timeout far away) and leave: a non-zero exit and one error line naming NO_SPACE, the stage and
@@ -41,6 +43,9 @@ let destDir: string;
 /** Sizes of the good set's artifacts: the compressed dump and the media archive (plaintext). */
 let dumpBytes = 0;
 let mediaBytes = 0;
+/** The encrypted dump, and the dump with its zstd undone. */
+let dumpGpgBytes = 0;
+let dumpPlainBytes = 0;
 
 const MEDIA_BYTES = 3 * 1024 * 1024;
 const SLACK = 96 * 1024;
@@ -111,6 +116,9 @@ beforeAll(async () => {
   const id = sets.folder!.complete[0]!;
   const manifest = JSON.parse(await readFile(join(destDir, id, 'manifest.json'), 'utf8')) as { artifacts: Array<{ kind: string; bytes: number; plain?: { bytes: number } }> };
   dumpBytes = manifest.artifacts.find((a) => a.kind === 'database')!.plain!.bytes;
+  dumpGpgBytes = manifest.artifacts.find((a) => a.kind === 'database')!.bytes;
+  const plain = await execa('sh', ['-c', `gpg --batch --quiet --decrypt "$1" | zstd -q -d -c | wc -c`, 'sh', join(destDir, id, 'mastodon_production.dump.zst.gpg')], { env: { GNUPGHOME: gpg.home } });
+  dumpPlainBytes = Number(plain.stdout.trim());
   mediaBytes = manifest.artifacts.find((a) => a.kind === 'files')!.plain!.bytes;
   expect(mediaBytes).toBeGreaterThan(MEDIA_BYTES);
   expect(mediaBytes / 2).toBeGreaterThan(dumpBytes + SLACK);
@@ -118,7 +126,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   if (sb) await scanForSecrets(sb, [HOSTILE_PASSWORD]).catch((e: unknown) => console.error(e));
-  for (const m of mounts.reverse()) await execa('umount', [m], { reject: false });
+  for (const m of mounts.reverse()) await execa('umount', ['--lazy', m], { reject: false });
   await host?.pg.stop();
   await gpg?.cleanup();
   await sb?.cleanup();
@@ -134,6 +142,7 @@ async function fullAt(dir: string, free: number, expect_: { stage: string; path:
     const out = await p.run();
     expect(out.timedOut, 'the run hung on the full disk').toBeFalsy();
     line = assertFailed(out, 'NO_SPACE', [expect_.stage, expect_.path]);
+    if (process.env.BP_SHOW) console.log(line);
     expect(await childrenLeft(seen), 'a child process of the failed run is still running').toEqual([]);
     expect(await listSets(sb, p), 'the failed run changed the sets').toEqual(before);
     await assertNoScratch(p);
@@ -187,5 +196,64 @@ describe('disk full during run', () => {
     expect(next.exitCode, next.stderr).toBe(0);
     const after = await listSets(sb, p);
     for (const id of before.folder!.complete) expect(after.folder!.complete).toContain(id);
+  });
+});
+
+const databaseExists = async (name: string) => (await host.pg.psql(`SELECT 1 FROM pg_database WHERE datname = '${name}'`)).length > 0;
+
+/** `restore latest` from the local destination with the work dir (the restore's scratch) left with `free` bytes. */
+async function restoreFullAt(free: number, database: string, args: string[], expect_: { path: RegExp; stage?: string }): Promise<void> {
+  const before = await listSets(sb, p);
+  const filler = await leaveFree(p.workDir, free);
+  const seen = await recordedPids(sb);
+  try {
+    const out = await p.cli(['restore', 'latest', '--from', 'folder', '--to', database, '--gnupg-home', gpg.home, '--log-format', 'json', ...args]);
+    expect(out.timedOut, 'the restore hung on the full disk').toBeFalsy();
+    const line = assertFailed(out, 'NO_SPACE', [expect_.path, ...(expect_.stage ? [expect_.stage] : [])]);
+    if (process.env.BP_SHOW) console.log(line);
+    expect(line).toMatch(/ENOSPC/);
+    expect(line, 'a full disk must never be called a damaged backup').not.toMatch(/corrupt|truncated|CHECKSUM|not a readable/i);
+    expect(await childrenLeft(seen), 'a child process of the failed restore is still running').toEqual([]);
+    expect(await databaseExists(database), 'the failed restore left the database it created').toBe(false);
+    await assertNoScratch(p);
+    expect(await listSets(sb, p), 'a restore changed the sets').toEqual(before);
+  } finally {
+    await rm(filler, { force: true });
+  }
+  const next = await p.cli(['restore', 'latest', '--from', 'folder', '--to', database, '--gnupg-home', gpg.home, ...args]);
+  expect(next.exitCode, next.stderr).toBe(0);
+  await assertNoScratch(p);
+  expect(await databaseExists(database)).toBe(true);
+}
+
+describe('disk full during restore', () => {
+  it('while fetching the encrypted dump into the scratch folder: NO_SPACE naming the file being fetched', async () => {
+    await restoreFullAt(Math.floor(dumpGpgBytes / 2), 'restored_fetch', [], { path: /\.runs\/\d+-\w+\/\S*mastodon_production\.dump\.zst\.gpg/, stage: 'fetching mastodon_production.dump.zst.gpg from folder' });
+  });
+
+  it('while gpg decrypts (its output has nowhere to go): NO_SPACE naming the plaintext file, gpg stopped', async () => {
+    await restoreFullAt(dumpGpgBytes + Math.floor(dumpBytes / 2), 'restored_decrypt', [], { path: /\.runs\/\d+-\w+\/\S*mastodon_production\.dump\.zst/, stage: '[gpg → decrypt' });
+  });
+
+  it('while zstd -d writes the seekable copy for a parallel pg_restore: NO_SPACE naming it, never "corrupt"', async () => {
+    // Room for the ciphertext and the plaintext side by side (decrypting), not for the uncompressed dump.
+    expect(dumpPlainBytes).toBeGreaterThan(dumpGpgBytes + 2 * SLACK);
+    await restoreFullAt(dumpGpgBytes + dumpBytes + SLACK, 'restored_decompress', ['--jobs', '2'], { path: /\.runs\/\d+-\w+\/restore-\w+\.dump/ });
+  });
+
+  it('with a full $TMPDIR: the restore does not need it (its scratch is in the work dir) and succeeds', async () => {
+    const fullTmp = join(sb.root, 'full-tmp');
+    await mountTmpfs(fullTmp, '1m');
+    const filler = await leaveFree(fullTmp, 0);
+    try {
+      const out = await p.cli(['restore', 'latest', '--from', 'folder', '--to', 'restored_fulltmp', '--gnupg-home', gpg.home, '--jobs', '2'], { TMPDIR: fullTmp });
+      expect(out.timedOut, 'the restore hung').toBeFalsy();
+      expect(out.exitCode, out.stderr).toBe(0);
+      expect(await databaseExists('restored_fulltmp')).toBe(true);
+      expect((await readdir(fullTmp)).filter((f) => f !== 'filler.bin')).toEqual([]);
+      await assertNoScratch(p);
+    } finally {
+      await rm(filler, { force: true });
+    }
   });
 });

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { hashFile } from './atomic-file.js';
 import type { Artifact, RunContext } from './context.js';
 import type { NamedDestination } from './destination.js';
-import { PipelineError, toPipelineError } from './errors.js';
+import { isPipelineError, PipelineError, toPipelineError } from './errors.js';
 import type { PipelineHooks } from './hooks.js';
 import type { Manifest, ManifestArtifact } from './manifest.js';
 import { psql, quoteIdent, quoteLiteral, type PgSource } from './postgres.js';
@@ -94,7 +94,11 @@ export function checkPlugins(hooks: PipelineHooks, entries: readonly ManifestArt
 async function fetchOne(hooks: PipelineHooks, from: NamedDestination, setId: string, entry: ManifestArtifact, dir: string, ctx: RestoreContext): Promise<Artifact> {
   const path = pathInSet(dir, entry.name);
   ctx.log.info({ destination: from.name, setId, artifact: entry.name }, `fetching ${entry.name} from ${from.name}`);
-  await from.destination.get(setId, entry.name, path, { signal: ctx.signal });
+  await from.destination.get(setId, entry.name, path, { signal: ctx.signal }).catch((error: unknown) => {
+    // Say which step ran out of room (this is the core's, not a plugin's: no stage tag names it).
+    if (isPipelineError(error) && (error.code === 'NO_SPACE' || error.code === 'ACCESS_DENIED')) error.message = `fetching ${entry.name} from ${from.name}: ${error.message}`;
+    throw error;
+  });
   const got = await hashFile(path, ctx.signal);
   if (got.sha256 !== entry.sha256 || got.bytes !== entry.bytes) {
     const error = new PipelineError(
@@ -135,7 +139,8 @@ export async function fetchArtifacts(
       return { from, artifacts };
     } catch (caught) {
       const error = toPipelineError(caught, 'DESTINATION_FAILED');
-      if (ctx.signal.aborted || error.code === 'ABORTED') throw error;
+      // A full local disk fails the same way for every copy: stop there.
+      if (ctx.signal.aborted || error.code === 'ABORTED' || error.code === 'NO_SPACE') throw error;
       await rm(dir, { recursive: true, force: true });
       failures.push(error);
       const next = holders[i + 1];
