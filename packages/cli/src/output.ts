@@ -18,6 +18,25 @@ export { EXIT_CODES_HELP } from './help-text.js';
 
 const CLEAR_LINE = '\r\u001b[K';
 
+/**
+ * Writes all of `text` to stderr synchronously (so log lines and the status line keep their order,
+ * and nothing is lost at exit): a partial write is continued, a full non-blocking pipe (EAGAIN) is
+ * waited for, and a reader that went away (EPIPE) is not a reason to fail a backup.
+ */
+export function writeAllSync(fd: number, text: string): void {
+  let buffer = Buffer.from(text);
+  while (buffer.length > 0) {
+    try {
+      buffer = buffer.subarray(writeSync(fd, buffer));
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'EPIPE') return;
+      if (code !== 'EAGAIN') throw error;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+    }
+  }
+}
+
 export interface OutputStreams {
   /** Writes to stdout / stderr (default: the process's, stderr synchronously). */
   stdout?: (text: string) => void;
@@ -44,7 +63,7 @@ export class Output {
 
   constructor(streams: OutputStreams = {}) {
     this.#stdout = streams.stdout ?? ((text) => void process.stdout.write(text));
-    this.#stderr = streams.stderr ?? ((text) => void writeSync(2, text));
+    this.#stderr = streams.stderr ?? ((text) => writeAllSync(2, text));
     this.#statusAllowed = streams.statusLine ?? (process.stderr.isTTY === true && !process.env.CI);
     this.#stdoutIsTerminal = streams.stdoutIsTerminal ?? process.stdout.isTTY === true;
     this.#columns = streams.columns ?? (() => process.stderr.columns || 80);

@@ -1,3 +1,6 @@
+import { spawn } from 'node:child_process';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createHooks, SecretRegistry, tapOnlyHooks } from '@backup-pipeline/core';
 import { describe, expect, it } from 'vitest';
 import { Output } from './output.js';
@@ -122,5 +125,23 @@ describe('output layer', () => {
     expect(stdout).toEqual(['plan: rsync to user:***@host\n', '{\n  "where": "user:***@host"\n}\n']);
     expect(stderr).toContain('error ***\n');
     expect(stderr).toContain('notice ***\n');
+  });
+
+  it('writes all of a large text to stderr, and a reader that went away (EPIPE) does not fail the process', async () => {
+    const dist = resolve(fileURLToPath(import.meta.url), '../../dist/output.js');
+    const script = `const { writeAllSync } = await import(${JSON.stringify(dist)}); for (let i = 0; i < 4; i++) writeAllSync(2, 'x'.repeat(1 << 20)); process.stdout.write('done');`;
+    const run = (onStderr: (child: ReturnType<typeof spawn>) => void) =>
+      new Promise<{ code: number | null; stdout: string; stderrBytes: number }>((done) => {
+        const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+        let stdout = '';
+        let stderrBytes = 0;
+        child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+        child.stderr!.on('data', (d: Buffer) => (stderrBytes += d.length));
+        onStderr(child);
+        child.on('close', (code) => done({ code, stdout, stderrBytes }));
+      });
+    expect(await run(() => {})).toEqual({ code: 0, stdout: 'done', stderrBytes: 4 << 20 });
+    const closed = await run((child) => child.stderr!.destroy());
+    expect(closed).toMatchObject({ code: 0, stdout: 'done' });
   });
 });
