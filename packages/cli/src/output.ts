@@ -6,7 +6,8 @@
  * - on a terminal, the status line (progress) is owned here: it is cleared before any other text is
  *   written and redrawn after it, so a log line is never glued onto it;
  * - without a terminal (or with `--log-format json`) there is no status line at all: progress
- *   goes out as log records, so stderr stays JSON lines.
+ *   goes out as log records, so stderr stays JSON lines — up to a failure, which still ends with
+ *   its two-line report (`error CODE: …`, `hint …`) that people and scripts read.
  */
 import { writeSync } from 'node:fs';
 import { EXIT, isPipelineError, toPipelineError, type PipelineError, type SecretRegistry } from '@backup-pipeline/core';
