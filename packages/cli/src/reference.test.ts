@@ -7,6 +7,7 @@ describe('generated config reference and JSON Schema', () => {
     const fresh = await generated();
     expect(await readFile(GENERATED.schema, 'utf8')).toBe(fresh.schema);
     expect(await readFile(GENERATED.reference, 'utf8')).toBe(fresh.reference);
+    expect(await readFile(GENERATED.plugins, 'utf8')).toBe(fresh.plugins);
   });
 
   it('describe every built-in stage in the schema', async () => {
