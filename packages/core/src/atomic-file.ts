@@ -28,7 +28,16 @@ export interface AtomicWriteOptions {
 }
 
 export async function ensurePrivateDir(path: string): Promise<void> {
-  await mkdir(path, { recursive: true, mode: DIR_MODE });
+  // The folder itself first: on a read-only file system a recursive mkdir fails with ENOENT, which
+  // would hide the real cause (EROFS) from the message.
+  try {
+    await mkdir(path, { mode: DIR_MODE });
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') return;
+    if (code !== 'ENOENT') throw error;
+    await mkdir(path, { recursive: true, mode: DIR_MODE });
+  }
 }
 
 /** A pass-through stream that counts and hashes what flows through it. */

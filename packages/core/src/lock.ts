@@ -14,8 +14,8 @@ import { readFileSync } from 'node:fs';
 import { link, open, readFile, rename, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { PipelineError } from './errors.js';
-import { ensurePrivateDir } from './atomic-file.js';
+import { isPipelineError, PipelineError } from './errors.js';
+import { ensurePrivateDir, fileSystemError } from './atomic-file.js';
 
 export interface LockOwner {
   pid: number;
@@ -137,6 +137,17 @@ export interface AcquireLockOptions {
  * is taken over (`takenOver` names it); a lock file that names no owner is kept and reported.
  */
 export async function acquireLock(path: string, options: AcquireLockOptions = {}): Promise<Lock> {
+  try {
+    return await takeLock(path, options);
+  } catch (error) {
+    // A read-only or full work dir: say so, naming the lock (the core's step, no stage tag names it).
+    const named = fileSystemError(error, path, 'creating');
+    if (isPipelineError(named) && named !== error) named.message = `taking the lock: ${named.message}`;
+    throw named;
+  }
+}
+
+async function takeLock(path: string, options: AcquireLockOptions): Promise<Lock> {
   await ensurePrivateDir(dirname(path));
   const me: LockOwner = { pid: process.pid, host: hostname(), startedAt: new Date().toISOString(), procStart: processStartTime(process.pid), runDir: options.runDir };
   const temp = await ownerFile(path, me);

@@ -159,7 +159,10 @@ export async function createRunScratch(workDir: string, options: { dryRun?: bool
     await recoverDeadRuns(runsDir, options.log);
     for (let attempt = 0; ; attempt++) {
       try {
-        await mkdir(runsDir, { recursive: true, mode: DIR_MODE });
+        // Not recursive: on a read-only file system a recursive mkdir says ENOENT, this one EROFS.
+        await mkdir(runsDir, { mode: DIR_MODE }).catch((error: NodeJS.ErrnoException) => {
+          if (error.code !== 'EEXIST') throw error;
+        });
         dir = await mkdtemp(join(runsDir, `${process.pid}-`));
         break;
       } catch (error) {
