@@ -17,7 +17,7 @@ const LOCK_MODULE = fileURLToPath(new URL('../dist/lock.js', import.meta.url));
 // and while holding it create `inside` exclusively: a second holder at the same time fails there.
 const RACER = `
 import { existsSync } from 'node:fs';
-import { open, rm, writeFile } from 'node:fs/promises';
+import { open, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 const { acquireLock } = await import(process.env.LOCK_MODULE);
 const [dir, rounds] = [process.argv[2], Number(process.argv[3])];
@@ -38,9 +38,11 @@ for (let round = 0; round < rounds; round++) {
     }
     await lock.release();
   } catch (error) {
-    result = error.code === 'LOCKED' ? 'locked' : 'ERROR:' + error.message;
+    result = error.code === 'LOCKED' ? 'locked by ' + (error.details?.owner?.pid ?? 'nobody') : 'ERROR:' + error.message;
   }
-  await writeFile(join(dir, 'done-' + round + '-' + process.pid), result);
+  // Written aside, then renamed: the test never reads a half-written answer.
+  await writeFile(join(dir, 'answer-' + process.pid), process.pid + ':' + result);
+  await rename(join(dir, 'answer-' + process.pid), join(dir, 'done-' + round + '-' + process.pid));
 }
 `;
 
@@ -83,18 +85,18 @@ describe('lock under contention', () => {
       expect(done, `round ${round}: every racer answered`).toHaveLength(RACERS);
       const outcome = await Promise.all(done.map((f) => readFile(join(dir, f), 'utf8')));
       results.push(outcome);
-      expect(outcome.filter((o) => o.startsWith('VIOLATION') || o.startsWith('ERROR')), `round ${round}: ${outcome.join(', ')}`).toEqual([]);
-      const holders = outcome.filter((o) => o === 'got' || o.startsWith('took-over'));
-      expect(holders.length, `round ${round}: someone took the lock`).toBeGreaterThanOrEqual(1);
+      expect(outcome.filter((o) => o.includes(':VIOLATION') || o.includes(':ERROR')), `round ${round}: ${outcome.join(', ')}`).toEqual([]);
+      const holders = outcome.filter((o) => / (got|took-over)/.test(' ' + o.split(':').slice(1).join(':')));
+      expect(holders.length, `round ${round}: someone took the lock (${outcome.join(", ")})`).toBeGreaterThanOrEqual(1);
       if (stale) {
         // The stale lock was replaced exactly once, naming its dead owner.
-        expect(outcome.filter((o) => o.startsWith('took-over')), `round ${round}: ${outcome.join(', ')}`).toEqual([`took-over:${stale}`]);
+        expect(outcome.filter((o) => o.includes(':took-over')).map((o) => o.split(':').slice(1).join(':')), `round ${round}: ${outcome.join(', ')}`).toEqual([`took-over:${stale}`]);
       }
       expect(await readdir(join(dir, 'locks')), `round ${round}: nothing left in the lock folder`).toEqual([]);
     }
     await Promise.all(racers);
     // Contention really happened: most rounds had racers turned away.
-    expect(results.filter((o) => o.includes('locked')).length).toBeGreaterThan(ROUNDS / 2);
+    expect(results.filter((o) => o.some((r) => r.includes(':locked'))).length).toBeGreaterThan(ROUNDS / 2);
   }, 180_000);
 });
 
@@ -106,6 +108,17 @@ describe('lock files that cannot be read back', () => {
     await expect(acquireLock(path)).rejects.toMatchObject({ code: 'LOCKED', message: expect.stringContaining('names no owner') });
     expect(await readFile(path, 'utf8')).toBe('');
     expect(await readdir(d)).toEqual(['nightly.lock']);
+  });
+
+  it('removes the owner file a run killed while taking the lock left beside it', async () => {
+    const d = await mkdtemp(join(dir, 'leftover-'));
+    const path = join(d, 'nightly.lock');
+    const pid = await deadPid();
+    await writeFile(join(d, `.nightly.lock.${pid}.0123456789ab.tmp`), JSON.stringify({ pid, host: hostname(), startedAt: 'then' }));
+    const lock = await acquireLock(path);
+    expect(await readdir(d)).toEqual(['nightly.lock']);
+    await lock.release();
+    expect(await readdir(d)).toEqual([]);
   });
 
   it('takes over a lock whose pid is alive but belongs to a process that started later (a reused pid)', async () => {

@@ -11,7 +11,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { link, open, readFile, rename, rm } from 'node:fs/promises';
+import { link, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { isPipelineError, PipelineError } from './errors.js';
@@ -147,8 +147,17 @@ export async function acquireLock(path: string, options: AcquireLockOptions = {}
   }
 }
 
+/** Owner files (`.NAME.PID.HEX.tmp`) left beside the lock by a run killed while taking it. */
+async function removeDeadOwnerFiles(dir: string): Promise<void> {
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const m = /^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$/.exec(name);
+    if (m && Number(m[1]) !== process.pid && !ownerAlive({ pid: Number(m[1]) })) await rm(join(dir, name), { force: true });
+  }
+}
+
 async function takeLock(path: string, options: AcquireLockOptions): Promise<Lock> {
   await ensurePrivateDir(dirname(path));
+  await removeDeadOwnerFiles(dirname(path));
   const me: LockOwner = { pid: process.pid, host: hostname(), startedAt: new Date().toISOString(), procStart: processStartTime(process.pid), runDir: options.runDir };
   const temp = await ownerFile(path, me);
   const made = (takenOver?: LockOwner): Lock => ({
