@@ -68,7 +68,7 @@ describe('the age plugin, end to end without gpg', () => {
     const out = join(host.dir, 'recovered');
     const restore = await pipeline(['restore', 'latest', '--from', 'folder', '--to', 'restored_age', '--files-to', out], host.dir, NO_GPG);
     expect(restore.exitCode, restore.stderr).toBe(0);
-    expect(restore.stdout).toMatch(/restored \S+ \(from folder\) into restored_age/);
+    expect(restore.stdout).toMatch(/restored \S+ into restored_age .*\(fetched from folder\)/);
     expect(await tableChecksums(host.pg, 'restored_age')).toEqual(await tableChecksums(host.pg, host.database));
     expect(await readFile(join(out, '.env.production'), 'utf8')).toBe(await readFile(host.envFile, 'utf8'));
   });

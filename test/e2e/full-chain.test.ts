@@ -77,7 +77,7 @@ describe('the whole chain, end to end', () => {
       const target = `restored_${from}`;
       const restore = await pipeline(['restore', 'latest', '--from', from, '--to', target, '--jobs', '2', '--gnupg-home', gpg.home], dir);
       expect(restore.exitCode, restore.stderr).toBe(0);
-      expect(restore.stdout).toMatch(new RegExp(`restored \\S+ \\(from ${from}\\) into ${target}`));
+      expect(restore.stdout).toMatch(new RegExp(`restored \\S+ into ${target} .*\\(fetched from ${from}\\)`));
       expect(restore.stdout).not.toContain('MISMATCH');
       expect(await tableChecksums(pg, target)).toEqual(source);
     }

@@ -49,7 +49,7 @@ describe('restore, the way a DBA wants it', () => {
     await rm(join(host.dir, 'first', newest!), { recursive: true });
     const restore = await pipeline(['restore', 'latest', '--to', 'r_latest'], host.dir);
     expect(restore.exitCode, restore.stderr).toBe(0);
-    expect(restore.stdout).toContain(`restored ${newest} (from second) into r_latest`);
+    expect(restore.stdout).toMatch(new RegExp(`restored ${newest} into r_latest .*\\(fetched from second\\)`));
   });
 
   it('uses the same set from the next destination when a copy fails its checksum, and says so', async () => {
@@ -61,8 +61,12 @@ describe('restore, the way a DBA wants it', () => {
     expect(restore.exitCode, restore.stderr).toBe(0);
     expect(restore.stderr).toContain(`work/${older}/${DUMP} does not match its manifest`);
     expect(restore.stderr).toContain('trying the same set from first');
-    expect(restore.stdout).toContain(`restored ${older} (from first) into r_fallback`);
+    expect(restore.stdout).toMatch(new RegExp(`restored ${older} into r_fallback .*\\(fetched from first\\)`));
     expect(await tableChecksums(host.pg, 'r_fallback')).toEqual(await tableChecksums(host.pg, host.database));
+    // The bad copy is recorded as damaged in the set itself; the good copies stay complete.
+    const listed = JSON.parse((await pipeline(['list', '--json'], host.dir)).stdout) as Array<{ destination: string; sets: Array<{ id: string; complete: boolean }> }>;
+    const state = (d: string) => listed.find((l) => l.destination === d)!.sets.find((s) => s.id === older)!.complete;
+    expect([state('work'), state('first'), state('second')]).toEqual([false, true, true]);
   });
 
   it('refuses PostgreSQL\'s own databases as targets', async () => {

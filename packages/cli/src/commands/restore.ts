@@ -44,7 +44,7 @@ export default async function restore(command: Command, id: string, flags: Resto
       output.json({ ok: true, ...result });
     } else if (!session.options.quiet) {
       for (const r of result.reports) {
-        if (r === database) output.stdout(`${green('restored')} ${result.setId} (from ${result.from}) into ${r.into} in ${formatDuration(r.durationMs)}: ${r.tables} tables, ${r.rows} rows\n`);
+        if (r === database) output.stdout(`${green('restored')} ${result.setId} into ${r.into} in ${formatDuration(r.durationMs)}: ${r.tables} tables, ${r.rows} rows (fetched from ${result.from})\n`);
         else output.stdout(`${green('restored')} ${r.artifact} into ${r.into}${r.files ? ` (${r.files.length} files)` : ''}\n`);
       }
       if (database) printRestoreReport(database);
