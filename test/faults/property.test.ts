@@ -145,8 +145,8 @@ describe(`nothing lost: ${STEPS} random steps (seed ${SEED})`, () => {
 
     const run = (configFile = 'pipeline.config.json') => execa(process.execPath, [join(root, 'child.mjs'), join(root, configFile), new Date(clock).toISOString()], { cwd: root, reject: false });
 
+    let before = await snapshot();
     for (let step = 0; step < STEPS; step++) {
-      const before = await snapshot();
       const kind = rnd.pick(['run', 'run', 'run', 'kill', 'kill', 'damage', 'clock', 'prune', 'fill'] as const);
       counts[kind] = (counts[kind] ?? 0) + 1;
       const what = `step ${step} (${kind}, seed ${SEED})`;
@@ -227,6 +227,7 @@ describe(`nothing lost: ${STEPS} random steps (seed ${SEED})`, () => {
       if (kind !== 'kill' && kind !== 'damage') {
         expect(existsSync(join(root, 'work', '.locks', 'nightly.lock')), `${what}: the lock was not released`).toBe(false);
       }
+      before = after;
     }
     // The sequence exercised every kind of step, and at least one run succeeded after all of it.
     expect(Object.keys(counts).sort()).toEqual(['clock', 'damage', 'fill', 'kill', 'prune', 'run']);
