@@ -1,22 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { isPipelineError } from './errors.js';
-import { ArtifactName, MANIFEST_FORMAT, parseManifest, readManifestText, serializeManifest, type Manifest } from './manifest.js';
+import { ArtifactName, parseManifest, readManifestText, serializeManifest, type Manifest } from './manifest.js';
+import { sampleManifest } from './test-fixtures.js';
 
-const good: Manifest = {
-  format: MANIFEST_FORMAT,
-  id: '20261125T014500Z-mastodon',
-  pipeline: 'nightly',
-  source: 'mastodon',
-  createdAt: '2026-11-25T01:45:00.000Z',
-  completedAt: '2026-11-25T01:46:00.000Z',
-  framework: { name: 'backup-pipeline', version: '0.1.0', node: 'v20.20.2' },
-  host: 'example',
-  artifacts: [{ name: 'db.dump.zst', kind: 'database', format: 'pg-custom', compression: 'zstd', bytes: 10, sha256: 'a'.repeat(64), meta: {} }],
-  stages: [{ plugin: 'pg-dump', hook: 'produce', durationMs: 5, result: 'ok' }],
-  facts: {},
-  tools: {},
-  verified: true,
-};
+const good: Manifest = sampleManifest;
 const artifact = good.artifacts[0]!;
 const withArtifact = (change: Record<string, unknown>) => ({ ...good, artifacts: [{ ...artifact, ...change }] });
 

@@ -1,25 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import type { StoredSet } from './destination.js';
-import { MANIFEST_FORMAT, type Manifest } from './manifest.js';
+import type { Manifest } from './manifest.js';
+import { sampleManifest } from './test-fixtures.js';
 import { judgeSet } from './sets.js';
 
 const manifest: Manifest = {
-  format: MANIFEST_FORMAT,
-  id: '20261125T014500Z-mastodon',
-  pipeline: 'nightly',
-  source: 'mastodon',
-  createdAt: '2026-11-25T01:45:00.000Z',
-  completedAt: '2026-11-25T01:46:00.000Z',
-  framework: { name: 'backup-pipeline', version: '0.1.0', node: 'v20.20.2' },
-  host: 'example',
-  artifacts: [
-    { name: 'db.dump.zst', kind: 'database', format: 'pg-custom', compression: 'zstd', bytes: 10, sha256: 'a'.repeat(64), meta: {} },
-    { name: 'env.tar.gpg', kind: 'secrets', format: 'tar', compression: 'none', bytes: 0, sha256: 'b'.repeat(64), meta: {} },
-  ],
-  stages: [],
-  facts: {},
-  tools: {},
-  verified: true,
+  ...sampleManifest,
+  artifacts: [sampleManifest.artifacts[0]!, { name: 'env.tar.gpg', kind: 'secrets', format: 'tar', compression: 'none', bytes: 0, sha256: 'b'.repeat(64), meta: {} }],
 };
 const stored = (files: StoredSet['files'], hasManifest = true): StoredSet => ({ id: manifest.id, hasManifest, files });
 const allFiles = [

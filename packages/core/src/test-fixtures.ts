@@ -9,6 +9,7 @@ import { definePlugin, type Plugin } from './plugin.js';
 import { SecretRegistry } from './secrets.js';
 import { LocalFolderDestination } from './local-folder.js';
 import { z } from 'zod';
+import { MANIFEST_FORMAT, type Manifest } from './manifest.js';
 
 export async function tempDir(prefix = 'bp-test-'): Promise<string> {
   return mkdtemp(join(tmpdir(), prefix));
@@ -67,3 +68,20 @@ export async function testConfig(options: {
 }
 
 export const silentLogger = () => createLogger({ level: 'silent', secrets: new SecretRegistry() });
+
+/** A valid manifest of one artifact, for manifest and set-state tests. */
+export const sampleManifest: Manifest = {
+  format: MANIFEST_FORMAT,
+  id: '20261125T014500Z-mastodon',
+  pipeline: 'nightly',
+  source: 'mastodon',
+  createdAt: '2026-11-25T01:45:00.000Z',
+  completedAt: '2026-11-25T01:46:00.000Z',
+  framework: { name: 'backup-pipeline', version: '0.1.0', node: 'v20.20.2' },
+  host: 'example',
+  artifacts: [{ name: 'db.dump.zst', kind: 'database', format: 'pg-custom', compression: 'zstd', bytes: 10, sha256: 'a'.repeat(64), meta: {} }],
+  stages: [{ plugin: 'pg-dump', hook: 'produce', durationMs: 5, result: 'ok' }],
+  facts: {},
+  tools: {},
+  verified: true,
+};
