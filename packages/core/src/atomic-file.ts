@@ -71,6 +71,7 @@ const ACCESS_ERRNOS = new Set(['EACCES', 'EPERM', 'EROFS']);
 export function fileSystemError(error: unknown, path: string, doing: 'writing' | 'reading' | 'creating' = 'writing'): unknown {
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
   if (isPipelineError(error) || !code) return error;
+  if ((error as Error).name === 'AbortError') return new PipelineError('ABORTED', `interrupted while ${doing} ${path}`, { cause: error });
   const syscall = (error as NodeJS.ErrnoException).syscall;
   if (SPACE_ERRNOS.has(code)) {
     return new PipelineError('NO_SPACE', `no space left on the device ${doing} ${path} (${code}${syscall ? `, ${syscall}` : ''})`, { cause: error, details: { path, errno: code } });

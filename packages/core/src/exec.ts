@@ -224,7 +224,6 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     const kept = [...errorLines.filter((l) => !tail.includes(l)), tail].filter(Boolean).join('\n');
     const details: Record<string, unknown> = { command, exitCode: r.exitCode, signal: r.signal, stderr: mask(kept) };
     if (errorLines.length > 0) details.errors = errorLines.map(mask);
-    if (stopped) details.stopped = true;
     if ((r.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT' || r.code === 'ENOENT') {
       throw new PipelineError('EXEC_NOT_FOUND', `${label}: program not found (${file})`, { details });
     }
@@ -235,6 +234,8 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
       throw new PipelineError('EXEC_FAILED', `${label} timed out after ${options.timeoutMs} ms`, { details });
     }
     if (stopped) {
+      // Only here: an interrupted run's children are ABORTED, whoever stopped them.
+      details.stopped = true;
       throw new PipelineError('EXEC_FAILED', `${label} was stopped (${r.signal ? String(r.signal) : `exit code ${exitCode}`}) because another part of its chain failed`, { details });
     }
     const why = r.signal ? `was killed by ${String(r.signal)}` : `exited with code ${exitCode}`;
