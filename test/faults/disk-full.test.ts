@@ -174,6 +174,33 @@ describe('disk full during run', () => {
     await fullAt(p.workDir, dumpBytes + mediaBytes + SLACK + Math.floor(mediaBytes / 2), { stage: '[gpg → transform]', path: /work\/\S+\/media\.tar\.zst\.gpg/ });
   });
 
+  it('while pg_dump -Fd writes its folder in the run\'s scratch folder: NO_SPACE naming that folder, pg_dump stopped', async () => {
+    const q = await project(sb, 'diskfull-dir', {
+      destinations: { folder: { use: 'local', path: destDir } },
+      pipelines: { dirs: { source: 'mastodon', stageTimeoutMinutes: 60, stages: [{ use: 'credentials', envFile: host.envFile }, { use: 'pg-dump', format: 'directory', jobs: 2 }], destinations: ['folder'] } },
+    });
+    await mountTmpfs(q.workDir, '16m');
+    const good = await q.run();
+    expect(good.exitCode, good.stderr).toBe(0);
+    const before = await listSets(sb, q);
+    const filler = await leaveFree(q.workDir, Math.floor(dumpPlainBytes / 2));
+    const seen = await recordedPids(sb);
+    try {
+      const out = await q.run();
+      expect(out.timedOut, 'the run hung on the full disk').toBeFalsy();
+      const line = assertFailed(out, 'NO_SPACE', ['[pg-dump → produce]', 'pg_dump ran out of disk space writing', /\.runs\/\d+-\w+\/pg_dump-mastodon_production/]);
+      if (process.env.BP_SHOW) console.log(line);
+      expect(await childrenLeft(seen)).toEqual([]);
+      expect(await listSets(sb, q)).toEqual(before);
+      await assertNoScratch(q);
+    } finally {
+      await rm(filler, { force: true });
+    }
+    const next = await q.run();
+    expect(next.exitCode, next.stderr).toBe(0);
+    for (const id of before.folder!.complete) expect((await listSets(sb, q)).folder!.complete).toContain(id);
+  });
+
   it('while shipping to a local destination: the run fails naming the destination, the path and ENOSPC', async () => {
     const before = await listSets(sb, p);
     const filler = await leaveFree(destDir, Math.floor(mediaBytes / 2));
