@@ -27,7 +27,7 @@ export const ERROR_CODES = {
   CONFIG_INVALID: { exit: EXIT.usage, hint: 'Fix each listed problem; `pipeline validate` checks the file without running anything.' },
   CONFIG_UNREADABLE: { exit: EXIT.usage, hint: 'Check the file exists, is readable and is valid YAML, JSON or JavaScript.' },
   USAGE: { exit: EXIT.usage, hint: 'Run `pipeline --help` for the commands and their options.' },
-  PLUGIN_NOT_FOUND: { exit: EXIT.usage, hint: 'Install the package next to the config file (npm install NAME) or fix the name.' },
+  PLUGIN_NOT_FOUND: { exit: EXIT.usage, hint: 'Install it where the CLI is installed (npm install --prefix /opt/backup-pipeline NAME: one prefix for the CLI and every plugin), or fix the name.' },
   PLUGIN_INVALID: { exit: EXIT.usage, hint: 'A plugin module must default-export definePlugin({ name, options, apply }).' },
   PLUGIN_FAILED: { exit: EXIT.failed, hint: 'See the message above; the plugin that threw is named in it.' },
   STAGE_TIMEOUT: { exit: EXIT.failed, hint: 'Raise `stageTimeoutMinutes` in the pipeline, or find why the stage hangs.' },
