@@ -284,3 +284,15 @@ describe('disk full during restore', () => {
     }
   });
 });
+
+describe('after every fault', () => {
+  it('every set listed complete on the destination verifies by content (sha256 of each file, decryption)', async () => {
+    const sets = await listSets(sb, p);
+    expect(sets.folder!.complete.length).toBeGreaterThan(3);
+    for (const id of sets.folder!.complete) {
+      const out = await p.cli(['verify', id, '--from', 'folder', '--gnupg-home', gpg.home]);
+      expect(out.exitCode, `set ${id} is listed complete but does not verify: ${out.stderr}`).toBe(0);
+    }
+    await assertNoScratch(p);
+  });
+});
