@@ -142,8 +142,6 @@ export async function fetchArtifacts(
       // A full local disk fails the same way for every copy: stop there.
       if (ctx.signal.aborted || error.code === 'ABORTED' || error.code === 'NO_SPACE') throw error;
       await rm(dir, { recursive: true, force: true });
-      // An altered file: recorded in the set itself, so every later listing calls this copy damaged.
-      if (error.code === 'CHECKSUM_MISMATCH') await recordDamage(from.destination, located.id, error.message, { scratchDir: ctx.tmpDir, signal: ctx.signal, log: ctx.log });
       failures.push(error);
       const next = holders[i + 1];
       ctx.log.warn({ destination: from.name, setId: located.id, code: error.code }, `${error.message}${next ? `; trying the same set from ${next.name}` : ''}`);
