@@ -5,9 +5,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -205,9 +205,24 @@ describe('schedule systemd --user OTHER --install, run by root', () => {
   let uid: number;
   let gid: number;
   let gpgHome: GpgHome | undefined;
+  /** Folders given o+x so the user can reach node and the CLI (CI's clone or Node.js may sit in a 0700 folder). */
+  const opened: Array<[string, number]> = [];
+
+  async function letUserReach(path: string): Promise<void> {
+    for (let d = dirname(path); ; d = dirname(d)) {
+      const mode = (await stat(d)).mode & 0o7777;
+      if ((mode & 0o001) === 0) {
+        opened.push([d, mode]);
+        await chmod(d, mode | 0o001);
+      }
+      if (d === dirname(d)) break;
+    }
+  }
 
   beforeAll(async () => {
     expect(process.getuid?.(), 'these tests create a user and run as it: run them as root (CI does)').toBe(0);
+    await letUserReach(await realpath(process.execPath));
+    await letUserReach(join(resolve(CLI_DIR, '../..'), 'package.json'));
     base = await mkdtemp(join('/tmp', 'bp-schedule-root-'));
     await chmod(base, 0o755);
     home = join(base, 'home', name);
@@ -217,6 +232,7 @@ describe('schedule systemd --user OTHER --install, run by root', () => {
     await mkdir(join(base, 'etc'));
   });
   afterAll(async () => {
+    for (const [d, mode] of opened.reverse()) await chmod(d, mode).catch(() => {});
     await gpgHome?.cleanup();
     await execa('userdel', [name], { reject: false });
     if (base) await rm(base, { recursive: true, force: true });
