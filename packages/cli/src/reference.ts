@@ -79,7 +79,13 @@ export async function configReference(): Promise<string> {
   for (const { spec, plugin } of plugins) {
     parts.push(`## \`${spec}\``, '', plugin.description, '');
     if (plugin.apply) parts.push('As a stage:', '', optionsTable(plugin.options));
+    if (plugin.restoreOptions?.length) {
+      parts.push(`Read only by \`restore\` and \`verify\` (set them on the restoring host, or give them with \`-o key=value\`): ${plugin.restoreOptions.map((o) => `\`${o}\``).join(', ')}.`, '');
+    }
     if (plugin.destination) parts.push('As a destination:', '', optionsTable(plugin.destination.options));
+    if (plugin.errors && Object.keys(plugin.errors).length > 0) {
+      parts.push('Error codes:', '', '| code | hint |', '| --- | --- |', ...Object.entries(plugin.errors).map(([code, hint]) => `| \`${code}\` | ${hint.replace(/\|/g, '\\|')} |`), '');
+    }
   }
   return parts.join('\n');
 }

@@ -55,6 +55,13 @@ export interface PluginDefinition<S extends z.ZodType = z.ZodType, D extends z.Z
    * Pure: no I/O. The work dir and the run's private temp dir are the core's; do not list them.
    */
   writablePaths?(options: z.output<S>, api: PathApi): string[];
+  /**
+   * Options read only by `restore` and `verify` (a secret key file): the restoring host sets them
+   * in its config or with `-o key=value`; the backup host never needs them. Shown in the docs.
+   */
+  restoreOptions?: ReadonlyArray<Extract<keyof z.output<S>, string>>;
+  /** The plugin's own error codes and their hints, generated into the config reference. */
+  errors?: Readonly<Record<string, string>>;
 }
 
 const BRAND = Symbol.for('backup-pipeline.plugin');
@@ -78,6 +85,8 @@ export function isPlugin(value: unknown): value is Plugin {
     (p.apply === undefined || typeof p.apply === 'function') &&
     (p.destination === undefined || (isSchema(p.destination.options) && typeof p.destination.create === 'function')) &&
     (p.writablePaths === undefined || typeof p.writablePaths === 'function') &&
+    (p.restoreOptions === undefined || Array.isArray(p.restoreOptions)) &&
+    (p.errors === undefined || (typeof p.errors === 'object' && p.errors !== null)) &&
     (p.apply !== undefined || p.destination !== undefined)
   );
 }

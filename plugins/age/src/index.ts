@@ -175,6 +175,8 @@ export default definePlugin({
   name: 'age',
   description: 'Encrypts every artifact with age (age1… or ssh public keys) before it is shipped; decrypts with identityFile on restore.',
   options: AgeOptions,
+  restoreOptions: ['identityFile'],
+  errors: AGE_ERRORS,
   apply(hooks, options, api) {
     let prepared: Prepared | undefined;
     hooks.preflight.tapPromise('age', async (ctx) => {

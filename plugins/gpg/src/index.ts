@@ -388,6 +388,8 @@ export default definePlugin({
       return { ...artifact, name: artifact.plain?.name ?? artifact.name, path: to, bytes: digest.bytes, sha256: digest.sha256, encryption: undefined, plain: undefined };
     });
   },
+  restoreOptions: ['gnupgHome', 'passphraseFile'],
+  errors: GPG_ERRORS,
   // gpg takes lock files in its home even to encrypt (ProtectHome=read-only would stop it).
   writablePaths: (options, { resolvePath }) => [options.gnupgHome ? resolvePath(options.gnupgHome) : process.env.GNUPGHOME ?? resolvePath('~/.gnupg')],
 });
