@@ -7,7 +7,7 @@
  *   restore:          connect → locate (core) → fetch (core) → fetched (each) → decrypt[method]
  *                     → restore[format] (each; may ask decompress[compression]) → restored
  *   verifyStored:     connect → locate → fetch → fetched → decrypt[method] → verify (each) → verified
- *   prune:            connect → (lock) → retain
+ *   prune:            (lock) → connect → retain
  *
  * Keyed hooks (`HookMap` of `AsyncSeriesBailHook`) are "first plugin that answers wins": the core
  * asks `hooks.decrypt.get(method)`; no tap, or every tap returning undefined, means "needs a plugin
