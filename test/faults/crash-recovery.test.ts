@@ -41,7 +41,7 @@ beforeAll(async () => {
   [host, sb, sshd] = await Promise.all([mastodonHost(), sandbox('crash'), startSshd()]);
   const media = join(sb.root, 'media');
   await mkdir(media);
-  await writeRandomFile(join(media, 'big.bin'), 8 * 1024 * 1024);
+  await writeRandomFile(join(media, 'big.bin'), 4 * 1024 * 1024);
   remote = join(sshd.dir, 'remote-backups');
   p = await project(sb, 'crash', {
     destinations: {
@@ -171,7 +171,7 @@ describe('kill -9 of pipeline run', () => {
 
   it('during the upload: the next run ends the orphaned rsync and ssh still uploading', async () => {
     const before = await listSets(sb, p);
-    // The upload of the 8 MiB media archive (at 512 KiB/s): rsync's staged folder holds media.tar.
+    // The upload of the 4 MiB media archive (at 512 KiB/s): rsync's staged folder holds media.tar.
     const uploadingMedia = (argv: string[]) => {
       const staged = argv[argv.indexOf('--') + 1];
       return argv.includes('--mkpath') && !argv.includes('--dry-run') && !!staged && existsSync(join(staged, 'media.tar'));
@@ -179,5 +179,17 @@ describe('kill -9 of pipeline run', () => {
     const dead = await killNine((seen) => waitForTool(sb, 'rsync', uploadingMedia, seen), ['rsync', 'ssh']);
     expect(dead.children.length).toBeGreaterThanOrEqual(2);
     await recoveredBy(dead, before, undefined, { rsyncStaging: true, completeInWork: true });
+  });
+});
+
+describe('after the crashes', () => {
+  it('every set listed complete on the destination verifies by content', async () => {
+    const sets = await listSets(sb, p);
+    expect(sets.offsite!.complete.length).toBe(3);
+    for (const id of sets.offsite!.complete) {
+      const out = await p.cli(['verify', id, '--from', 'offsite']);
+      expect(out.exitCode, `set ${id} is listed complete but does not verify: ${out.stderr}`).toBe(0);
+    }
+    expect(await readdir(join(p.workDir, '.runs')).catch(() => [])).toEqual([]);
   });
 });
