@@ -17,7 +17,9 @@ import {
   runHeldInDump,
   writeRandomFile,
   sandbox,
+  requireOrSkip,
   scanForSecrets,
+  verifyCompleteSets,
   type DestinationSets,
   type MastodonHost,
   type Project,
@@ -82,6 +84,8 @@ const added = (before: DestinationSets | undefined, after: DestinationSets | und
 
 async function nextRunSucceeds(q: Project = p): Promise<void> {
   proxy.setMode({ kind: 'pass' });
+  // What the fault left listed complete is whole (checked by content, not by the listing).
+  await verifyCompleteSets(q);
   const out = await q.run();
   expect(out.exitCode, out.stderr).toBe(0);
   const sets = await listSets(sb, q);
@@ -115,18 +119,27 @@ describe('destination faults', () => {
   it('an rsync target that is not writable (read-only file system) fails naming the destination', async (ctx) => {
     const ro = join(sshd.dir, 'read-only');
     await mkdir(ro, { recursive: true });
-    const mounted = await execa('mount', ['-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', ro], { reject: false });
-    if (mounted.exitCode !== 0) {
-      console.warn(`skipped: cannot mount a read-only tmpfs (${mounted.stderr.trim()})`);
-      ctx.skip();
-    }
+    const mounted = await execa('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', ro], { reject: false });
+    requireOrSkip(ctx, mounted.exitCode === 0, `cannot mount a tmpfs (${mounted.stderr.trim()})`);
     mounts.push(ro);
+    // The sshd user owns the target, as a real backup user would.
+    await execa('chown', [sshd.user, ro]);
     const q = await project(sb, 'read-only-nas', config({}, join(ro, 'backups')));
+    sb.setRoots.add(join(q.dir, 'backups'));
+    // An earlier good set on every destination (the target still writable), so "no good set lost" is not vacuous.
+    const good = await q.run();
+    expect(good.exitCode, good.stderr).toBe(0);
+    await execa('mount', ['-o', 'remount,ro', ro]);
     const before = await listSets(sb, q);
+    expect(before.nas!.complete).toHaveLength(1);
     const out = await q.run();
     assertFailed(out, 'DESTINATION_FAILED', ['"nas"', /Read-only file system|writable|mkdir/]);
     unchanged(before, await listSets(sb, q));
     await assertCleanedUp(sb, q);
+    expect(await verifyCompleteSets(q)).toBeGreaterThanOrEqual(4);
+    // Writable again: the next run succeeds.
+    await execa('mount', ['-o', 'remount,rw', ro]);
+    await nextRunSucceeds(q);
   });
 
   it('S3 answering 500 fails in preflight naming the bucket destination and the S3 error', async () => {
@@ -322,6 +335,12 @@ describe('clock', () => {
     expect((await listSets(sb, q)).folder!.complete).toEqual([good, future]);
     const prune = await q.cli(['prune', '--dry-run']);
     expect(prune.exitCode, prune.stderr).toBe(0);
+    // The plan keeps both, for the right reasons, and the dry run deleted nothing.
+    expect(prune.stdout).toContain('folder: keep 2, would delete 0');
+    expect(prune.stdout).not.toMatch(/would delete \d{8}T/);
+    expect(prune.stdout).toMatch(new RegExp(`keep ${future}: .*dated in the future`));
+    expect(prune.stdout).toMatch(new RegExp(`keep ${good}: .*last 1/1`));
+    expect((await listSets(sb, q)).folder!.complete).toEqual([good, future]);
     const run = await q.run();
     expect(run.exitCode, run.stderr).toBe(0);
     const after = await listSets(sb, q);
