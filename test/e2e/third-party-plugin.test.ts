@@ -133,4 +133,20 @@ describe('a third-party encryption plugin from outside the repository', () => {
     const plugins = await pipeline(['plugins'], host.dir);
     expect(plugins.stdout).toMatch(/decrypt\[openssl-aes-256-cbc\]/);
   });
+
+  it('survives retention like any other set: counted as complete, the newest kept, the older pruned', async () => {
+    await new Promise((r) => setTimeout(r, 1100));
+    const again = await pipeline(['run'], host.dir);
+    expect(again.exitCode, again.stderr).toBe(0);
+    const [older, newest] = (await readdir(join(host.dir, 'folder'))).sort();
+    const config = JSON.parse(await readFile(join(host.dir, 'pipeline.config.json'), 'utf8'));
+    config.pipelines.nightly.stages.at(-1).keepLast = 1;
+    await writeConfig(host.dir, config);
+    const prune = await pipeline(['prune'], host.dir);
+    expect(prune.exitCode, prune.stderr).toBe(0);
+    expect(prune.stdout).toContain(`deleted ${older}`);
+    expect(await readdir(join(host.dir, 'folder'))).toEqual([newest]);
+    const restore = await pipeline(['restore', 'latest', '--to', 'restored_openssl_after_prune'], host.dir);
+    expect(restore.exitCode, restore.stderr).toBe(0);
+  });
 });
