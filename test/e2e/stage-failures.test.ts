@@ -51,11 +51,19 @@ describe('each stage fails with its own error through the CLI', () => {
       destinations: destinations ?? {},
       pipelines: { nightly: { stages: stages(), destinations: Object.keys(destinations ?? {}) } },
     });
-    const result = await pipeline(['run'], dir);
+    // A private TMPDIR per case, so scratch left behind (a run folder, a password file) is seen.
+    const tmp = join(dir, 'tmp');
+    await mkdir(tmp, { mode: 0o700 });
+    const result = await pipeline(['run'], dir, { TMPDIR: tmp });
     expect(result.exitCode, result.stderr).toBe(1);
     expect(result.stderr).toContain(expected);
     expect(result.stderr).toMatch(/\nhint {2}\S/);
     const sets = (await readdir(join(dir, 'work')).catch(() => [])).filter((n) => !n.startsWith('.'));
     expect(sets).toEqual([]);
+    // Nothing left anywhere: not in TMPDIR, no lock, no other file in the project (destinations included).
+    expect(await readdir(tmp), 'scratch left in TMPDIR').toEqual([]);
+    expect(await readdir(join(dir, 'work', '.locks')).catch(() => []), 'the lock was not released').toEqual([]);
+    const files = (await readdir(dir, { recursive: true, withFileTypes: true })).filter((e) => !e.isDirectory()).map((e) => join(e.parentPath, e.name).slice(dir.length + 1));
+    expect(files, 'files left in the project').toEqual(['pipeline.config.json']);
   });
 });
