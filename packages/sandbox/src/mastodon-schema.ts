@@ -6,6 +6,7 @@
  * SQL-looking strings, 100 KB texts) that a dump and restore must carry byte for byte.
  */
 import { quoteIdent, quoteLiteral } from '@backup-pipeline/core';
+import { realisticMastodonDataSql } from './mastodon-realistic-data.js';
 
 /** What runs SQL as a superuser on a database: `PostgresServer` satisfies it. */
 export interface SqlRunner {
@@ -416,10 +417,22 @@ export function hostileStrings(): string[] {
 
 export type MastodonScale = 'tiny' | 'small' | 'medium' | number | { targetMB: number };
 
-/** Number of accounts for a scale. About 45 accounts make 1 MB on disk (1 GB: ~45 s on a laptop). */
-export function accountsForScale(scale: MastodonScale): number {
+/**
+ * What the generated text, keys and ids look like. `'simple'` (the default): short repeated
+ * strings and small ids, fast to make, but a dump compresses ~17:1. `'realistic'`: text from
+ * word-frequency vocabularies in six languages and scripts, snowflake ids, unique URIs and random
+ * keys and tokens (see `mastodon-realistic-data.ts`), so that `pg_dump -Fc` is ~15–25 % of the
+ * database size as on a real instance; for benchmarks.
+ */
+export type MastodonText = 'simple' | 'realistic';
+
+/**
+ * Number of accounts for a scale. About 45 accounts make 1 MB on disk with simple text (1 GB:
+ * ~45 s on a laptop); realistic rows are larger (about 35 accounts per MB).
+ */
+export function accountsForScale(scale: MastodonScale, text: MastodonText = 'simple'): number {
   if (typeof scale === 'number') return Math.max(1, Math.floor(scale));
-  if (typeof scale === 'object') return Math.max(20, Math.round(scale.targetMB * 45));
+  if (typeof scale === 'object') return Math.max(20, Math.round(scale.targetMB * (text === 'realistic' ? 35 : 45)));
   return { tiny: 50, small: 1000, medium: 10000 }[scale];
 }
 
@@ -427,10 +440,23 @@ export function accountsForScale(scale: MastodonScale): number {
  * Fills the Mastodon schema with deterministic data made on the server. Per account: ~20 statuses,
  * ~10 follows, favourites, notifications; fewer blocks, mutes, mentions, media and reports.
  * Plus `hostileStrings()` in accounts, statuses, settings, custom emojis and reports.
+ * `text: 'realistic'` makes content that compresses like a real instance's (see `MastodonText`).
  */
-export async function generateMastodonData(pg: SqlRunner, db: string, options: { scale?: MastodonScale; owner?: string } = {}): Promise<{ accounts: number }> {
-  const n = accountsForScale(options.scale ?? 'tiny');
+export async function generateMastodonData(
+  pg: SqlRunner,
+  db: string,
+  options: { scale?: MastodonScale; owner?: string; text?: MastodonText } = {},
+): Promise<{ accounts: number }> {
+  const text = options.text ?? 'simple';
+  const n = accountsForScale(options.scale ?? 'tiny', text);
   const statuses = n * 20;
+  if (text === 'realistic') {
+    await pg.psql(setRole(options.owner) + 'BEGIN;\n' + realisticMastodonDataSql(n, statuses) + '\nCOMMIT;\n', db);
+    // hostile rows report the first generated account, whose id is a snowflake here
+    await pg.psql(setRole(options.owner) + hostileRowsSql(n, statuses, '(SELECT min(id) FROM accounts)'), db);
+    await pg.psql('ANALYZE;', db);
+    return { accounts: n };
+  }
   const t0 = `'2024-01-01 00:00:00'::timestamp`;
   const sql = setRole(options.owner) + String.raw`
 SET synchronous_commit = off;
@@ -522,7 +548,7 @@ COMMIT;
   return { accounts: n };
 }
 
-function hostileRowsSql(n: number, statuses: number): string {
+function hostileRowsSql(n: number, statuses: number, reportTarget = '1'): string {
   const lit = quoteLiteral;
   const lines = ['BEGIN;'];
   hostileStrings().forEach((text, i) => {
@@ -532,7 +558,7 @@ function hostileRowsSql(n: number, statuses: number): string {
       `INSERT INTO accounts (id, username, domain, created_at, updated_at, note, display_name, fields) VALUES (${accountId}, ${lit(`hostile${i}`)}, ${lit(`hostile${i}.example`)}, now()::timestamp, now()::timestamp, ${lit(text)}, ${lit(text.slice(0, 200))}, ${lit(JSON.stringify([{ name: text.slice(0, 100), value: text.slice(0, 300) }]))}::jsonb);`,
       `INSERT INTO statuses (id, text, spoiler_text, created_at, updated_at, account_id, language) VALUES (${statusId}, ${lit(text)}, ${lit(text.slice(0, 100))}, now()::timestamp, now()::timestamp, ${accountId}, 'und');`,
       `INSERT INTO settings (var, value, created_at, updated_at) VALUES (${lit(`hostile_${i}`)}, ${lit(text)}, now()::timestamp, now()::timestamp);`,
-      `INSERT INTO reports (comment, created_at, updated_at, account_id, target_account_id) VALUES (${lit(text)}, now()::timestamp, now()::timestamp, ${accountId}, 1);`,
+      `INSERT INTO reports (comment, created_at, updated_at, account_id, target_account_id) VALUES (${lit(text)}, now()::timestamp, now()::timestamp, ${accountId}, ${reportTarget});`,
       `INSERT INTO custom_emojis (shortcode, domain, created_at, updated_at) VALUES (${lit(`hostile_${i}`)}, ${lit(text.slice(0, 500))}, now()::timestamp, now()::timestamp);`,
     );
   });
