@@ -8,6 +8,8 @@
  *
  * Options: --scale GB[,GB…] (default 1), --runs N (default 3), --cold-runs N (default 10),
  *          --profile (one extra pipeline run with --cpu-prof and /usr/bin/time -v, per size),
+ *          --text realistic|simple (the generator's content; default realistic, see bench/README.md),
+ *          --ratio-only (generate and report dumpRatio only: no timed contenders, no cold start),
  *          --out DIR (default bench/results).
  * Everything it starts (cluster, gpg-agent, temp dirs, children) is removed on exit and on Ctrl-C.
  * Loopback only: the cluster listens on 127.0.0.1.
@@ -33,12 +35,20 @@ const { values: flags } = parseArgs({
     runs: { type: 'string', default: '3' },
     'cold-runs': { type: 'string', default: '10' },
     profile: { type: 'boolean', default: false },
+    text: { type: 'string', default: 'realistic' },
+    'ratio-only': { type: 'boolean', default: false },
     out: { type: 'string', default: join(ROOT, 'bench/results') },
   },
 });
 const scales = flags.scale.split(',').map(Number).filter((n) => n > 0);
 const RUNS = Math.max(1, Number(flags.runs));
 const COLD_RUNS = Math.max(1, Number(flags['cold-runs']));
+const TEXT = flags.text;
+const RATIO_ONLY = flags['ratio-only'];
+if (TEXT !== 'realistic' && TEXT !== 'simple') {
+  console.error(`--text must be realistic or simple, not ${TEXT}`);
+  process.exit(2);
+}
 if (!existsSync(TIME)) {
   console.error('bench needs /usr/bin/time (apt-get install time)');
   process.exit(2);
@@ -205,6 +215,11 @@ pg_restore -h 127.0.0.1 -p "$PGPORT" -U mastodon --no-owner --no-acl -d "$DB" "$
 rm "$BK/restore.dump"
 `;
 const FLOOR = String.raw`exec pg_dump -Fc -Z0 -h 127.0.0.1 -p "$PGPORT" -U mastodon mastodon_production > /dev/null`;
+const DUMP_BYTES = String.raw`set -eu
+pg_dump -Fc -h 127.0.0.1 -p "$PGPORT" -U mastodon -f "$BK.ratio.dump" mastodon_production
+wc -c < "$BK.ratio.dump"
+rm "$BK.ratio.dump"
+`;
 
 function dirBytes(dir, filter = () => true) {
   let total = 0;
@@ -222,12 +237,13 @@ async function benchScale(scaleGB) {
   await pg.psql(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
   await pg.createDatabase(db, { owner: 'mastodon' });
   await loadMastodonSchema(pg, db, { owner: 'mastodon' });
-  console.error(`\n== ${scaleGB} GB: generating the Mastodon-shaped database…`);
+  console.error(`\n== ${scaleGB} GB: generating the Mastodon-shaped database (${TEXT} text)…`);
   const genStarted = Date.now();
-  const { accounts } = await generateMastodonData(pg, db, { scale: { targetMB: scaleGB * 1024 }, owner: 'mastodon' });
-  const [[dbBytes]] = await pg.psql(`SELECT pg_database_size('${db}')`);
+  const { accounts } = await generateMastodonData(pg, db, { scale: { targetMB: scaleGB * 1024 }, owner: 'mastodon', text: TEXT });
+  const generateMs = Date.now() - genStarted;
   await pg.psql('CHECKPOINT');
-  console.error(`   ${accounts} accounts, ${(Number(dbBytes) / 2 ** 20).toFixed(0)} MB on disk, in ${((Date.now() - genStarted) / 1000).toFixed(0)} s`);
+  const [[dbBytes]] = await pg.psql(`SELECT pg_database_size('${db}')`);
+  console.error(`   ${accounts} accounts, ${(Number(dbBytes) / 2 ** 20).toFixed(0)} MB on disk, in ${(generateMs / 1000).toFixed(0)} s`);
 
   const dir = await mkdtemp(join(tmpRoot, `s${scaleGB}-`));
   const pgpass = join(dir, '.pgpass');
@@ -239,6 +255,18 @@ async function benchScale(scaleGB) {
   const recipeDir = join(dir, 'recipe');
   const recipeMirror = join(dir, 'recipe-mirror');
   const shellEnv = { PATH: `${PGBIN}:${process.env.PATH}`, PGPASSFILE: pgpass, PGPORT: String(pg.port), GNUPGHOME: gpgHome.home, FPR: gpgHome.fingerprint, BK: recipeDir, MIRROR: recipeMirror };
+
+  // How compressible the data are: pg_dump -Fc (its default gzip) bytes / pg_database_size. A real
+  // Mastodon database gives ~0.15–0.25; the old simple data ~0.06. Not a timing: one run is enough.
+  const ratioRun = await measure(['sh', '-c', DUMP_BYTES], { env: shellEnv, stdout: 'capture' });
+  const dumpBytes = Number(ratioRun.stdout.trim());
+  const dumpRatio = round(dumpBytes / Number(dbBytes));
+  console.error(`   dumpRatio ${dumpRatio}: pg_dump -Fc ${(dumpBytes / 2 ** 20).toFixed(1)} MB / database ${(Number(dbBytes) / 2 ** 20).toFixed(1)} MB (${(ratioRun.wallMs / 1000).toFixed(1)} s)`);
+  const dataFacts = { text: TEXT, generateMs, dumpBytes, dumpRatio, dumpMs: round(ratioRun.wallMs, 0) };
+  if (RATIO_ONLY) {
+    await rm(dir, { recursive: true, force: true });
+    return { scaleGB, accounts, databaseBytes: Number(dbBytes), ratioOnly: true, ...dataFacts };
+  }
 
   const samples = { recipe: [], pipeline: [], floor: [], recipeRestore: [], pipelineRestore: [] };
   for (let i = 1; i <= RUNS; i++) {
@@ -322,6 +350,7 @@ async function benchScale(scaleGB) {
     scaleGB,
     accounts,
     databaseBytes: Number(dbBytesAfter),
+    ...dataFacts,
     runs: RUNS,
     ...res,
     pipelineVsRecipe: round(res.pipeline.wallMs / res.recipe.wallMs),
@@ -352,10 +381,15 @@ function printTable(results, cold) {
   const s = (ms) => (ms == null ? '-' : `${(ms / 1000).toFixed(2)} s`);
   const mb = (b) => (b == null ? '-' : `${(b / 2 ** 20).toFixed(1)} MB`);
   const lines = [];
-  lines.push(`Node ${machine.node}, ${machine.cores} cores (${machine.cpuModel}), ${machine.tools.pg_dump}, ${machine.tools.gpg}, ${machine.tools.zstd}`);
+  lines.push(`Node ${machine.node}, ${machine.cores} cores (${machine.cpuModel}), ${machine.tools.pg_dump}, ${machine.tools.gpg}, ${machine.tools.zstd}; load average now ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
   for (const r of results) {
     lines.push('');
-    lines.push(`database ${r.scaleGB} GB (${mb(r.databaseBytes)} on disk), median of ${r.runs}`);
+    const ratio = `dumpRatio ${r.dumpRatio} (pg_dump -Fc ${mb(r.dumpBytes)} / database; real instances ~0.15–0.25), ${r.text} text`;
+    if (r.ratioOnly) {
+      lines.push(`database ${r.scaleGB} GB (${mb(r.databaseBytes)} on disk, ${r.accounts} accounts): ${ratio}`);
+      continue;
+    }
+    lines.push(`database ${r.scaleGB} GB (${mb(r.databaseBytes)} on disk), median of ${r.runs}; ${ratio}`);
     const rows = [['', 'wall', 'CPU (tree)', 'output', 'peak RSS']];
     rows.push(['recipe (pg_dump -Fc, --list, gpg, rsync)', s(r.recipe.wallMs), s(r.recipe.cpuMs), mb(r.recipe.outputBytes), `${r.recipe.treeMaxRssMB} MB (largest process)`]);
     rows.push(['pipeline run', s(r.pipeline.wallMs), `${s(r.pipeline.cpuMs)} (node ${s(r.pipeline.nodeCpuMs)})`, mb(r.pipeline.outputBytes), `node ${r.pipeline.nodePeakRssMB} MB; largest ${r.pipeline.treeMaxRssMB} MB`]);
@@ -380,16 +414,19 @@ try {
   await writeFile(coldEnv, `DB_HOST=127.0.0.1\nDB_PORT=${pg.port}\nDB_NAME=x\nDB_USER=mastodon\nDB_PASS=""\n`, { mode: 0o600 });
   const coldConfig = join(coldDir, 'pipeline.config.yaml');
   await writeFile(coldConfig, configYaml({ envFile: coldEnv, gnupgHome: gpgHome.home, fingerprint: gpgHome.fingerprint }));
-  console.error(`cold start: ${COLD_RUNS}× pipeline --help and pipeline validate…`);
-  const cold = await coldStart(coldConfig);
-  console.error(`   --help ${cold.helpMs} ms, validate ${cold.validateMs} ms`);
+  let cold;
+  if (!RATIO_ONLY) {
+    console.error(`cold start: ${COLD_RUNS}× pipeline --help and pipeline validate…`);
+    cold = await coldStart(coldConfig);
+    console.error(`   --help ${cold.helpMs} ms, validate ${cold.validateMs} ms`);
+  }
 
   const results = [];
   const date = new Date().toISOString().slice(0, 10);
   for (const scale of scales) {
     const r = await benchScale(scale);
     results.push(r);
-    const file = join(flags.out, `${date}-${scale}.json`);
+    const file = join(flags.out, `${date}-${scale}${RATIO_ONLY ? '-ratio' : ''}.json`);
     await writeFile(file, JSON.stringify({ date: new Date().toISOString(), machine, coldStart: cold, loadAvg: loadavg(), ...r }, null, 2) + '\n');
     console.error(`   wrote ${file}`);
   }
