@@ -10,6 +10,7 @@ export default {
     'packages/core/src/manifest.ts',
     'packages/core/src/sets.ts',
     'packages/core/src/destination.ts',
+    'packages/core/src/names.ts',
     'packages/core/src/lock.ts',
   ],
   coverageAnalysis: 'perTest',
