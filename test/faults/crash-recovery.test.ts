@@ -2,7 +2,8 @@
  * `kill -9` of `pipeline run`, through the real CLI: once while pg_dump → zstd run (held by a table
  * lock), once while rsync → ssh upload (slowed by a bandwidth limit). SIGKILL runs no cleanup, so
  * right after it the dead run's password file, its lock and its children are all still there —
- * the test checks that, so it knows the fault landed. The next run must then end the dead run's
+ * the test checks that, so it knows the fault landed (and once for `pipeline restore`, while it
+ * downloads the media archive). The next run must then end the dead run's
  * children, remove its scratch folder with the password file, take over the stale lock saying
  * whose it was, and succeed; no set of the dead run may be listed complete, and the earlier good
  * set stays.
@@ -182,10 +183,42 @@ describe('kill -9 of pipeline run', () => {
   });
 });
 
+describe('kill -9 of pipeline restore', () => {
+  it('while downloading the media archive: the next run ends the orphaned rsync and ssh and removes the password file', async () => {
+    const before = await listSets(sb, p);
+    const filesTo = join(sb.root, 'restored-files');
+    const seen = await recordedPids(sb);
+    const child = p.cli(['restore', 'latest', '--from', 'offsite', '--to', 'crashed_restore', '--files-to', filesTo]);
+    const download = await waitForTool(sb, 'rsync', (argv) => argv.some((a) => a.endsWith('/media.tar')) && !argv.includes('--mkpath') && !argv.includes('--dry-run'), seen);
+    const children = [download.pid];
+    for (const pid of await recordedPids(sb)) {
+      if (seen.has(pid) || pid === download.pid || !(await running(pid))) continue;
+      if ((await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0')[0]!.endsWith('ssh')) children.push(pid);
+    }
+    child.kill('SIGKILL');
+    expect((await child).signal).toBe('SIGKILL');
+    const left = await scratchOf(child.pid!);
+    expect(left.pgpass, 'the dead restore had a password file').toHaveLength(1);
+    expect(children.length).toBeGreaterThanOrEqual(2);
+    for (const pid of children) expect(await running(pid), `child ${pid} outlived the restore`).toBe(true);
+
+    const next = await p.run();
+    expect(next.exitCode, next.stderr).toBe(0);
+    for (const pid of children) expect(await running(pid), `child ${pid} of the dead restore is still running`).toBe(false);
+    const recovered = messages(next.stderr).find((m) => m.startsWith('recovered after a crashed run'));
+    expect(recovered).toContain(`pid ${child.pid}`);
+    expect(await scratchOf(child.pid!)).toEqual({ dir: '', pgpass: [] });
+    expect(await readdir(join(p.workDir, '.runs')).catch(() => [])).toEqual([]);
+    await assertCleanedUp(sb, p);
+    const after = await listSets(sb, p);
+    for (const id of before.offsite!.complete) expect(after.offsite!.complete).toContain(id);
+  });
+});
+
 describe('after the crashes', () => {
   it('every set listed complete on the destination verifies by content', async () => {
     const sets = await listSets(sb, p);
-    expect(sets.offsite!.complete.length).toBe(3);
+    expect(sets.offsite!.complete.length).toBe(4);
     for (const id of sets.offsite!.complete) {
       const out = await p.cli(['verify', id, '--from', 'offsite']);
       expect(out.exitCode, `set ${id} is listed complete but does not verify: ${out.stderr}`).toBe(0);
