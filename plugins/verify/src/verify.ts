@@ -46,9 +46,11 @@ function failed(artifact: Artifact, why: string, cause?: unknown): PipelineError
 }
 
 function why(error: unknown): string {
-  const e = error as { message?: string; details?: { stderr?: string } };
-  const tail = e?.details?.stderr?.trim().split('\n').slice(-2).join(' ') ?? '';
-  return (tail || e?.message || String(error)).slice(0, 400);
+  const e = error as { message?: string; details?: { stderr?: string; errors?: unknown } };
+  // A PostgreSQL client's cause is in its ERROR/FATAL lines (kept by exec), wherever they are.
+  const errors = Array.isArray(e?.details?.errors) ? (e.details.errors as string[]) : [];
+  const tail = errors.length > 0 ? errors.slice(0, 3).join(' | ') : (e?.details?.stderr?.trim().split('\n').slice(-2).join(' ') ?? '');
+  return (tail || e?.message || String(error)).slice(0, 600);
 }
 
 /** `TABLE DATA public accounts owner` entries of a pg_restore --list. */
