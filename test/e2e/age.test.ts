@@ -94,8 +94,9 @@ describe('the age plugin, end to end without gpg', () => {
     expect(missing.exitCode).toBe(1);
     expect(missing.stderr).toContain('RESTORE_NEEDS_PLUGIN');
     expect(missing.stderr).toContain('use: age');
-    const list = JSON.parse((await pipeline(['list', '--json'], host.dir, NO_GPG)).stdout) as Array<{ sets: Array<{ complete: boolean }> }>;
-    expect(list.every((d) => d.sets.every((s) => s.complete))).toBe(true);
+    const list = JSON.parse((await pipeline(['list', '--json'], host.dir, NO_GPG)).stdout) as Array<{ sets: Array<{ complete: boolean; needs?: string[] }> }>;
+    expect(list.every((d) => d.sets.every((s) => s.complete && s.needs?.includes('decrypt "age"')))).toBe(true);
+    expect((await pipeline(['list', '-d', 'folder'], host.dir, NO_GPG)).stdout).toContain('complete (needs a plugin for decrypt "age" to restore)');
   });
 
   it('survives retention like any other set', async () => {

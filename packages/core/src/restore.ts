@@ -90,6 +90,27 @@ export function checkPlugins(hooks: PipelineHooks, entries: readonly ManifestArt
   });
 }
 
+/** The keys the loaded plugins answer for on the restore side (see `Runner.restoreCapabilities`). */
+export interface RestoreCapabilities {
+  decrypt: readonly string[];
+  decompress: readonly string[];
+  restore: readonly string[];
+}
+
+/**
+ * What a set needs that the loaded plugins cannot do: an encryption method nobody decrypts, a
+ * database dump format nobody restores. Empty when the set can be restored here. A fact to show
+ * (`needs a plugin for decrypt "age"`), never a reason to call the set damaged.
+ */
+export function missingPlugins(entries: readonly Pick<ManifestArtifact, 'kind' | 'format' | 'encryption'>[], can: RestoreCapabilities): string[] {
+  const out = new Set<string>();
+  for (const entry of entries) {
+    if (entry.encryption && !can.decrypt.includes(entry.encryption.method)) out.add(`decrypt "${entry.encryption.method}"`);
+    if ((entry.kind === 'database' || entry.kind === 'globals') && !can.restore.includes(entry.format)) out.add(`restore "${entry.format}"`);
+  }
+  return [...out];
+}
+
 /** Downloads one artifact and checks it against its manifest entry, then runs the `fetched` checks. */
 async function fetchOne(hooks: PipelineHooks, from: NamedDestination, setId: string, entry: ManifestArtifact, dir: string, ctx: RestoreContext): Promise<Artifact> {
   const path = pathInSet(dir, entry.name);

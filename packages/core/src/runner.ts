@@ -17,13 +17,13 @@ import { MANIFEST_NAME, type NamedDestination } from './destination.js';
 import { assertFileName } from './names.js';
 import { PipelineError, isPipelineError, toPipelineError } from './errors.js';
 import { exec } from './exec.js';
-import { createHooks, EVENT_HOOKS, ADVISORY_HOOKS, type HookName, type PipelineHooks, type TapOnlyHooks } from './hooks.js';
+import { createHooks, EVENT_HOOKS, ADVISORY_HOOKS, KEYED_HOOKS, type HookName, type KeyedHookName, type PipelineHooks, type TapOnlyHooks } from './hooks.js';
 import { LocalFolderDestination } from './local-folder.js';
 import { acquireLock, type Lock } from './lock.js';
 import { createRunScratch } from './run-scratch.js';
 import { MANIFEST_FORMAT, makeSetId, serializeManifest, type Manifest } from './manifest.js';
 import { makePathResolver, tapOnlyHooks, type PluginApi } from './plugin.js';
-import { locateSet, restoreStoredSet, verifyStoredSet, type RestoreRequestOptions, type RestoreResult } from './restore.js';
+import { locateSet, restoreStoredSet, verifyStoredSet, type RestoreCapabilities, type RestoreRequestOptions, type RestoreResult } from './restore.js';
 import type { RestoreContext, RestoreRequest } from './restore-context.js';
 import type { SecretRegistry } from './secrets.js';
 
@@ -281,6 +281,30 @@ export class Runner {
         await scratch.remove();
       },
     };
+  }
+
+  /**
+   * What the stages of the config (every pipeline, or one) can read back: the keys they tap on
+   * `decrypt`, `decompress` and `restore`. Applies the plugins to fresh hooks and runs nothing.
+   */
+  restoreCapabilities(name?: string): RestoreCapabilities {
+    const pipelines = name ? [this.pipeline(name)] : Object.values(this.config.pipelines);
+    const hooks = createHooks();
+    const seen: Record<KeyedHookName, Array<{ key: string; hook: { taps: unknown[] } }>> = { decrypt: [], decompress: [], restore: [] };
+    for (const hookName of KEYED_HOOKS) {
+      (hooks[hookName] as unknown as HookMap<{ taps: unknown[] }>).intercept({ factory: (key, hook) => (seen[hookName].push({ key: String(key), hook }), hook) });
+    }
+    for (const pipeline of pipelines) {
+      for (const stage of pipeline.stages) {
+        try {
+          stage.plugin.apply!(tapOnlyHooks(hooks, stage.plugin.name), stage.options as never, pluginApi(this.config, this.log, stage.plugin.name));
+        } catch {
+          // A plugin whose apply throws cannot run at all; `pipeline run` reports it, the listing goes on.
+        }
+      }
+    }
+    const keys = (h: KeyedHookName) => [...new Set(seen[h].filter((s) => s.hook.taps.length > 0).map((s) => s.key))];
+    return { decrypt: keys('decrypt'), decompress: keys('decompress'), restore: keys('restore') };
   }
 
   /** The work dir and the pipeline's destinations, or only the one named `from`. */

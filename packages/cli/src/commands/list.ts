@@ -1,10 +1,12 @@
 import type { Command } from 'commander';
-import { listSets, type SetInfo } from '@backup-pipeline/core';
+import { listSets, missingPlugins, type RestoreCapabilities, type SetInfo } from '@backup-pipeline/core';
 import { formatBytes, output, table } from '../output.js';
 import { openDestinations, openSession } from '../session.js';
 
-export function setRow(set: SetInfo) {
+export function setRow(set: SetInfo, can?: RestoreCapabilities) {
   const artifacts = set.manifest?.artifacts ?? [];
+  // A fact about this host's config, not about the set: it stays complete.
+  const needs = can && set.complete ? missingPlugins(artifacts, can) : [];
   return {
     id: set.id,
     time: set.time.toISOString(),
@@ -15,17 +17,19 @@ export function setRow(set: SetInfo) {
     encrypted: artifacts.length > 0 && artifacts.every((a) => a.encryption),
     verified: set.manifest?.verified ?? false,
     problem: set.problem,
+    ...(needs.length > 0 ? { needs } : {}),
   };
 }
 
-const stateText = (s: ReturnType<typeof setRow>) => (s.state === 'complete' ? 'complete' : s.state === 'damaged' ? `DAMAGED: ${s.problem} (kept; look at it)` : `partial: ${s.problem}`);
+const stateText = (s: ReturnType<typeof setRow>) => (s.state === 'complete' ? `complete${s.needs ? ` (needs a plugin for ${s.needs.join(', ')} to restore)` : ''}` : s.state === 'damaged' ? `DAMAGED: ${s.problem} (kept; look at it)` : `partial: ${s.problem}`);
 
 export default async function list(command: Command, pipeline: string | undefined, opts: { destination?: string }): Promise<number> {
   const session = await openSession(command);
   const destinations = await openDestinations(session, pipeline, opts.destination);
+  const can = session.runner.restoreCapabilities(pipeline);
   const result = [];
   for (const d of destinations) {
-    result.push({ destination: d.name, where: d.destination.describe(), sets: (await listSets(d.destination)).map(setRow) });
+    result.push({ destination: d.name, where: d.destination.describe(), sets: (await listSets(d.destination)).map((s) => setRow(s, can)) });
   }
   if (session.options.json) {
     output.json(result);
