@@ -25,6 +25,7 @@ import {
   scanForSecrets,
   waitFor,
   writeRandomFile,
+  verifyCompleteSets,
   type MastodonHost,
   type Project,
   type Sandbox,
@@ -59,19 +60,6 @@ async function listStates(p: Project): Promise<Record<string, ListedSet[]>> {
   expect(out.exitCode, out.stderr).toBe(0);
   const parsed = JSON.parse(out.stdout) as Array<{ destination: string; sets: ListedSet[] }>;
   return Object.fromEntries(parsed.map((d) => [d.destination, d.sets]));
-}
-
-/** Every set listed complete anywhere passes `pipeline verify <id> --from <destination>` (checksums and a full read). */
-async function verifyEveryCompleteSet(p: Project): Promise<number> {
-  let verified = 0;
-  for (const [destination, sets] of Object.entries(await listStates(p))) {
-    for (const set of sets.filter((s) => s.complete)) {
-      const out = await p.cli(['verify', set.id, '--from', destination]);
-      expect(out.exitCode, `verify ${set.id} --from ${destination}: ${out.stderr}`).toBe(0);
-      verified++;
-    }
-  }
-  return verified;
 }
 
 async function databaseExists(name: string): Promise<boolean> {
@@ -180,14 +168,14 @@ describe('integration promises', () => {
     for (const s of newSets) if (s.state !== undefined) expect(s.state, `${s.id} in the bucket`).toBe('partial');
     expect(after.bucket!.filter((s) => s.complete).map((s) => s.id)).toEqual(goodIds);
     // Every set listed complete anywhere (the bucket's good set, the work dir's copies) is whole.
-    expect(await verifyEveryCompleteSet(p)).toBeGreaterThanOrEqual(1);
+    expect(await verifyCompleteSets(p)).toBeGreaterThanOrEqual(1);
 
     // The next run takes over the dead run's lock, succeeds, and its set verifies.
     const next = await p.run();
     expect(next.exitCode, next.stderr).toBe(0);
     const final = await listStates(p);
     expect(final.bucket!.filter((s) => s.complete)).toHaveLength(2);
-    expect(await verifyEveryCompleteSet(p)).toBeGreaterThanOrEqual(2);
+    expect(await verifyCompleteSets(p)).toBeGreaterThanOrEqual(2);
     // Crash recovery (issue 8): the next run removed the dead run's scratch (its password file) and the lock is free.
     await assertCleanedUp(sb, p);
   });
