@@ -96,28 +96,26 @@ const FS_FAILURES: Array<[RegExp, 'ENOSPC' | 'EDQUOT' | 'EROFS' | 'EACCES']> = [
 export function isChainConsequence(error: unknown): boolean {
   const e = error as { message?: string; code?: string; details?: { stopped?: unknown; signal?: unknown } } | undefined;
   if (e?.details?.stopped === true || e?.details?.signal === 'SIGPIPE') return true;
-  return /SIGPIPE|EPIPE|ERR_STREAM_PREMATURE_CLOSE/.test(`${e?.message ?? ''} ${e?.code ?? ''}`);
+  return /SIGPIPE|EPIPE|Broken pipe|ERR_STREAM_PREMATURE_CLOSE/.test(`${e?.message ?? ''} ${e?.code ?? ''}`);
 }
 
 /**
  * Settles every member of a chain of processes and streams; when one fails, `stopAll` is called
- * at once (so nothing stays blocked on a full pipe), and the first failure that is not a
- * consequence of another is thrown — the real cause, whichever member noticed first.
+ * at once (so nothing stays blocked on a full pipe), and the earliest failure that is not a
+ * consequence of another is thrown — the real cause (a full disk's NO_SPACE, not the compressor
+ * stopped because of it; a killed zstd, not pg_dump's broken pipe after it).
  */
 export async function settleChain<T extends readonly unknown[]>(members: { [K in keyof T]: Promise<T[K]> }, stopAll: () => void): Promise<T> {
-  let stopped = false;
+  const failures: unknown[] = []; // in the order they happened
   const results = await Promise.allSettled(
     members.map((m) =>
       Promise.resolve(m).catch((error: unknown) => {
-        if (!stopped) {
-          stopped = true;
-          stopAll();
-        }
+        failures.push(error);
+        if (failures.length === 1) stopAll();
         throw error;
       }),
     ),
   );
-  const failures = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as unknown);
   if (failures.length > 0) throw failures.find((e) => !isChainConsequence(e)) ?? failures[0];
   return results.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }

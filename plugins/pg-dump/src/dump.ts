@@ -11,12 +11,12 @@ import {
   displayCommand,
   exec,
   findPgBinary,
-  isChainConsequence,
   parsePgVersion,
   pgConnectionError,
   pgEnv,
   PipelineError,
   psql,
+  settleChain,
   writeFileAtomic,
   type Artifact,
   type KnownCompression as Compression,
@@ -156,13 +156,6 @@ class HeadCounter extends Transform {
   }
 }
 
-function pickError(results: PromiseSettledResult<unknown>[]): unknown {
-  const failures = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as Error);
-  // A process stopped by us (details.stopped) or by its reader going away (SIGPIPE, EPIPE) is a
-  // consequence of another member's failure, never the cause.
-  return failures.find((e) => !isChainConsequence(e)) ?? failures[0];
-}
-
 /** The first bytes of a compressed file's plaintext (empty when the plaintext is empty). */
 async function plaintextHead(path: string, method: Compression, ctx: Pick<RunContext, 'exec'>): Promise<Buffer> {
   const cmd = decompressCommand(method)!;
@@ -222,29 +215,17 @@ async function streamToFile(
       }
     },
   });
-  // A process that dies must not leave the others blocked on a full pipe.
-  compressor?.catch(() => producer.kill());
-  write.catch(() => {
+  // A member that fails stops the others (nothing stays blocked on a full pipe); the error is the
+  // root cause, the earliest failure that is not a consequence: a full disk fails the write, then
+  // pg_dump reports "terminated by user".
+  const results = await settleChain([producer, compressor ?? Promise.resolve(undefined), write] as const, () => {
     compressor?.kill();
     producer.kill();
-  });
-  // The root cause is the first failure: the others are often just us killing the rest (a full
-  // disk fails the write, then pg_dump reports "terminated by user").
-  const failedFirst: number[] = [];
-  const results = await Promise.allSettled(
-    [producer, compressor ?? Promise.resolve(), write].map((p, i) =>
-      Promise.resolve(p).catch((e: unknown) => {
-        failedFirst.push(i);
-        throw e;
-      }),
-    ),
-  );
-  const error = pickError(failedFirst.map((i) => results[i]!));
-  if (error) {
+  }).catch(async (error: unknown) => {
     await rm(path, { force: true });
     throw error;
-  }
-  const digest = (results[2] as PromiseFulfilledResult<{ bytes: number; sha256: string }>).value;
+  });
+  const digest = results[2];
   ctx.progress({ task, bytes: digest.bytes });
   if (counter) return { ...digest, plainBytes: counter.bytes, head: counter.head, producer };
   const head = await plaintextHead(path, compression.method, ctx).catch(async (e: unknown) => {
