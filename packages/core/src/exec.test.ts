@@ -6,7 +6,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { exec, pgErrorLines } from './exec.js';
+import { exec, pgErrorLines, settleChain } from './exec.js';
 import { isPipelineError } from './errors.js';
 
 describe('exec chains', () => {
@@ -30,6 +30,25 @@ describe('exec chains', () => {
     expect((error as Error).message).toMatch(/yes was stopped .* because another part of its chain failed/);
     // Gone (reaped), not merely signalled.
     expect(existsSync(`/proc/${child.pid}`)).toBe(false);
+  });
+});
+
+describe('settleChain', () => {
+  const later = (ms: number, error?: Error) => new Promise<string>((resolve, reject) => setTimeout(() => (error ? reject(error) : resolve('ok')), ms));
+
+  it('throws the earliest failure that is not a consequence, and stops the others once', async () => {
+    let stops = 0;
+    const cause = Object.assign(new Error('zstd was killed by SIGKILL'), { details: { signal: 'SIGKILL' } });
+    const consequence = new Error('pg_dump exited with code 1: could not write to output file: Broken pipe');
+    const stopped = Object.assign(new Error('tar was stopped'), { details: { stopped: true } });
+    await expect(settleChain([later(30, consequence), later(10, cause), later(20, stopped)] as const, () => stops++)).rejects.toBe(cause);
+    expect(stops).toBe(1);
+  });
+
+  it('falls back to the first failure when all of them are consequences, and returns every value otherwise', async () => {
+    const a = Object.assign(new Error('a was stopped'), { details: { stopped: true } });
+    await expect(settleChain([later(5, a), later(10, new Error('EPIPE'))] as const, () => {})).rejects.toBe(a);
+    await expect(settleChain([later(5), later(1)] as const, () => {})).resolves.toEqual(['ok', 'ok']);
   });
 });
 
