@@ -11,6 +11,7 @@ import { exec } from '@backup-pipeline/core';
 import { createGpgHome, mastodonEnvText, type GpgHome } from '@backup-pipeline/testing';
 import {
   assertCleanedUp,
+  verifyCompleteSets,
   assertFailed,
   exists,
   HOSTILE_PASSWORD,
@@ -86,6 +87,8 @@ async function fault(setup: () => Promise<void>, check: (out: Awaited<ReturnType
   await assertCleanedUp(sb, target);
   await rm(envFile, { recursive: true, force: true });
   await writeFile(envFile, goodEnv, { mode: 0o600 });
+  // What is listed complete after the fault is whole (by content, not by the listing).
+  await verifyCompleteSets(target);
   const next = await target.run();
   expect(next.exitCode, next.stderr).toBe(0);
   await assertCleanedUp(sb, target);
