@@ -2,6 +2,7 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { assertSetId } from './destination.js';
+import { makeSetId, parseSetId } from './manifest.js';
 import { IDENTIFIER, MAX_NAME_BYTES, assertFileName, nameProblem, pathInSet } from './names.js';
 
 describe('nameProblem', () => {
@@ -111,5 +112,23 @@ describe('assertSetId', () => {
 
   it.each([['20300101T000000Z-x'], ['20300101T000000123Z-mastodon'], ['20261125T014500Z-my_db.prod-1']])('accepts %j', (id) => {
     expect(() => assertSetId(id)).not.toThrow();
+  });
+});
+
+describe('set ids', () => {
+  it.each([
+    ['2026-11-25T01:45:00.000Z', 'mastodon', '20261125T014500Z-mastodon'],
+    ['2026-11-25T01:45:00.999Z', 'db', '20261125T014500Z-db'],
+    ['2030-01-01T00:00:00Z', 'x', '20300101T000000Z-x'],
+  ])('makeSetId(%s, %s) is %s, and parseSetId reads it back', (iso, source, id) => {
+    expect(makeSetId(new Date(iso), source)).toBe(id);
+    expect(parseSetId(id)).toEqual({ time: new Date(iso.replace(/\.\d+Z$/, 'Z').replace(/(:\d\d)Z$/, '$1.000Z')), source });
+  });
+
+  it('reads the millisecond form, and nothing that is not a set id', () => {
+    expect(parseSetId('20300101T000000123Z-x')).toEqual({ time: new Date('2030-01-01T00:00:00Z'), source: 'x' });
+    for (const bad of ['', 'x', '20300101T000000Z', '20300101T000000Z-', '20300101T000000Z-.x', '20300101T000000Z-a/b', '20301301T000000Z-x', ' 20300101T000000Z-x', '20300101T000000Z-x ']) {
+      expect(parseSetId(bad), JSON.stringify(bad)).toBeUndefined();
+    }
   });
 });
