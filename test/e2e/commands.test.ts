@@ -1,5 +1,5 @@
 /** The operator commands on a real pipeline: plugins, prune (for real), restore --globals --files-to. */
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createGpgHome, type GpgHome } from '@backup-pipeline/testing';
@@ -62,6 +62,16 @@ describe('operator commands', () => {
     expect(again.exitCode).toBe(1);
     expect(again.stderr).toContain('FILES_RESTORE_FAILED');
     expect(await host.pg.psql(`SELECT count(*) FROM pg_database WHERE datname = 'restored_again'`)).toEqual([['0']]);
+    // The secrets alone, before any database exists (the first step on a new server).
+    const secretsOnly = join(host.dir, 'secrets-only');
+    // No .env.production for the credentials stage yet: files alone need no database connection.
+    await rename(host.envFile, `${host.envFile}.away`);
+    const files = await pipeline(['restore', 'latest', '--files-to', secretsOnly, '--gnupg-home', gpg.home], host.dir).finally(() => rename(`${host.envFile}.away`, host.envFile));
+    expect(files.exitCode, files.stderr).toBe(0);
+    expect(await readdir(secretsOnly)).toEqual(['.env.production']);
+    const nothing = await pipeline(['restore', 'latest'], host.dir);
+    expect(nothing.exitCode).toBe(2);
+    expect(nothing.stderr).toContain('nothing to restore');
     expect(await host.pg.psql(`SELECT count(*) FROM pg_roles WHERE rolname = 'mastodon_admin'`)).toEqual([['1']]);
   });
 

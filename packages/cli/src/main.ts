@@ -67,7 +67,7 @@ export function buildProgram(): Command {
     .command('restore')
     .description('fetch a set, check every sha256, decrypt, and pg_restore it into a new database')
     .argument('<set>', 'set id, or "latest"')
-    .requiredOption('--to <database>', 'database to restore into (created when missing; refused when not empty unless --clean)')
+    .option('--to <database>', 'database to restore into (created when missing; refused when not empty unless --clean); give --to, --files-to or --globals')
     .option('--from <destination>', 'destination to fetch from (default: the work dir, then each destination in order)')
     .option('-p, --pipeline <name>', 'pipeline whose credentials and destinations to use')
     .option('-j, --jobs <n>', 'parallel pg_restore jobs', (v) => Number.parseInt(v, 10))

@@ -319,14 +319,15 @@ export class Runner {
   }
 
   /** Opens a context for a stored set (restore, verifyStored): connect, then locate. */
-  private async openStored(pipeline: ResolvedPipeline, options: RunOptions, request: RestoreRequest, from: string | undefined) {
+  private async openStored(pipeline: ResolvedPipeline, options: RunOptions, request: RestoreRequest, from: string | undefined, connect = true) {
     const opened = await this.open(pipeline, { ...options, dryRun: false }, async (startedAt) => makeSetId(startedAt, pipeline.source), {
       stored: { id: request.set, manifest: undefined, from: '' },
       request,
     });
     const ctx = opened.ctx as RestoreContext;
     return { opened, ctx, locate: async () => {
-      await opened.hooks.connect.promise(ctx);
+      // Files alone (the env file, first thing on a new server) need no database connection.
+      if (connect) await opened.hooks.connect.promise(ctx);
       const located = await locateSet(this.sources(ctx, from), request.set, ctx);
       Object.assign(ctx, { setId: located.id, setDir: ctx.tmpDir, stored: { id: located.id, manifest: located.manifest, from: located.holders[0]!.name } });
       return located;
@@ -340,7 +341,7 @@ export class Runner {
    */
   async restore(name: string | undefined, request: RestoreRequestOptions & { from?: string }, options: RunOptions = {}): Promise<RestoreResult> {
     const pipeline = this.pipeline(name);
-    const { opened, ctx, locate } = await this.openStored(pipeline, options, { command: 'restore', set: request.set }, request.from);
+    const { opened, ctx, locate } = await this.openStored(pipeline, options, { command: 'restore', set: request.set }, request.from, !!(request.database || request.globals));
     const started = Date.now();
     try {
       const located = await locate();
