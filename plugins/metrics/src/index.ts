@@ -37,11 +37,17 @@ export const FAMILIES: readonly MetricFamily[] = [
   { name: 'backup_pipeline_artifact_bytes', type: 'gauge', help: 'Size of each artifact of the last successful run, as shipped.' },
   { name: 'backup_pipeline_sets', type: 'gauge', help: 'Complete backup sets each destination holds, counted after the last successful run.' },
   { name: 'backup_pipeline_damaged_sets', type: 'gauge', help: 'Damaged backup sets each destination holds (kept for a person to inspect; alert when above 0), counted after every run.' },
+  { name: 'backup_pipeline_last_verify_timestamp_seconds', type: 'gauge', help: 'Unix time `pipeline verify` last re-verified a stored set of the pipeline (the drill).' },
+  { name: 'backup_pipeline_last_verify_status', type: 'gauge', help: 'Outcome of the last `pipeline verify`: 1 every check passed, 0 it failed.' },
+  { name: 'backup_pipeline_last_restore_timestamp_seconds', type: 'gauge', help: 'Unix time `pipeline restore` last ended for the pipeline.' },
+  { name: 'backup_pipeline_last_restore_status', type: 'gauge', help: 'Outcome of the last `pipeline restore`: 1 restored and checked, 0 it failed.' },
 ];
 
 const FAMILY_NAMES = new Set(FAMILIES.map((f) => f.name));
 /** Families that describe the last success: kept from the old file when a run fails. */
 const SUCCESS_FAMILIES = new Set(['backup_pipeline_last_success_timestamp_seconds', 'backup_pipeline_artifact_bytes', 'backup_pipeline_sets']);
+/** Families written by the restore half (`verified`, `restored`): a run keeps them as they are. */
+const CHECK_FAMILIES = new Set(['backup_pipeline_last_verify_timestamp_seconds', 'backup_pipeline_last_verify_status', 'backup_pipeline_last_restore_timestamp_seconds', 'backup_pipeline_last_restore_status']);
 
 export interface RenderInput {
   pipeline: string;
@@ -62,7 +68,7 @@ export function renderMetrics(input: RenderInput): string {
   const ok = summary.ok;
   const now = input.endedAt.getTime() / 1000;
   const old = parseTextfile(input.previous ?? '').filter((s) => FAMILY_NAMES.has(s.name));
-  const samples: Sample[] = old.filter((s) => s.labels.pipeline !== pipeline);
+  const samples: Sample[] = old.filter((s) => s.labels.pipeline !== pipeline || CHECK_FAMILIES.has(s.name));
   const mine = (name: string, value: number, labels: Record<string, string> = {}) => samples.push({ name, labels: { pipeline, ...labels }, value });
 
   mine('backup_pipeline_last_run_timestamp_seconds', now);
@@ -89,6 +95,16 @@ export function renderMetrics(input: RenderInput): string {
   return renderTextfile(FAMILIES, samples);
 }
 
+/** The file after a `pipeline verify` or `pipeline restore`: its two samples replaced, everything else kept. */
+export function renderCheck(input: { pipeline: string; kind: 'verify' | 'restore'; ok: boolean; endedAt: Date; previous?: string }): string {
+  const timestamp = `backup_pipeline_last_${input.kind}_timestamp_seconds`;
+  const status = `backup_pipeline_last_${input.kind}_status`;
+  const old = parseTextfile(input.previous ?? '').filter((s) => FAMILY_NAMES.has(s.name));
+  const samples = old.filter((s) => !(s.labels.pipeline === input.pipeline && (s.name === timestamp || s.name === status)));
+  samples.push({ name: timestamp, labels: { pipeline: input.pipeline }, value: input.endedAt.getTime() / 1000 }, { name: status, labels: { pipeline: input.pipeline }, value: input.ok ? 1 : 0 });
+  return renderTextfile(FAMILIES, samples);
+}
+
 async function countSets(ctx: RunContext, warn: (msg: string) => void): Promise<{ complete: Record<string, number>; damaged: Record<string, number> }> {
   const out = { complete: {} as Record<string, number>, damaged: {} as Record<string, number> };
   for (const d of [...ctx.destinations, ctx.work]) {
@@ -112,14 +128,17 @@ export default definePlugin({
   apply(hooks, options, api) {
     const path = api.resolvePath(options.path);
 
-    const write = async (summary: RunSummary, ctx: RunContext): Promise<void> => {
+    const write = async (summary: RunSummary | { check: 'verify' | 'restore'; ok: boolean }, ctx: RunContext): Promise<void> => {
       try {
-        const counted = options.countSets ? await countSets(ctx, (m) => api.log.warn(m)) : undefined;
+        const counted = !('check' in summary) && options.countSets ? await countSets(ctx, (m) => api.log.warn(m)) : undefined;
         const previous = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
           if (error.code === 'ENOENT') return undefined;
           throw error;
         });
-        const text = renderMetrics({ pipeline: ctx.pipeline, summary, endedAt: new Date(), sets: summary.ok ? counted?.complete : undefined, damaged: counted?.damaged, previous });
+        const text =
+          'check' in summary
+            ? renderCheck({ pipeline: ctx.pipeline, kind: summary.check, ok: summary.ok, endedAt: new Date(), previous })
+            : renderMetrics({ pipeline: ctx.pipeline, summary, endedAt: new Date(), sets: summary.ok ? counted?.complete : undefined, damaged: counted?.damaged, previous });
         // Metrics hold no secrets, and node_exporter usually runs as another user: 0644.
         await writeFileAtomic(path, text, { mode: 0o644 });
         api.log.debug({ path }, `metrics written to ${path}`);
@@ -136,5 +155,8 @@ export default definePlugin({
     hooks.plan.tapPromise('metrics', async (plan) => plan.add({ plugin: 'metrics', hook: 'succeeded', description: `write node_exporter metrics to ${path} after the run` }));
     hooks.succeeded.tapPromise('metrics', (summary, ctx) => write(summary, ctx));
     hooks.failed.tapPromise('metrics', (_error, summary, ctx) => write(summary, ctx));
+    // The restore half: the drill (`pipeline verify`) and restores are worth an alert too.
+    hooks.verified.tapPromise('metrics', (summary, ctx) => write({ check: 'verify', ok: summary.ok }, ctx));
+    hooks.restored.tapPromise('metrics', (summary, ctx) => write({ check: 'restore', ok: summary.ok }, ctx));
   },
 });
