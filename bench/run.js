@@ -262,7 +262,7 @@ async function benchScale(scaleGB) {
   const dumpBytes = Number(ratioRun.stdout.trim());
   const dumpRatio = round(dumpBytes / Number(dbBytes));
   console.error(`   dumpRatio ${dumpRatio}: pg_dump -Fc ${(dumpBytes / 2 ** 20).toFixed(1)} MB / database ${(Number(dbBytes) / 2 ** 20).toFixed(1)} MB (${(ratioRun.wallMs / 1000).toFixed(1)} s)`);
-  const dataFacts = { text: TEXT, generateMs, dumpBytes, dumpRatio, dumpMs: round(ratioRun.wallMs, 0) };
+  const dataFacts = { text: TEXT, generateMs, dumpBytes, dumpRatio, dumpRatioDatabaseBytes: Number(dbBytes), dumpMs: round(ratioRun.wallMs, 0) }; // databaseBytes: after the runs
   if (RATIO_ONLY) {
     await rm(dir, { recursive: true, force: true });
     return { scaleGB, accounts, databaseBytes: Number(dbBytes), ratioOnly: true, ...dataFacts };
