@@ -6,12 +6,11 @@ export default defineConfig({
     include: [
       'plugins/retention/src/retention-policy*.test.ts',
       'packages/core/src/secrets.test.ts',
-      'packages/core/src/manifest.test.ts',
-      'packages/core/src/sets.test.ts',
+      'packages/core/src/manifest*.test.ts',
+      'packages/core/src/sets*.test.ts',
       'packages/core/src/destination.test.ts',
       'packages/core/src/names.test.ts',
       'packages/core/src/lock.test.ts',
-      'packages/core/src/helpers.test.ts',
     ],
     exclude: ['**/node_modules/**', '**/dist/**'],
     // The lock race runs the compiled dist/lock.js in child processes, which mutants never reach.

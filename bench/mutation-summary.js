@@ -14,7 +14,7 @@ for (const [file, { mutants, source }] of Object.entries(report.files)) {
   const valid = mutants.filter((m) => !['CompileError', 'RuntimeError', 'Ignored'].includes(m.status)).length;
   killedAll += killed;
   validAll += valid;
-  rows.push(`${file.padEnd(45)} ${String(killed).padStart(4)} / ${String(valid).padEnd(4)} killed  ${((100 * killed) / (valid || 1)).toFixed(1).padStart(5)}%  (survived ${by('Survived')}, no coverage ${by('NoCoverage')})`);
+  rows.push(`${file.padEnd(45)} ${String(killed).padStart(4)} / ${String(valid).padEnd(4)} killed  ${((100 * killed) / (valid || 1)).toFixed(1).padStart(5)}%  (survived ${by('Survived')}, no coverage ${by('NoCoverage')}, static not run ${by('Ignored')})`);
   const srcLines = source.split('\n');
   for (const m of mutants.filter((m) => m.status === 'Survived' || m.status === 'NoCoverage')) {
     const line = m.location.start.line;

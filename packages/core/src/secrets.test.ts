@@ -90,3 +90,27 @@ describe('SecretRegistry.maskDeep', () => {
     expect(out).not.toBe(value);
   });
 });
+
+describe('SecretRegistry.isSecret', () => {
+  it.each([
+    ['the value itself', 'p@ss word"x', true],
+    ['its JSON-escaped form', JSON.stringify('p@ss word"x').slice(1, -1), true],
+    ['its URL-encoded form', encodeURIComponent('p@ss word"x'), true],
+    ['a text containing it', 'pw p@ss word"x', false],
+    ['a part of it', 'p@ss', false],
+    ['the empty string', '', false],
+  ])('%s → %s', (_label, value, expected) => {
+    expect(registry('p@ss word"x').isSecret(value)).toBe(expected);
+  });
+});
+
+describe('overlapping secrets', () => {
+  it.each([
+    ['short first', ['abc', 'abcdef']],
+    ['long first', ['abcdef', 'abc']],
+    ['three, mixed', ['bcd', 'abcdefg', 'abcd']],
+  ])('masks the longest whole (%s)', (_label, values) => {
+    const secrets = registry(...values);
+    expect(secrets.mask('xabcdefgx abcdef abc')).toBe(values.includes('abcdefg') ? `x${MASK}x ${MASK}ef abc` : `x${MASK}gx ${MASK} ${MASK}`);
+  });
+});
