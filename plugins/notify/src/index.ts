@@ -6,11 +6,11 @@
  */
 import { hostname } from 'node:os';
 import { definePlugin, z, type RunContext, type RunSummary, type SecretRegistry } from '@backup-pipeline/core';
-import { buildRequest, headerSecrets, redactUrl, urlSecrets, type NotifyEvent, type NotifyFormat, type NotifyMessage } from './messages.js';
+import { buildRequest, headerSecrets, redactUrl, urlSecrets, type CheckOutcome, type NotifyEvent, type NotifyFormat, type NotifyMessage } from './messages.js';
 
 export * from './messages.js';
 
-const EVENTS = ['start', 'success', 'failure'] as const;
+const EVENTS = ['start', 'success', 'failure', 'verify-success', 'verify-failure', 'restore-success', 'restore-failure'] as const;
 const FORMATS = ['json', 'healthchecks', 'ntfy', 'slack', 'discord'] as const;
 
 export const webhookSchema = z
@@ -24,7 +24,7 @@ export const webhookSchema = z
       .array(z.enum(EVENTS))
       .min(1)
       .default(['success', 'failure'])
-      .describe('Events that notify: `start` (the run began), `success`, `failure`.'),
+      .describe('Events that notify: `start` (the run began), `success`, `failure` of a run; `verify-success`, `verify-failure` of `pipeline verify` (the drill); `restore-success`, `restore-failure` of `pipeline restore`.'),
     format: z
       .enum(FORMATS)
       .default('json')
@@ -97,10 +97,10 @@ export default definePlugin({
     }
     const host = hostname();
 
-    const notify = async (event: NotifyEvent, ctx: RunContext, summary?: RunSummary): Promise<void> => {
+    const notify = async (event: NotifyEvent, ctx: RunContext, summary?: RunSummary, check?: CheckOutcome): Promise<void> => {
       const targets = options.webhooks.filter((w) => (w.on as readonly string[]).includes(event));
       if (targets.length === 0) return;
-      const message: NotifyMessage = ctx.secrets.maskDeep({ event, pipeline: ctx.pipeline, setId: ctx.setId, startedAt: ctx.startedAt.toISOString(), host, summary });
+      const message: NotifyMessage = ctx.secrets.maskDeep({ event, pipeline: ctx.pipeline, setId: ctx.setId, startedAt: ctx.startedAt.toISOString(), host, summary, ...(check ? { check } : {}) });
       await Promise.all(
         targets.map(async (webhook) => {
           const where = `${webhook.format} ${redactUrl(webhook.url)}`;
@@ -120,5 +120,26 @@ export default definePlugin({
     hooks.started.tapPromise('notify', (ctx) => notify('start', ctx));
     hooks.succeeded.tapPromise('notify', (summary, ctx) => notify('success', ctx, summary));
     hooks.failed.tapPromise('notify', (_error, summary, ctx) => notify('failure', ctx, summary));
+    // The restore half: a failed drill is worth waking someone for.
+    hooks.verified.tapPromise('notify', (s, ctx) =>
+      notify(s.ok ? 'verify-success' : 'verify-failure', ctx, undefined, {
+        command: 'verify',
+        ok: s.ok,
+        from: s.from,
+        durationMs: s.durationMs,
+        details: s.artifacts.map((a) => `${a.name}: ${a.verification ? 'verified' : 'checksum ok'}`),
+        error: s.error,
+      }),
+    );
+    hooks.restored.tapPromise('notify', (s, ctx) =>
+      notify(s.ok ? 'restore-success' : 'restore-failure', ctx, undefined, {
+        command: 'restore',
+        ok: s.ok,
+        from: s.from,
+        durationMs: s.durationMs,
+        details: s.reports.map((r) => `${r.artifact} → ${r.into}${r.rows !== undefined ? `: ${r.tables} tables, ${r.rows} rows` : ''}`),
+        error: s.error,
+      }),
+    );
   },
 });

@@ -4,7 +4,22 @@
  */
 import { formatBytes, formatDuration, type RunSummary } from '@backup-pipeline/core';
 
-export type NotifyEvent = 'start' | 'success' | 'failure';
+/** A run's events, and the outcomes of `pipeline verify` (the drill) and `pipeline restore`. */
+export type NotifyEvent = 'start' | 'success' | 'failure' | 'verify-success' | 'verify-failure' | 'restore-success' | 'restore-failure';
+
+/** The outcome of a `pipeline verify` or `pipeline restore` (from the `verified` / `restored` hooks). */
+export interface CheckOutcome {
+  command: 'verify' | 'restore';
+  ok: boolean;
+  /** The destination the set was fetched from. */
+  from: string;
+  durationMs: number;
+  /** What was checked or restored, one line each. */
+  details: string[];
+  error?: { code: string; message: string };
+}
+
+const FAILURES: readonly NotifyEvent[] = ['failure', 'verify-failure', 'restore-failure'];
 export type NotifyFormat = 'json' | 'healthchecks' | 'ntfy' | 'slack' | 'discord';
 
 /** What every format is built from: the run summary (absent for `start`) and a few facts. */
@@ -15,6 +30,8 @@ export interface NotifyMessage {
   startedAt: string;
   host: string;
   summary?: RunSummary;
+  /** For verify-* and restore-* events. */
+  check?: CheckOutcome;
 }
 
 export interface NotifyRequest {
@@ -27,6 +44,7 @@ export interface NotifyRequest {
 export function jsonPayload(message: NotifyMessage): Record<string, unknown> {
   const { event, pipeline, setId, startedAt, host, summary } = message;
   const base = { event, pipeline, setId, startedAt, host };
+  if (message.check) return { ...base, ...message.check, event, host };
   if (!summary) return base;
   const bytes = summary.artifacts.reduce((n, a) => n + a.bytes, 0);
   return { ...base, ...summary, event, host, bytes };
@@ -35,6 +53,9 @@ export function jsonPayload(message: NotifyMessage): Record<string, unknown> {
 
 /** One line: `backup-pipeline: nightly succeeded on host`. */
 export function title(message: NotifyMessage): string {
+  if (message.check) {
+    return `backup-pipeline: ${message.check.command} of ${message.pipeline} ${message.check.ok ? 'succeeded' : 'FAILED'} on ${message.host}`;
+  }
   const verb = message.event === 'start' ? 'started' : message.event === 'success' ? 'succeeded' : 'FAILED';
   return `backup-pipeline: ${message.pipeline} ${verb} on ${message.host}`;
 }
@@ -43,6 +64,12 @@ export function title(message: NotifyMessage): string {
 export function text(message: NotifyMessage): string {
   const { summary } = message;
   const lines = [title(message), `set ${message.setId}`];
+  if (message.check) {
+    const { check } = message;
+    lines.push(`fetched from ${check.from || '-'}, ${formatDuration(check.durationMs)}`, ...check.details.map((d) => `  ${d}`));
+    if (check.error) lines.push(`error ${check.error.code}: ${check.error.message}`);
+    return lines.join('\n');
+  }
   if (!summary) return [...lines, `started at ${message.startedAt}`].join('\n');
   const bytes = summary.artifacts.reduce((n, a) => n + a.bytes, 0);
   lines.push(`duration ${formatDuration(summary.durationMs)}, ${summary.artifacts.length} artifact(s), ${formatBytes(bytes)}`);
@@ -60,12 +87,16 @@ const NTFY = {
   start: { priority: '2', tags: 'hourglass_flowing_sand' },
   success: { priority: '3', tags: 'white_check_mark' },
   failure: { priority: '5', tags: 'rotating_light' },
+  'verify-success': { priority: '2', tags: 'white_check_mark' },
+  'verify-failure': { priority: '5', tags: 'rotating_light' },
+  'restore-success': { priority: '3', tags: 'white_check_mark' },
+  'restore-failure': { priority: '5', tags: 'rotating_light' },
 } as const;
 
 /** healthchecks.io: `/start` when a run begins, the bare URL on success, `/fail` on failure. */
 export function healthchecksUrl(base: string, event: NotifyEvent): string {
   const url = new URL(base);
-  const suffix = event === 'start' ? '/start' : event === 'failure' ? '/fail' : '';
+  const suffix = event === 'start' ? '/start' : FAILURES.includes(event) ? '/fail' : '';
   url.pathname = url.pathname.replace(/\/+$/, '') + suffix;
   return url.href;
 }
