@@ -130,8 +130,9 @@ describe('a third-party encryption plugin from outside the repository', () => {
     expect(verify.exitCode, verify.stderr).toBe(0);
     expect(verify.stdout).toMatch(/restore drill: \d+ tables/);
 
-    const plugins = await pipeline(['plugins'], host.dir);
-    expect(plugins.stdout).toMatch(/decrypt\[openssl-aes-256-cbc\]/);
+    // Listed with its real package name, and the hooks its apply taps with the configured options.
+    const plugins = JSON.parse((await pipeline(['plugins', '--json'], host.dir)).stdout) as Array<{ name: string; package: string; hooks: string[] }>;
+    expect(plugins.find((p) => p.name === 'openssl')).toMatchObject({ package: 'backup-pipeline-plugin-openssl', hooks: ['preflight', 'transform', 'decrypt[openssl-aes-256-cbc]'] });
   });
 
   it('survives retention like any other set: counted as complete, the newest kept, the older pruned', async () => {

@@ -1,3 +1,5 @@
+import { readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { Command } from 'commander';
 import { candidateNames, createHooks, KEYED_HOOKS, loadConfig, resolvePlugin, SecretRegistry, tapOnlyHooks, z, type Plugin, type HookName } from '@backup-pipeline/core';
 import { BUILTIN_PLUGINS, CLI_DIR } from '../builtins.js';
@@ -50,32 +52,58 @@ function typeName(p: Record<string, unknown>): string {
   return typeof p.type === 'string' ? p.type : Array.isArray(p.type) ? p.type.join(' | ') : 'object';
 }
 
+/** The `name` of the package.json nearest above a module file (the plugin's real package name). */
+async function packageNameOf(file: string): Promise<string | undefined> {
+  for (let dir = dirname(file); ; dir = dirname(dir)) {
+    const pkg = await readFile(join(dir, 'package.json'), 'utf8').then((t) => JSON.parse(t) as { name?: string }, () => undefined);
+    if (pkg?.name) return pkg.name;
+    if (dirname(dir) === dir) return undefined;
+  }
+}
+
 export default async function plugins(command: Command): Promise<number> {
   const options = globalOptions(command);
   const log = await openLogger({ ...options, logLevel: 'silent' });
-  const specs = new Set(BUILTIN_PLUGINS);
   const config = await loadConfig({ file: options.config, pluginSearchDirs: [CLI_DIR] }).catch(() => undefined);
-  for (const p of Object.values(config?.pipelines ?? {})) for (const s of p.stages) specs.add(s.plugin.name);
-  const loaded: Array<{ spec: string; plugin: Plugin }> = [];
-  for (const spec of specs) {
-    const found = await resolvePlugin(spec, [config?.dir ?? process.cwd(), process.cwd(), CLI_DIR], config?.dir ?? process.cwd()).catch(() => undefined);
-    if (found && !loaded.some((l) => l.plugin.name === found.plugin.name)) loaded.push({ spec, plugin: found.plugin });
+  const configDir = config?.dir ?? process.cwd();
+  // Every built-in, and every plugin the config uses — stages and destinations — by the `use:` that named it.
+  const specs = new Map<string, { spec: string; options?: unknown }>();
+  for (const spec of BUILTIN_PLUGINS) specs.set(spec, { spec });
+  for (const [name, p] of Object.entries(config?.raw.pipelines ?? {})) {
+    (p.stages as Array<{ use: string }>).forEach((entry, i) => {
+      const stage = config!.pipelines[name]?.stages[i];
+      if (stage) specs.set(stage.plugin.name, { spec: entry.use, options: specs.get(stage.plugin.name)?.options ?? stage.options });
+    });
   }
-  const described = loaded.map(({ spec, plugin }) => ({
-    name: plugin.name,
-    package: candidateNames(spec)[0],
-    description: plugin.description,
-    kind: [plugin.apply ? 'stage' : '', plugin.destination ? 'destination' : ''].filter(Boolean).join(' + '),
-    hooks: tappedHooks(plugin, parseDefaults(plugin.options), log),
-    options: describeOptions(plugin.options),
-    destinationOptions: describeOptions(plugin.destination?.options),
-  }));
+  for (const [name, d] of Object.entries((config?.raw.destinations ?? {}) as Record<string, { use: string }>)) {
+    const plugin = config!.destinations[name]?.plugin;
+    if (plugin && !specs.has(plugin.name)) specs.set(plugin.name, { spec: d.use });
+  }
+  const loaded: Array<{ plugin: Plugin; file?: string; options?: unknown }> = [];
+  for (const { spec, options: configured } of specs.values()) {
+    const found = await resolvePlugin(spec, [configDir, process.cwd(), CLI_DIR], configDir).catch(() => undefined);
+    if (found && !loaded.some((l) => l.plugin.name === found.plugin.name)) loaded.push({ plugin: found.plugin, file: found.file, options: configured });
+  }
+  const described = [];
+  for (const { plugin, file, options: configured } of loaded) {
+    described.push({
+      name: plugin.name,
+      package: (file && (await packageNameOf(file))) ?? candidateNames(plugin.name)[0],
+      description: plugin.description,
+      kind: [plugin.apply ? 'stage' : '', plugin.destination ? 'destination' : ''].filter(Boolean).join(' + '),
+      // With the options the config gives it, when it has them: an apply that needs its options then shows its taps too.
+      hooks: tappedHooks(plugin, configured ?? parseDefaults(plugin.options), log),
+      options: describeOptions(plugin.options),
+      destinationOptions: describeOptions(plugin.destination?.options),
+    });
+  }
   if (options.json) {
     output.json(described);
     return 0;
   }
   for (const p of described) {
     output.stdout(`${p.name} (${p.kind}) — ${p.description}\n`);
+    output.stdout(`  ${dim('package:')} ${p.package}\n`);
     if (p.hooks.length) output.stdout(`  ${dim('taps:')} ${p.hooks.join(', ')}\n`);
     for (const [title, list] of [['options', p.options], ['destination options', p.destinationOptions]] as const) {
       if (list.length === 0) continue;
