@@ -1,11 +1,11 @@
 /** listSets and readManifest against a real local folder: each state, and what is not a set. */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { MANIFEST_NAME, type Destination, type StoredSet } from './destination.js';
+import { DAMAGE_MARKER_NAME, MANIFEST_NAME, type Destination, type StoredSet } from './destination.js';
 import { LocalFolderDestination } from './local-folder.js';
 import { MAX_MANIFEST_BYTES } from './manifest.js';
-import { listSets, readManifest } from './sets.js';
+import { listSets, readManifest, recordDamage } from './sets.js';
 import { sampleManifest, tempDir } from './test-fixtures.js';
 
 const manifestOf = (id: string, bytes = 10) => JSON.stringify({ ...sampleManifest, id, artifacts: [{ ...sampleManifest.artifacts[0]!, bytes }] });
@@ -46,7 +46,6 @@ describe('listSets', () => {
     expect(sets[2]!.problem).toMatch(/^no manifest/);
     expect(sets[3]!.manifest?.id).toBe(b);
     expect(sets[3]!.problem).toBeUndefined();
-    const { readdir } = await import('node:fs/promises');
     expect(await readdir(scratch), 'manifest scratch removed').toEqual([]);
   });
 
@@ -99,5 +98,70 @@ describe('readManifest', () => {
     const id = '20261125T014500Z-mastodon';
     const { d } = await folderWith({ [id]: { [MANIFEST_NAME]: manifestOf(id) } });
     expect((await readManifest(d, id)).manifest).toMatchObject({ id, artifacts: [{ name: 'db.dump.zst', bytes: 10 }] });
+  });
+});
+
+describe('listSets with a destination that lists odd things', () => {
+  const a = '20261125T014500Z-mastodon';
+  const b = '20261126T014500Z-mastodon';
+  const fake = (stored: StoredSet[], manifests: Record<string, string> = {}): Destination => ({
+    describe: () => 'fake',
+    put: async () => {},
+    list: async () => stored,
+    get: async (setId, _name, to) => {
+      if (!(setId in manifests)) throw new Error(`no manifest for ${setId}`);
+      await writeFile(to, manifests[setId]!);
+    },
+    delete: async () => {},
+  });
+
+  it('skips names that are not set ids, sorts what it lists, and never reads the manifest of a set without one', async () => {
+    const d = fake(
+      [
+        { id: b, hasManifest: false, files: [{ name: 'db.dump.zst', bytes: 10 }] },
+        { id: 'lost+found', hasManifest: true, files: [] },
+        { id: a, hasManifest: true, files: [{ name: 'db.dump.zst', bytes: 10 }, { name: MANIFEST_NAME, bytes: 500 }] },
+      ],
+      { [a]: manifestOf(a) },
+    );
+    const sets = await listSets(d);
+    expect(sets.map((s) => [s.id, s.state, s.problem])).toEqual([
+      [a, 'complete', undefined],
+      [b, 'partial', 'no manifest (interrupted, or still being written)'],
+    ]);
+  });
+
+  it('a destination that lists no files: the manifest is read, but sizes cannot be checked (damaged, not complete)', async () => {
+    const [set] = await listSets(fake([{ id: a, hasManifest: true }], { [a]: manifestOf(a) }));
+    expect(set).toMatchObject({ state: 'damaged', complete: false, problem: 'the destination does not list the files of its sets, so their sizes cannot be checked' });
+    expect(set!.manifest?.id).toBe(a);
+  });
+
+  it('a recorded damage marker makes a set with a good manifest and good sizes damaged', async () => {
+    const root = await tempDir('bp-sets-');
+    const d = new LocalFolderDestination(root);
+    await mkdir(join(root, a));
+    await writeFile(join(root, a, 'db.dump.zst'), '0123456789');
+    await writeFile(join(root, a, MANIFEST_NAME), manifestOf(a));
+    expect((await listSets(d))[0]!.state).toBe('complete');
+    const scratch = await tempDir('bp-scratch-');
+    await recordDamage(d, a, 'db.dump.zst does not match its manifest', { scratchDir: scratch });
+    const [set] = await listSets(d);
+    expect(set).toMatchObject({ state: 'damaged', complete: false });
+    expect(set!.problem).toMatch(/^a restore or verify/);
+    const marker = JSON.parse(await readFile(join(root, a, DAMAGE_MARKER_NAME), 'utf8')) as { setId: string; problem: string; foundAt: string };
+    expect(marker).toMatchObject({ setId: a, problem: 'db.dump.zst does not match its manifest' });
+    expect(Number.isNaN(Date.parse(marker.foundAt))).toBe(false);
+    expect(await readdir(scratch)).toEqual([]);
+  });
+
+  it('recordDamage never throws: a destination that refuses the write gets a warning naming the set', async () => {
+    const warnings: string[] = [];
+    const refusing: Destination = { ...fake([]), put: async () => Promise.reject(new Error('read-only file system')) };
+    const scratch = await tempDir('bp-scratch-');
+    await recordDamage(refusing, a, 'bad', { scratchDir: scratch, log: { warn: (_o, msg) => warnings.push(msg) } });
+    expect(warnings).toEqual([`could not record in ${a} that it is damaged: read-only file system`]);
+    expect(await readdir(scratch)).toEqual([]);
+    await expect(recordDamage(refusing, a, 'bad', { scratchDir: scratch })).resolves.toBeUndefined();
   });
 });
