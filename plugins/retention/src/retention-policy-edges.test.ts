@@ -70,4 +70,20 @@ describe('decideRetention edges', () => {
       ['same-b', 'keep'],
     ]);
   });
+  it('the newest complete set that is also verified is kept once, as the newest complete set', () => {
+    const out = byId(decideRetention([set('old', 30, { verified: true }), set('newest', 10, { verified: true })], {}, { now: NOW }));
+    expect(out.newest).toEqual({ action: 'keep', reasons: ['newest complete set'] });
+    expect(out.old!.action).toBe('delete');
+  });
+
+  it('a damaged set is kept for a person, whatever its age, and fills no keep slot', () => {
+    const out = byId(decideRetention([set('damaged', 1000, { complete: false, damaged: true }), set('good', 20), set('newest', 10)], { keepLast: 2 }, { now: NOW }));
+    expect(out.damaged).toEqual({ action: 'keep', reasons: ['damaged: kept for a person to inspect'] });
+    expect(out.good).toEqual({ action: 'keep', reasons: ['last 2/2'] });
+  });
+
+  it('an incomplete set dated in the future is kept for that reason only (no grace arithmetic)', () => {
+    const out = byId(decideRetention([set('good', 10), set('future', -5, { complete: false })], {}, { now: NOW }));
+    expect(out.future).toEqual({ action: 'keep', reasons: ['dated in the future'] });
+  });
 });
