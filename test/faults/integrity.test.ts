@@ -233,7 +233,7 @@ describe('preflight refuses before any data moves', () => {
 
   const pgDumpRan = async () => (await shimRecords(sb)).some((r) => r.tool === 'pg_dump' && !r.argv.includes('--version'));
 
-  it('a restore test with a role that may not create databases fails in preflight with VERIFY_NEEDS_CREATEDB', async () => {
+  it('a restore test with a role that may not create databases fails in preflight with VERIFY_RESTORE_UNAVAILABLE', async () => {
     const envFile = await limitedRole('no_createdb', `GRANT pg_read_all_data TO no_createdb`);
     const p = await project(sb, 'no-createdb', {
       destinations: { folder: { use: 'local', path: './backups' } },
@@ -241,8 +241,8 @@ describe('preflight refuses before any data moves', () => {
     });
     await rm(sb.shimLog, { recursive: true, force: true }).then(() => mkdir(sb.shimLog));
     const out = await p.run();
-    assertFailed(out, 'VERIFY_NEEDS_CREATEDB', ['no_createdb', 'preflight']);
-    expect(out.stderr).toContain('ALTER ROLE no_createdb CREATEDB');
+    assertFailed(out, 'VERIFY_RESTORE_UNAVAILABLE', ['no_createdb', 'preflight']);
+    expect(out.stderr).toContain('ALTER ROLE "no_createdb" CREATEDB');
     expect(await pgDumpRan(), 'pg_dump ran before the refusal').toBe(false);
     expect((await setStates(p)).work?.complete ?? []).toEqual([]);
     await assertCleanedUp(sb, p);

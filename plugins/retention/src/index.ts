@@ -3,7 +3,7 @@
  * from each destination and from the work dir, logging each deletion with its reason.
  * `planRetention` / `applyRetention` are exported for `pipeline prune [--dry-run]`.
  */
-import { definePlugin, listSets, PipelineError, z, type Destination, type Logger, type NamedDestination, type SetInfo, type SetState } from '@backup-pipeline/core';
+import { definePlugin, listSets, parseSetId, PipelineError, z, type Destination, type Logger, type NamedDestination, type SetInfo, type SetState } from '@backup-pipeline/core';
 import { decideRetention, policyKeepsAnything, type RetentionDecision, type RetentionPolicy } from './retention-policy.js';
 
 export * from './retention-policy.js';
@@ -202,8 +202,9 @@ export default definePlugin({
       for (const target of targets(ctx)) {
         try {
           const result = await applyRetention(target, options, {
-            // The runner's clock: the run's own start. Sets of runs that started later are "future".
-            now: ctx.startedAt,
+            // The runner's clock: the run's own start, or its set id's time when that was moved
+            // forward (runs within one second take the next free second). Later sets are "future".
+            now: new Date(Math.max(ctx.startedAt.getTime(), parseSetId(ctx.setId)?.time.getTime() ?? 0)),
             timezone: ctx.timezone,
             protect: [ctx.setId],
             source: options.allSources ? undefined : ctx.source,

@@ -181,6 +181,13 @@ describe('retention stage through the runner', () => {
     expect(await sets('work')).toHaveLength(60 + 2 + 2 + 1);
   });
 
+  it('runs within one second (ids moved to the next free second) are not "dated in the future" for the last of them', async () => {
+    const ids = [];
+    for (let i = 0; i < 3; i++) ids.push((await runPipeline({ keepLast: 2 })).result.summary.setId);
+    expect(ids).toEqual(['20261125T014500Z-mastodon', '20261125T014501Z-mastodon', '20261125T014502Z-mastodon']);
+    expect((await readdir(join(dir, 'work'))).filter((n) => !n.startsWith('.')).sort()).toEqual(ids.slice(1));
+  });
+
   it('dryRun deletes nothing', async () => {
     const work = join(dir, 'work');
     await buildTree(work);

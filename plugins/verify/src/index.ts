@@ -3,7 +3,7 @@
  * data and the expected tables — and, with `restoreTest`, restore into a scratch database with the
  * row counts of the dump's own snapshot. A failure stops the run before anything is shipped.
  */
-import { definePlugin, PipelineError, psql, z, type RestoreContext, type RunContext } from '@backup-pipeline/core';
+import { definePlugin, PipelineError, psql, quoteIdent, z, type RestoreContext, type RunContext } from '@backup-pipeline/core';
 import { verifyDatabaseArtifact, type VerifyOptions } from './verify.js';
 
 export { tableDataEntries, verifyDatabaseArtifact, type Verification, type VerifyOptions } from './verify.js';
@@ -46,8 +46,9 @@ export default definePlugin({
       if (!options.restoreTest || !ctx.pg) return;
       const [row] = await psql(ctx.pg, `SELECT current_user, coalesce((SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user), false)`, { signal: ctx.signal, secrets: ctx.secrets });
       if (row?.[1] !== 't') {
-        throw new PipelineError('VERIFY_NEEDS_CREATEDB', `restoreTest needs to create a scratch database, and the role ${row?.[0] ?? ctx.pg.user} may not (no CREATEDB)`, {
-          hint: `Grant it as a superuser: ALTER ROLE ${row?.[0] ?? ctx.pg.user} CREATEDB; — or set restoreTest: false and run \`pipeline verify latest --restore-test\` as a role that may.`,
+        const user = row?.[0] ?? ctx.pg.user;
+        throw new PipelineError('VERIFY_RESTORE_UNAVAILABLE', `${user} cannot create the scratch database for the restore test (no CREATEDB); refused before any data moved`, {
+          hint: `Allow it (as a superuser: ALTER ROLE ${quoteIdent(user)} CREATEDB;) or set restoreTest: false and run \`pipeline verify latest --restore-test\` as a role that may.`,
         });
       }
     });

@@ -117,12 +117,12 @@ export default definePlugin({
     expect(ok.error).toBeUndefined();
   });
 
-  it('VERIFY_RESTORE_UNAVAILABLE when the user cannot create the scratch database', async () => {
+  it('VERIFY_RESTORE_UNAVAILABLE in preflight when the user cannot create the scratch database', async () => {
     await pg.createRole('reader', 'reader-pw', { inRoles: ['pg_read_all_data'] });
     await writeFile(join(dir, 'reader.pw'), 'reader-pw', { mode: 0o600 });
     const stage = { ...credentials(), user: 'reader', passwordFile: join(dir, 'reader.pw') };
     const out = await runStages({ stages: [stage, { use: 'pg-dump' }, { use: 'verify', restoreTest: true }] });
-    expect(out.error).toMatchObject({ code: 'VERIFY_RESTORE_UNAVAILABLE', plugin: 'verify', hook: 'verify' });
+    expect(out.error).toMatchObject({ code: 'VERIFY_RESTORE_UNAVAILABLE', plugin: 'verify', hook: 'preflight' });
     expect(out.error!.hint).toContain('ALTER ROLE "reader" CREATEDB');
   });
 
