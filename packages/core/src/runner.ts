@@ -307,15 +307,22 @@ export class Runner {
     return { decrypt: keys('decrypt'), decompress: keys('decompress'), restore: keys('restore') };
   }
 
-  /** The work dir and the pipeline's destinations, or only the one named `from`. */
-  private sources(ctx: RunContext, from: string | undefined): NamedDestination[] {
+  /**
+   * The work dir and the pipeline's destinations, or only the one named `from` — which may be any
+   * destination the config declares (`list` shows them all; a set can be fetched from any of them).
+   */
+  private async sources(ctx: RunContext, from: string | undefined): Promise<NamedDestination[]> {
     const all = [ctx.work, ...ctx.destinations];
     if (!from) return all;
     const chosen = all.filter((d) => d.name === from);
-    if (chosen.length === 0) {
-      throw new PipelineError('DESTINATION_UNKNOWN', `destination "${from}" is not one of pipeline "${ctx.pipeline}"'s`, { hint: `Destinations: ${all.map((d) => d.name).join(', ')}.` });
+    if (chosen.length > 0) return chosen;
+    const declared = this.config.destinations[from];
+    if (!declared) {
+      throw new PipelineError('DESTINATION_UNKNOWN', `destination "${from}" is not declared in ${this.config.file}`, {
+        hint: `Destinations: ${['work', ...Object.keys(this.config.destinations)].join(', ')}.`,
+      });
     }
-    return chosen;
+    return [await createDestination(this.config, declared, ctx.log)];
   }
 
   /** Opens a context for a stored set (restore, verifyStored): connect, then locate. */
@@ -328,7 +335,7 @@ export class Runner {
     return { opened, ctx, locate: async () => {
       // Files alone (the env file, first thing on a new server) need no database connection.
       if (connect) await opened.hooks.connect.promise(ctx);
-      const located = await locateSet(this.sources(ctx, from), request.set, ctx);
+      const located = await locateSet(await this.sources(ctx, from), request.set, ctx);
       Object.assign(ctx, { setId: located.id, setDir: ctx.tmpDir, stored: { id: located.id, manifest: located.manifest, from: located.holders[0]!.name } });
       return located;
     } };
