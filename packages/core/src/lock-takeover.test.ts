@@ -95,4 +95,29 @@ describe('acquireLock', () => {
     await expect(acquireLock(path)).rejects.toMatchObject({ code: 'LOCKED', details: { lock: path }, hint: expect.stringContaining(`remove ${path}`) });
     expect(await readFile(path, 'utf8')).toBe('{"host":"x"}\n');
   });
+  it.each([
+    ['another pid', { pid: 1 }],
+    ['another host', { host: 'elsewhere' }],
+    ['another start', { startedAt: '2026-01-01T00:00:00.000Z' }],
+    ['another process start time', { procStart: 1 }],
+  ])('release leaves a lock whose owner differs only by %s', async (_label, change) => {
+    const { path } = await lockDir();
+    const lock = await acquireLock(path);
+    const mine = parseLockOwner(await readFile(path, 'utf8'))!;
+    const text = JSON.stringify({ ...mine, ...change }) + '\n';
+    await writeFile(path, text);
+    await lock.release();
+    expect(await readFile(path, 'utf8')).toBe(text);
+  });
+
+  it('leaves an owner file of a live process beside the lock, and its own never', async () => {
+    const { dir, path } = await lockDir();
+    const live = `.nightly.lock.1.${'a'.repeat(12)}.tmp`;
+    const other = `.nightly.lock.${process.pid}.${'b'.repeat(12)}.tmp`;
+    const unrelated = 'notes.txt';
+    for (const n of [live, other, unrelated]) await writeFile(join(dir, n), 'x');
+    const lock = await acquireLock(path);
+    expect((await readdir(dir)).sort()).toEqual([live, other, 'nightly.lock', unrelated].sort());
+    await lock.release();
+  });
 });
