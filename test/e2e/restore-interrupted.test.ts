@@ -2,7 +2,8 @@
  * `restore --clean` killed halfway leaves the live database untouched: SIGTERM while pg_restore
  * writes into the fresh database (the command stops, drops what it created, exits 143), and
  * kill -9 (nothing can clean up: the live database is still the same, the half-restored one is
- * left under its `_restoring_` name for a person, and the next --clean restore still works).
+ * left under its `_restoring_` name for a person, and the next --clean restore still works), and
+ * the server itself killed mid-restore (the live database is the same after its restart).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tableChecksums } from '@backup-pipeline/testing';
@@ -49,6 +50,24 @@ describe('an interrupted --clean restore', () => {
     expect(result.exitCode, result.stderr).toBe(143);
     expect(await restoring()).toEqual([]);
     expect(await tableChecksums(host.pg, host.database)).toEqual(live);
+  });
+
+  it('the PostgreSQL server killed halfway (immediate stop): the restore fails, and after a restart the live database is untouched and the next --clean still swaps', async () => {
+    const live = await tableChecksums(host.pg, host.database);
+    const child = pipeline(['restore', 'latest', '--to', host.database, '--clean', '--jobs', '1'], host.dir);
+    await whileRestoring();
+    await host.pg.halt();
+    const result = await child;
+    expect(result.exitCode, result.stderr).toBe(1);
+    expect(result.stderr).toMatch(/^error /m);
+    await host.pg.restart();
+    expect(await tableChecksums(host.pg, host.database)).toEqual(live);
+    // Whatever was half restored is not the live database; clear it so the next cases start clean.
+    for (const name of await restoring()) await host.pg.psql(`DROP DATABASE "${name}"`);
+    const again = await pipeline(['restore', 'latest', '--to', host.database, '--clean'], host.dir);
+    expect(again.exitCode, again.stderr).toBe(0);
+    expect(await tableChecksums(host.pg, host.database)).toEqual(live);
+    for (const [name] of await host.pg.psql(`SELECT datname FROM pg_database WHERE datname LIKE '${host.database}_before_%'`)) await host.pg.psql(`DROP DATABASE "${name}"`);
   });
 
   it('kill -9 halfway: the live database untouched; the half-restored one is left for a person, and the next --clean still swaps', async () => {
