@@ -161,7 +161,8 @@ describe.each(SIGNALS)('%s', (signal, exit) => {
   });
 
   it(`during the upload exits ${exit} and leaves no partial set in the bucket`, async () => {
-    await interrupt(signal, exit, /upload of \S+ was stopped/, async (_child, lines) => {
+    // Every destination ships at once: the first to stop may be the bucket's upload or rsync's upload or its check.
+    await interrupt(signal, exit, /(upload of|uploading|checking) \S+ was stopped/, async (_child, lines) => {
       await waitFor('the set to be complete in the work dir', () => lines.some((l) => l.includes('is complete in the work dir')), 60_000);
       proxy.setMode({ kind: 'delay', ms: 1500 });
       await waitFor('an upload request', () => proxy.stats.requests > 0 && lines.some((l) => l.includes('upload:bucket') || l.includes('"msg":"shipping')) || proxy.stats.faults > 0, 30_000);
