@@ -472,6 +472,7 @@ export class Runner {
 
     const reports: ShipReport[] = [];
     let manifest: Manifest | undefined;
+    let madeSetDir = false;
     let lock: { release(): Promise<void> } | undefined;
     const summary = (error?: PipelineError): RunSummary => ({
       pipeline: pipeline.name,
@@ -499,7 +500,9 @@ export class Runner {
 
       await mkdir(config.workDir, { recursive: true, mode: DIR_MODE });
       lock = await this.lock(pipeline.name, ctx);
+      // Not recursive: the id is this run's only if it makes the folder (a folder of that name is another run's).
       await mkdir(setDir, { mode: DIR_MODE });
+      madeSetDir = true;
       await hooks.started.promise(ctx);
       await hooks.connect.promise(ctx);
       await hooks.preflight.promise(ctx);
@@ -559,7 +562,8 @@ export class Runner {
         error.details = { ...error.details, aborted: true };
       }
       error.message = secrets.mask(error.message);
-      if (!manifest) await rm(setDir, { recursive: true, force: true });
+      // Only the folder this run made, and only while it holds no manifest: never another run's set.
+      if (!manifest && madeSetDir) await rm(setDir, { recursive: true, force: true });
       if (!ctx.dryRun && error.code !== 'LOCKED') {
         await hooks.failed.promise(error, summary(error), ctx).catch(() => {});
       }
