@@ -19,7 +19,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { EXIT, exec, parseEnvFile, PipelineError, writeFileAtomic } from '@backup-pipeline/core';
 import type { Command } from 'commander';
 import { CLI_DIR } from '../builtins.js';
-import { green } from '../output.js';
+import { green, output as terminal } from '../output.js';
 
 export interface InitOptions {
   mastodonDir: string;
@@ -293,7 +293,7 @@ export default async function init(command: Command): Promise<number> {
   const key = await generateKey(dirname(output), base, facts.localDomain ?? 'mastodon');
   const choices: InitChoices = { timezone: await detectTimezone(), schema: schemaFile(), key };
   await writeFileAtomic(output, renderInitConfig(facts, choices), { mode: 0o600 });
-  const w = (line = '') => process.stdout.write(line + '\n');
+  const w = (line = '') => terminal.stdout(line + '\n');
   w(`${green('wrote')} ${output} (time zone ${choices.timezone})`);
   if (key) {
     w(`${green('wrote')} ${key.publicKeyFile} (the public key: backups are encrypted to it)`);

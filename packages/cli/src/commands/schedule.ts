@@ -14,6 +14,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { displayCommand, exec, isPipelineError, makePathResolver, PipelineError, writeFileAtomic, type ResolvedConfig, type ResolvedPipeline } from '@backup-pipeline/core';
 import type { Command } from 'commander';
 import { CLI_DIR, CLI_PACKAGE } from '../builtins.js';
+import { output } from '../output.js';
 import { openSession } from '../session.js';
 
 export interface ScheduleOptions {
@@ -312,16 +313,16 @@ export default async function schedule(command: Command, kind: string, name: str
       if (isPipelineError(error) && error.code === 'ACCESS_DENIED') throw needsRoot(dir, sudoCommand);
       throw error;
     }
-    process.stdout.write(`wrote ${path}\n`);
+    output.stdout(`wrote ${path}\n`);
   };
   const prepare = async () => {
-    if (isRoot()) await prepareFolders(user, input.writePaths, input.sharedPaths ?? [], (line) => process.stdout.write(line + '\n'));
+    if (isRoot()) await prepareFolders(user, input.writePaths, input.sharedPaths ?? [], (line) => output.stdout(line + '\n'));
   };
 
   if (kind === 'cron') {
     const text = cronFile(input);
     if (!options.install) {
-      process.stdout.write(`${note}# /etc/cron.d/${unit}\n${text}`);
+      output.stdout(`${note}# /etc/cron.d/${unit}\n${text}`);
       return 0;
     }
     await write(join(dir, unit), text);
@@ -331,12 +332,12 @@ export default async function schedule(command: Command, kind: string, name: str
 
   const { service, timer } = systemdUnits(input);
   if (!options.install) {
-    process.stdout.write(`${note}# /etc/systemd/system/${unit}.service\n${service}\n# /etc/systemd/system/${unit}.timer\n${timer}`);
-    process.stdout.write(`\n# Then: systemctl daemon-reload && systemctl enable --now ${unit}.timer\n`);
+    output.stdout(`${note}# /etc/systemd/system/${unit}.service\n${service}\n# /etc/systemd/system/${unit}.timer\n${timer}`);
+    output.stdout(`\n# Then: systemctl daemon-reload && systemctl enable --now ${unit}.timer\n`);
     return 0;
   }
   for (const [suffix, text] of [['service', service], ['timer', timer]] as const) await write(join(dir, `${unit}.${suffix}`), text);
   await prepare();
-  process.stdout.write(`Now run: systemctl daemon-reload && systemctl enable --now ${unit}.timer\n`);
+  output.stdout(`Now run: systemctl daemon-reload && systemctl enable --now ${unit}.timer\n`);
   return 0;
 }
