@@ -20,5 +20,6 @@ export * from './resolve-plugin.js';
 export * from './runner.js';
 export * from './restore.js';
 export * from './restore-context.js';
+export * from './physical-restore.js';
 export * from './format.js';
 export { z } from 'zod';

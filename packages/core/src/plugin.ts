@@ -11,6 +11,8 @@ import { HookMap } from 'tapable';
 import type { z } from 'zod';
 import type { Destination } from './destination.js';
 import type { HookName, PipelineHooks, TapOnlyHooks } from './hooks.js';
+import type { ManifestArtifact } from './manifest.js';
+import type { RecoveryTargetKind } from './restore-context.js';
 import type { SecretRegistry } from './secrets.js';
 
 /** What the core hands a plugin besides its hooks and options. */
@@ -62,6 +64,26 @@ export interface PluginDefinition<S extends z.ZodType = z.ZodType, D extends z.Z
   restoreOptions?: ReadonlyArray<Extract<keyof z.output<S>, string>>;
   /** The plugin's own error codes and their hints, generated into the config reference. */
   errors?: Readonly<Record<string, string>>;
+  /**
+   * Artifact formats this plugin's `restore` tap restores into a PostgreSQL data directory
+   * (`pipeline restore --data-dir`), keyed by format, with the recovery targets each can stop at
+   * (`--to-time`, `--to-lsn`). The core picks sets by it (never by a plugin's name), so declare it
+   * statically. Formats not declared here are never given a data dir nor a recovery target.
+   */
+  dataDirFormats?: Readonly<Record<string, DataDirFormat>>;
+}
+
+/** A format restored into a data dir (see `PluginDefinition.dataDirFormats`). */
+export interface DataDirFormat {
+  /** Recovery targets a restore of this format can stop at (empty: only the backup's own end). */
+  recoveryTargets: readonly RecoveryTargetKind[];
+  /**
+   * The first point a restore of this artifact reaches (the end of the backup), from its manifest
+   * entry; a recovery target before it cannot be reached from this set. Pure: no I/O. Undefined
+   * when the entry does not say (the core then uses the manifest's `completedAt` for times, and
+   * skips the set for LSN targets).
+   */
+  consistentAt?(artifact: ManifestArtifact): { time?: string; lsn?: string } | undefined;
 }
 
 const BRAND = Symbol.for('backup-pipeline.plugin');
@@ -87,6 +109,7 @@ export function isPlugin(value: unknown): value is Plugin {
     (p.writablePaths === undefined || typeof p.writablePaths === 'function') &&
     (p.restoreOptions === undefined || Array.isArray(p.restoreOptions)) &&
     (p.errors === undefined || (typeof p.errors === 'object' && p.errors !== null)) &&
+    (p.dataDirFormats === undefined || (typeof p.dataDirFormats === 'object' && p.dataDirFormats !== null)) &&
     (p.apply !== undefined || p.destination !== undefined)
   );
 }

@@ -14,7 +14,30 @@ export interface RestoreTarget {
   jobs: number;
   /** Drop objects the dump recreates first (pg_restore --clean). */
   clean?: boolean;
+  /**
+   * A PostgreSQL data directory to restore a physical backup into (formats a plugin declares in
+   * `dataDirFormats`). It must not belong to a running server, and must be missing or empty unless
+   * `delta` is set. The tap leaves it as PostgreSQL needs it (mode 0700, owned by the server's user).
+   */
+  dataDir?: string;
+  /** The data dir is not empty: let the restore reuse and overwrite what is there (pgBackRest `--delta`). */
+  delta?: boolean;
+  /**
+   * Stop recovery at this point, replaying archived WAL up to it. Only formats declared with this
+   * target kind in `dataDirFormats` take it; every other restore tap must refuse it, never ignore it.
+   */
+  recoveryTarget?: RecoveryTarget;
 }
+
+/** The kinds of recovery target: a point in time, or a WAL position. */
+export type RecoveryTargetKind = 'time' | 'lsn';
+
+/**
+ * Where a point-in-time recovery stops (the last transaction committed at or before it is kept).
+ * `time` is the text given, with an explicit UTC offset (`2026-12-01 14:03:00+00`), passed to the
+ * server as is so no precision is lost; `lsn` is a WAL position `X/Y` (hex).
+ */
+export type RecoveryTarget = { time: string; lsn?: undefined } | { lsn: string; time?: undefined };
 
 /** What a `restore` tap did. */
 export interface RestoreReport {
@@ -31,7 +54,23 @@ export interface RestoreReport {
   mismatches: string[];
   /** Files written (folder targets). */
   files?: string[];
+  /** Physical restores (data dir targets): which backup, the recovery target, the WAL it needs. */
+  physical?: PhysicalRestoreReport;
   durationMs: number;
+}
+
+/** What a restore into a data dir wrote. */
+export interface PhysicalRestoreReport {
+  /** The backup restored (its label in the tool's repository). */
+  backup: string;
+  /** The data dir written. */
+  dataDir: string;
+  /** Where recovery stops; absent: at the end of the backup (the first consistent point). */
+  recoveryTarget?: RecoveryTarget;
+  /** WAL the backup itself needs (first and last segment), and what the repository holds past it. */
+  wal?: { start?: string; stop?: string; archivedUpTo?: string };
+  /** What to run to start the restored cluster, for the report. */
+  next?: string[];
 }
 
 /** Which set a restore or verify works on, and where it was fetched from. */

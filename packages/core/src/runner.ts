@@ -25,6 +25,8 @@ import { MANIFEST_FORMAT, makeSetId, serializeManifest, type Manifest } from './
 import { makePathResolver, tapOnlyHooks, type PluginApi } from './plugin.js';
 import { locateSet, restoreStoredSet, verifyStoredSet, type RestoreCapabilities, type RestoreRequestOptions, type RestoreResult } from './restore.js';
 import type { RestoreContext, RestoreRequest } from './restore-context.js';
+import { pickSetForRecovery, restoreIntoDataDir, type DataDirFormats, type DataDirRequestOptions } from './physical-restore.js';
+import type { DataDirFormat } from './plugin.js';
 import type { SecretRegistry } from './secrets.js';
 
 export const FRAMEWORK_VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -307,6 +309,15 @@ export class Runner {
     return { decrypt: keys('decrypt'), decompress: keys('decompress'), restore: keys('restore') };
   }
 
+  /** The formats the stages of a pipeline restore into a data dir (`dataDirFormats`), first declaration wins. */
+  dataDirFormats(name?: string): DataDirFormats {
+    const formats = new Map<string, DataDirFormat>();
+    for (const stage of this.pipeline(name).stages) {
+      for (const [format, declared] of Object.entries(stage.plugin.dataDirFormats ?? {})) if (!formats.has(format)) formats.set(format, declared);
+    }
+    return formats;
+  }
+
   /**
    * The work dir and the pipeline's destinations, or only the one named `from` — which may be any
    * destination the config declares (`list` shows them all; a set can be fetched from any of them).
@@ -332,10 +343,11 @@ export class Runner {
       request,
     });
     const ctx = opened.ctx as RestoreContext;
-    return { opened, ctx, locate: async () => {
+    return { opened, ctx, locate: async (choose?: (sources: NamedDestination[]) => Promise<string>) => {
       // Files alone (the env file, first thing on a new server) need no database connection.
       if (connect) await opened.hooks.connect.promise(ctx);
-      const located = await locateSet(await this.sources(ctx, from), request.set, ctx);
+      const sources = await this.sources(ctx, from);
+      const located = await locateSet(sources, choose ? await choose(sources) : request.set, ctx);
       Object.assign(ctx, { setId: located.id, setDir: ctx.tmpDir, stored: { id: located.id, manifest: located.manifest, from: located.holders[0]!.name } });
       return located;
     } };
@@ -346,13 +358,24 @@ export class Runner {
    * destination) → fetch, checking every sha256 (a bad copy: the next destination holding it)
    * → decrypt → restore. Nothing is written to the work dir and no lock is taken.
    */
-  async restore(name: string | undefined, request: RestoreRequestOptions & { from?: string }, options: RunOptions = {}): Promise<RestoreResult> {
+  async restore(name: string | undefined, request: RestoreRequestOptions & DataDirRequestOptions & { from?: string }, options: RunOptions = {}): Promise<RestoreResult> {
     const pipeline = this.pipeline(name);
+    if (request.recoveryTarget && !request.dataDir) {
+      throw new PipelineError('USAGE', 'a recovery target (--to-time, --to-lsn) needs a data dir to restore a physical backup into (--data-dir DIR)', {
+        hint: 'A dump restores into a database only as it was when it was taken; point-in-time recovery writes a data directory (docs/physical.md).',
+      });
+    }
+    if (request.dataDir && (request.database || request.globals || request.filesTo)) {
+      throw new PipelineError('USAGE', '--data-dir restores a physical backup alone: leave out --to, --globals and --files-to');
+    }
+    const formats = this.dataDirFormats(pipeline.name);
     const { opened, ctx, locate } = await this.openStored(pipeline, options, { command: 'restore', set: request.set }, request.from, !!(request.database || request.globals));
     const started = Date.now();
     try {
-      const located = await locate();
-      const result = await restoreStoredSet(opened.hooks, located, request, ctx);
+      // A recovery target without a set: the newest set whose backup ended before the target.
+      const target = request.recoveryTarget;
+      const located = await locate(target && request.set === 'latest' ? (sources) => pickSetForRecovery(sources, target, formats, ctx) : undefined);
+      const result = request.dataDir ? await restoreIntoDataDir(opened.hooks, located, request, formats, ctx) : await restoreStoredSet(opened.hooks, located, request, ctx);
       await opened.hooks.restored.promise({ pipeline: pipeline.name, setId: result.setId, from: result.from, ok: true, reports: result.reports, durationMs: result.durationMs }, ctx);
       return result;
     } catch (caught) {
