@@ -138,7 +138,7 @@ describe('pipeline init', () => {
   });
 
   it('refuses to overwrite without --force (exit 2), and overwrites with it', async () => {
-    const live = await mastodon('live2', 'DB_USER=mastodon\nDB_PASS=\nS3_ENABLED=true\n');
+    const live = await mastodon('live2', 'DB_USER=mastodon\nDB_PASS=\nS3_ENABLED=true\nS3_BUCKET=media.example\nS3_ENDPOINT=https://objects.example.org\nAWS_SECRET_ACCESS_KEY=aws-s3cret-never-shown\n');
     const file = join(dir, 'existing.yaml');
     await writeFile(file, 'mine\n');
     const refused = await pipeline(['init', '--mastodon-dir', live, '-o', file]);
@@ -150,7 +150,10 @@ describe('pipeline init', () => {
     expect(forced.exitCode).toBe(0);
     const text = await readFile(file, 'utf8');
     expect(text).toContain('without a password (peer authentication');
-    expect(text).toContain('Media is in object storage');
+    expect(text).toContain('Media is in object storage (S3_ENABLED=true, bucket media.example at https://objects.example.org)');
+    // Said on the terminal too, not only in a comment of the file.
+    expect(forced.stdout).toContain('Media is in object storage (S3_ENABLED=true, bucket media.example at https://objects.example.org): this config backs up no media.');
+    expect(forced.stdout + text).not.toContain('aws-s3cret-never-shown');
     const validate = await pipeline(['validate', '--config', file]);
     expect(validate.exitCode, validate.stderr).toBe(0);
   });

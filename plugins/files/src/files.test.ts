@@ -128,10 +128,15 @@ describe('files stage (real tar and zstd)', () => {
   });
 
   it('skips media with a notice when S3_ENABLED=true', async () => {
-    await writeFile(join(live, '.env.production'), ENV.replace('S3_ENABLED=false # media on disk', 'S3_ENABLED=true'));
+    await writeFile(join(live, '.env.production'), ENV.replace('S3_ENABLED=false # media on disk', 'S3_ENABLED=true\nS3_BUCKET=files.example.social\nS3_ENDPOINT=https://s3.example.org'));
     const { manifest, lines } = await run({ envFile: join(live, '.env.production'), mediaDir: join(live, 'public/system') }, [{ use: encryptModule }]);
     expect(manifest!.artifacts.map((a) => a.name)).toEqual(['secrets.tar.zst']);
-    expect(lines.some((l) => l.includes('S3_ENABLED=true'))).toBe(true);
+    // Said in preflight, as a warning naming the bucket, before anything is archived.
+    const said = lines.map((l) => JSON.parse(l) as { level: number; hook?: string; msg: string }).find((l) => l.msg.startsWith('media is in object storage'));
+    expect(said?.level).toBe(40);
+    expect(said?.msg).toContain('bucket files.example.social at https://s3.example.org');
+    expect(lines.findIndex((l) => l.includes('media is in object storage'))).toBeLessThan(lines.findIndex((l) => l.includes('archived secrets.tar.zst')));
+    expect(manifest!.facts.mediaStorage).toBe('object storage: bucket files.example.social at https://s3.example.org');
   });
 
   it('excludeCache: false and compression: none keep the cache in a plain tar', async () => {

@@ -10,7 +10,7 @@
 import { parseEnvFile } from '@backup-pipeline/plugin-credentials';
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { definePlugin, PipelineError, settleChain, writeFileAtomic, z, type Artifact, type ExecProcess, type RunContext } from '@backup-pipeline/core';
+import { definePlugin, describeObjectStorage, mastodonObjectStorage, PipelineError, settleChain, writeFileAtomic, z, type Artifact, type ExecProcess, type RunContext } from '@backup-pipeline/core';
 
 export const FilesOptions = z
   .object({
@@ -93,11 +93,17 @@ export default definePlugin({
       return vars;
     };
 
-    hooks.preflight.tapPromise('files', async () => {
+    hooks.preflight.tapPromise('files', async (ctx) => {
       if (envFile && !(await stat(envFile).catch(() => undefined))?.isFile()) {
         throw new PipelineError('FILES_MISSING', `env file ${envFile} does not exist`, { hint: 'Fix `envFile` (usually ~/live/.env.production) or run as the user that can read it.' });
       }
-      const s3 = (await readEnv()).S3_ENABLED === 'true';
+      const s3 = mastodonObjectStorage(await readEnv());
+      if (s3) {
+        // Say it before anything runs: a media folder on this host holds no uploads then.
+        ctx.facts.mediaStorage = `object storage: ${describeObjectStorage(s3)}`;
+        const said = `media is in object storage (S3_ENABLED=true in ${envFile}, ${describeObjectStorage(s3)}): it is not in this set`;
+        log.warn({ envFile }, `${said}${mediaDir ? `; ${mediaDir} is not archived` : ''}. Back the bucket up with a bucket-copy stage.`);
+      }
       if (mediaDir && !s3 && !(await stat(mediaDir).catch(() => undefined))?.isDirectory()) {
         throw new PipelineError('FILES_MISSING', `media folder ${mediaDir} does not exist`, { hint: 'Fix `mediaDir` (usually ~/live/public/system).' });
       }
@@ -121,8 +127,8 @@ export default definePlugin({
         add(name, 'secrets', digest, { file: basename(envFile) });
       }
       if (mediaDir) {
-        if (env.S3_ENABLED === 'true') {
-          log.info({ mediaDir }, `media not archived: ${basename(envFile ?? '.env')} says S3_ENABLED=true (media lives in object storage; back it up there)`);
+        if (mastodonObjectStorage(env)) {
+          log.warn({ mediaDir }, `media not archived: ${basename(envFile ?? '.env')} says S3_ENABLED=true (media lives in object storage; back it up with a bucket-copy stage)`);
           return;
         }
         const name = `media${ext}`;

@@ -16,7 +16,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
-import { EXIT, exec, parseEnvFile, PipelineError, writeFileAtomic } from '@backup-pipeline/core';
+import { describeObjectStorage, EXIT, exec, mastodonObjectStorage, parseEnvFile, PipelineError, writeFileAtomic } from '@backup-pipeline/core';
 import type { Command } from 'commander';
 import { CLI_DIR } from '../builtins.js';
 import { green, output as terminal } from '../output.js';
@@ -39,6 +39,8 @@ export interface InstanceFacts {
   hasPassword: boolean;
   databaseUrl: boolean;
   s3: boolean;
+  /** Where media is when `s3` (bucket and endpoint, no credentials). */
+  objectStorage?: string;
 }
 
 const expandHome = (path: string) => (path === '~' ? homedir() : path.startsWith('~/') ? join(homedir(), path.slice(2)) : path);
@@ -61,7 +63,8 @@ export function instanceFacts(text: string, envFile: string, mastodonDir: string
     user: safe(get('DB_USER'), 'mastodon'),
     hasPassword: password.length > 0,
     databaseUrl: (get('DATABASE_URL') ?? '') !== '',
-    s3: get('S3_ENABLED') === 'true',
+    s3: mastodonObjectStorage(env) !== undefined,
+    ...(mastodonObjectStorage(env) ? { objectStorage: clean(describeObjectStorage(mastodonObjectStorage(env)!)) } : {}),
   };
 }
 
@@ -165,7 +168,7 @@ export function renderInitConfig(f: InstanceFacts, choices: InitChoices = { time
   const files = [
     `      - use: files`,
     `        envFile: ${q(f.envFile)}`,
-    f.s3 ? `        # Media is in object storage (S3_ENABLED=true): there is no local media folder to archive.` : `        # mediaDir: ${q(media)}   # local media (without its re-fetchable cache/): large, so off by default`,
+    f.s3 ? `        # Media is in object storage (S3_ENABLED=true, ${f.objectStorage ?? 'a bucket'}): no local media folder to archive; back the bucket up with a bucket-copy stage.` : `        # mediaDir: ${q(media)}   # local media (without its re-fetchable cache/): large, so off by default`,
   ];
   const encryption = choices.key
     ? [
@@ -298,6 +301,10 @@ export default async function init(command: Command): Promise<number> {
   if (key) {
     w(`${green('wrote')} ${key.publicKeyFile} (the public key: backups are encrypted to it)`);
     w(`${green('wrote')} ${key.secretKeyFile} (the PRIVATE key, fingerprint ${key.fingerprint})`);
+  }
+  if (facts.s3) {
+    w(`Media is in object storage (S3_ENABLED=true, ${facts.objectStorage}): this config backs up no media.`);
+    w(`  Copy the bucket to another account or provider with a bucket-copy stage (plugins/bucket-copy/README.md).`);
   }
   w(`Next: review it, then\n  pipeline validate --config ${output}\n  pipeline run --dry-run --config ${output}`);
   w();
