@@ -1,6 +1,7 @@
 /** The types every hook receives: the run context, artifacts, progress and summary events. */
 import type PQueue from 'p-queue';
 import type { Logger } from 'pino';
+import type { StreamArtifactRequest, StreamedArtifact } from './artifact-stream.js';
 import type { NamedDestination } from './destination.js';
 import type { ExecOptions, ExecProcess } from './exec.js';
 import type { PgSource } from './postgres.js';
@@ -42,6 +43,27 @@ export interface Artifact {
   plain?: { name: string; bytes: number; sha256: string };
   /** Facts about the content (database name, row counts…). JSON-compatible, no secrets. */
   meta: Record<string, unknown>;
+  /**
+   * A tree artifact: this artifact's file is the index of a folder whose files the runner ships
+   * with the destinations' `putTree` (before the artifact itself). `dir` and `index` (the local
+   * folder, and the plaintext index, which stays readable after a transform encrypts the artifact)
+   * exist only during a run; the manifest keeps `name`, `files`, `bytes` and `listSha256`.
+   */
+  tree?: ArtifactTree;
+}
+
+/** The tree of a tree artifact (see tree.ts). */
+export interface ArtifactTree {
+  /** The tree's name in the set (one path segment). */
+  name: string;
+  files: number;
+  bytes: number;
+  /** sha256 of the plaintext index: the digest of the file list. */
+  listSha256: string;
+  /** During a run: the local folder holding the files. */
+  dir?: string;
+  /** During a run: the plaintext index file. */
+  index?: string;
 }
 
 export interface ProgressEvent {
@@ -71,6 +93,8 @@ export interface ShipReport {
   bytes: number;
   durationMs: number;
   error?: string;
+  /** Tree artifacts stored (`putTree`): files and bytes of each tree, and what had to be written for it. */
+  trees?: Array<{ name: string; files: number; bytes: number; filesWritten: number; bytesWritten: number }>;
 }
 
 export interface RunSummary {
@@ -123,6 +147,14 @@ export interface RunContext {
   /** Runs a program with this run's signal and secrets (see `exec`). */
   exec(file: string, args?: readonly string[], options?: ExecOptions): ExecProcess;
   addArtifact(artifact: Artifact): void;
+  /**
+   * Makes an artifact in one pass: runs the producer's program, the verifiers' consumers
+   * (`verifyStream`), the compressor and the transforms' filters (`transformFilter`) as one chain
+   * of processes, hashing the plain and the final bytes on the way, and writes the file once into
+   * `request.dir`. Returns the artifact (not yet added: call `addArtifact`). Throws the first real
+   * cause when any member fails, leaving no file behind.
+   */
+  streamArtifact(request: StreamArtifactRequest): Promise<StreamedArtifact>;
   progress(event: Omit<ProgressEvent, 'plugin'> & { plugin?: string }): void;
   /** Registers cleanup that runs when the run ends, whatever the outcome (last registered first). */
   defer(cleanup: () => unknown): void;

@@ -9,6 +9,7 @@
 import { PARTIAL_SUFFIX } from './atomic-file.js';
 import { PipelineError } from './errors.js';
 import { parseSetId } from './manifest.js';
+import type { StoredTree, TreeEntry, TreeOperationOptions, TreePutResult, TreeSource } from './tree.js';
 
 export const MANIFEST_NAME = 'manifest.json';
 /**
@@ -36,6 +37,8 @@ export interface StoredSet {
   files?: StoredFile[];
   /** When the destination last saw a write to this set (for the incomplete-set grace period). */
   modifiedAt?: Date;
+  /** The complete trees of the set (sealed by `putTree`), for destinations that store trees. */
+  trees?: StoredTree[];
 }
 
 export interface PutSource {
@@ -67,6 +70,30 @@ export interface Destination {
   get(setId: string, name: string, toPath: string, options?: DestinationOperationOptions): Promise<void>;
   /** Removes a whole set. Deleting a set that does not exist is not an error. */
   delete(setId: string, options?: DestinationOperationOptions): Promise<void>;
+  // ── trees (optional capability: a folder stored file by file, e.g. media; see tree.ts) ────────
+  /**
+   * Stores the files `source.entries` lists (read from `source.dir`) as tree `name` of `setId`,
+   * paying only for what changed since this destination's previous tree of that name (hard links
+   * to the previous snapshot, content-addressed objects…), so that every set still holds, and
+   * restores, the whole tree. Each file written is checked against its sha256 (CHECKSUM_MISMATCH);
+   * the tree's seal is written last, and `list` reports the tree in `StoredSet.trees` only once it
+   * is there. Content shared with other sets must survive `delete` of any one of them: `delete`
+   * removes only what no other set references.
+   */
+  putTree?(setId: string, name: string, source: TreeSource, options?: TreeOperationOptions): Promise<TreePutResult>;
+  /**
+   * Writes the files `entries` lists (all of the tree, or a sample) from tree `name` of `setId`
+   * into the local folder `toDir` (0600 files, 0700 folders), each checked against its sha256
+   * (CHECKSUM_MISMATCH); a missing tree or file rejects with SET_NOT_FOUND.
+   */
+  getTree?(setId: string, name: string, entries: readonly TreeEntry[], toDir: string, options?: TreeOperationOptions): Promise<void>;
+  /** The entries of tree `name` of `setId` as its seal records them (SET_NOT_FOUND when it has none). */
+  treeEntries?(setId: string, name: string, options?: TreeOperationOptions): Promise<TreeEntry[]>;
+}
+
+/** Whether a destination implements the tree capability (putTree, getTree, treeEntries). */
+export function storesTrees(destination: Destination): destination is Destination & Required<Pick<Destination, 'putTree' | 'getTree' | 'treeEntries'>> {
+  return typeof destination.putTree === 'function' && typeof destination.getTree === 'function' && typeof destination.treeEntries === 'function';
 }
 
 /** A destination as configured: its config name and the plugin that made it. */

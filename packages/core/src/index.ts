@@ -13,6 +13,7 @@ export * from './logger.js';
 export * from './lock.js';
 export * from './run-scratch.js';
 export * from './local-folder.js';
+export * from './tree.js';
 export * from './sets.js';
 export * from './config.js';
 export * from './env-file.js';

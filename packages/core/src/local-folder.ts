@@ -3,12 +3,14 @@
  * reference implementation of the Destination interface.
  */
 import { constants, createReadStream } from 'node:fs';
-import { readdir, rm, stat, access } from 'node:fs/promises';
+import { readdir, rm, stat, access, open } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { writeFileAtomic } from './atomic-file.js';
 import { assertSetId, MANIFEST_NAME, type Destination, type DestinationOperationOptions, type PutSource, type StoredFile, type StoredSet } from './destination.js';
 import { PipelineError } from './errors.js';
 import { parseSetId } from './manifest.js';
+import { assertFileName } from './names.js';
+import { getLocalTree, putLocalTree, readTreeIndex, treeSealName, TREE_INDEX_FORMAT, type StoredTree, type TreeEntry, type TreeOperationOptions, type TreePutResult, type TreeSource } from './tree.js';
 
 export class LocalFolderDestination implements Destination {
   constructor(readonly root: string) {}
@@ -61,7 +63,8 @@ export class LocalFolderDestination implements Destination {
         if (file.name === MANIFEST_NAME) manifestAt = info.mtime;
       }
       const modifiedAt = manifestAt ?? (await stat(dir)).mtime;
-      sets.push({ id: entry.name, hasManifest: manifestAt !== undefined, modifiedAt, files });
+      const trees = await sealedTrees(dir, files);
+      sets.push({ id: entry.name, hasManifest: manifestAt !== undefined, modifiedAt, files, ...(trees.length > 0 ? { trees } : {}) });
     }
     return sets.sort((a, b) => a.id.localeCompare(b.id));
   }
@@ -80,8 +83,73 @@ export class LocalFolderDestination implements Destination {
     await rm(this.setDir(setId), { recursive: true, force: true });
   }
 
+  /** Tree `name` of `setId` as a folder `<root>/<setId>/<name>/`, hard-linked to the newest other set's tree of that name. */
+  async putTree(setId: string, name: string, source: TreeSource, options: TreeOperationOptions = {}): Promise<TreePutResult> {
+    assertFileName(name);
+    const setDir = this.setDir(setId);
+    const previous = await this.previousTree(setId, name);
+    return putLocalTree(join(setDir, name), join(setDir, treeSealName(name)), source, previous, options);
+  }
+
+  async getTree(setId: string, name: string, entries: readonly TreeEntry[], toDir: string, options: TreeOperationOptions = {}): Promise<void> {
+    assertFileName(name);
+    const setDir = this.setDir(setId);
+    if (!(await stat(join(setDir, treeSealName(name))).catch(() => undefined))) throw new PipelineError('SET_NOT_FOUND', `tree ${setId}/${name} is not in ${this.root}`);
+    await getLocalTree(join(setDir, name), entries, toDir, `${this.root}/${setId}/${name}`, options);
+  }
+
+  async treeEntries(setId: string, name: string): Promise<TreeEntry[]> {
+    assertFileName(name);
+    const seal = join(this.setDir(setId), treeSealName(name));
+    if (!(await stat(seal).catch(() => undefined))) throw new PipelineError('SET_NOT_FOUND', `tree ${setId}/${name} is not in ${this.root}`);
+    return readTreeIndex(seal);
+  }
+
+  /** The newest set other than `setId` holding a sealed tree `name`, and its entries. */
+  private async previousTree(setId: string, name: string): Promise<{ dir: string; entries: TreeEntry[] } | undefined> {
+    const ids = (await readdir(this.root).catch(() => [] as string[])).filter((id) => id !== setId && parseSetId(id)).sort().reverse();
+    for (const id of ids) {
+      const seal = join(this.root, id, treeSealName(name));
+      if (!(await stat(seal).catch(() => undefined))) continue;
+      const entries = await readTreeIndex(seal).catch(() => undefined);
+      if (entries) return { dir: join(this.root, id, name), entries };
+    }
+    return undefined;
+  }
+
   private setDir(setId: string): string {
     assertSetId(setId);
     return join(this.root, setId);
+  }
+}
+
+/** The trees sealed in a local set folder, with the counts their seal's header line gives. */
+async function sealedTrees(dir: string, files: readonly StoredFile[]): Promise<StoredTree[]> {
+  const trees: StoredTree[] = [];
+  for (const file of files) {
+    if (!file.name.endsWith('.tree')) continue;
+    const name = file.name.slice(0, -'.tree'.length);
+    const header = await firstLine(join(dir, file.name)).catch(() => undefined);
+    let parsed: { format?: unknown; files?: unknown; bytes?: unknown } | undefined;
+    try {
+      parsed = header ? (JSON.parse(header) as typeof parsed) : undefined;
+    } catch {
+      parsed = undefined;
+    }
+    // A seal that is not one (unreadable, another format) does not make a tree complete.
+    if (parsed?.format !== TREE_INDEX_FORMAT) continue;
+    trees.push({ name, ...(typeof parsed.files === 'number' ? { files: parsed.files } : {}), ...(typeof parsed.bytes === 'number' ? { bytes: parsed.bytes } : {}) });
+  }
+  return trees;
+}
+
+async function firstLine(path: string): Promise<string> {
+  const handle = await open(path, 'r');
+  try {
+    const buffer = Buffer.alloc(1024);
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
+    return buffer.subarray(0, bytesRead).toString('utf8').split('\n')[0]!;
+  } finally {
+    await handle.close();
   }
 }

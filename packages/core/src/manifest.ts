@@ -37,6 +37,12 @@ export const ManifestArtifact = z.object({
   sha256: Sha256,
   plain: z.object({ name: ArtifactName, bytes: Bytes, sha256: Sha256 }).optional(),
   meta: z.record(z.string(), z.unknown()).default({}),
+  /**
+   * A tree artifact (see tree.ts): this artifact is the tree's index, and the set is complete only
+   * when the destination also holds tree `name` with its `files` (`bytes` in all), whose file list
+   * has the sha256 `listSha256` (the plaintext index's).
+   */
+  tree: z.object({ name: ArtifactName, files: Bytes, bytes: Bytes, listSha256: Sha256 }).strict().optional(),
 });
 
 const SET_ID = /^(\d{8}T\d{6}(?:\d{3})?Z)-([A-Za-z0-9][A-Za-z0-9_.-]*)$/;
@@ -62,6 +68,14 @@ export const Manifest = z
     m.artifacts.forEach((a, i) => {
       if (seen.has(a.name)) ctx.addIssue({ code: 'custom', path: ['artifacts', i, 'name'], message: `two artifacts are named ${a.name}` });
       seen.add(a.name);
+    });
+    // A tree takes its name and its seal's (`NAME.tree`) in the set: no artifact or other tree may use them.
+    m.artifacts.forEach((a, i) => {
+      if (!a.tree) return;
+      for (const taken of [a.tree.name, `${a.tree.name}.tree`]) {
+        if (seen.has(taken)) ctx.addIssue({ code: 'custom', path: ['artifacts', i, 'tree', 'name'], message: `tree ${a.tree.name} collides with the name ${taken}` });
+        seen.add(taken);
+      }
     });
   });
 export type Manifest = z.infer<typeof Manifest>;

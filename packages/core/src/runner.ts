@@ -23,6 +23,7 @@ import { acquireLock, type Lock } from './lock.js';
 import { createRunScratch } from './run-scratch.js';
 import { MANIFEST_FORMAT, makeSetId, serializeManifest, type Manifest } from './manifest.js';
 import { makePathResolver, tapOnlyHooks, type PluginApi } from './plugin.js';
+import { shipTree, type TreeShipResult } from './tree-ship.js';
 import { locateSet, restoreStoredSet, verifyStoredSet, type RestoreCapabilities, type RestoreRequestOptions, type RestoreResult } from './restore.js';
 import type { RestoreContext, RestoreRequest } from './restore-context.js';
 import { pickSetForRecovery, restoreIntoDataDir, type DataDirFormats, type DataDirRequestOptions } from './physical-restore.js';
@@ -555,6 +556,7 @@ export class Runner {
           sha256: a.sha256,
           ...(a.plain ? { plain: a.plain } : {}),
           meta: a.meta,
+          ...(a.tree ? { tree: { name: a.tree.name, files: a.tree.files, bytes: a.tree.bytes, listSha256: a.tree.listSha256 } } : {}),
         })),
         stages: stages.filter((s) => s.result).map((s) => ({ plugin: s.plugin, hook: s.hook, durationMs: s.durationMs ?? 0, result: s.result! })),
         facts: ctx.facts,
@@ -601,9 +603,12 @@ export class Runner {
   private async ship(ctx: RunContext, d: NamedDestination, manifest: { path: string; bytes: number; sha256: string }, reports: ShipReport[]): Promise<void> {
     const started = Date.now();
     let bytes = 0;
+    const trees: TreeShipResult[] = [];
     const totalBytes = ctx.artifacts.reduce((n, a) => n + a.bytes, 0);
     try {
       for (const artifact of ctx.artifacts) {
+        // A tree artifact: its files first (the destination's putTree), then its index like any file.
+        if (artifact.tree) trees.push(await shipTree(ctx, d, artifact, retrying));
         await retrying(
           () =>
             d.destination.put(ctx.setId, artifact.name, artifact, {
@@ -615,7 +620,7 @@ export class Runner {
         bytes += artifact.bytes;
       }
       await retrying(() => d.destination.put(ctx.setId, MANIFEST_NAME, manifest, { signal: ctx.signal }), ctx.signal);
-      reports.push({ destination: d.name, ok: true, files: ctx.artifacts.length + 1, bytes: bytes + manifest.bytes, durationMs: Date.now() - started });
+      reports.push({ destination: d.name, ok: true, files: ctx.artifacts.length + 1, bytes: bytes + manifest.bytes, durationMs: Date.now() - started, ...(trees.length > 0 ? { trees } : {}) });
       ctx.log.info({ destination: d.name, bytes }, `shipped to ${d.name}`);
     } catch (caught) {
       const error = toPipelineError(caught, 'DESTINATION_FAILED');

@@ -58,6 +58,15 @@ export function judgeSet(set: StoredSet, read: { manifest?: Manifest; problem?: 
     const bytes = stored.get(artifact.name);
     if (bytes === undefined) return damaged(`${artifact.name} is missing`, manifest);
     if (bytes !== artifact.bytes) return damaged(`${artifact.name} is ${bytes} bytes, the manifest says ${artifact.bytes}`, manifest);
+    // A tree artifact also needs its tree, sealed (complete) in this destination, with the manifest's counts when the listing tells them.
+    if (artifact.tree) {
+      const { name, files, bytes: treeBytes } = artifact.tree;
+      const tree = set.trees?.find((t) => t.name === name);
+      if (!tree) return damaged(`tree ${name} of ${artifact.name} is missing or was not completed`, manifest);
+      if ((tree.files !== undefined && tree.files !== files) || (tree.bytes !== undefined && tree.bytes !== treeBytes)) {
+        return damaged(`tree ${name} holds ${tree.files ?? '?'} files (${tree.bytes ?? '?'} bytes), the manifest says ${files} (${treeBytes} bytes)`, manifest);
+      }
+    }
   }
   return { state: 'complete', complete: true, manifest };
 }
