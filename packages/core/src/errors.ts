@@ -55,6 +55,7 @@ export const ERROR_CODES = {
   RESTORE_MISMATCH: { exit: EXIT.failed, hint: 'The restored row counts differ from the dump\'s snapshot; the database this restore created was dropped.' },
   RESTORE_FAILED: { exit: EXIT.failed, hint: 'The restore stopped; a database it created was dropped. See the message for the tool that failed.' },
   SET_NOT_RESTORABLE: { exit: EXIT.failed, hint: 'The set does not hold what was asked for; `pipeline list --json` shows its artifacts.' },
+  SCRATCH_CLUSTER_FAILED: { exit: EXIT.failed, hint: 'The throwaway PostgreSQL cluster of a drill could not start; the message has the server\'s own words. Nothing of it was left behind.' },
   ENV_FILE_INVALID: { exit: EXIT.usage, hint: 'Fix the named line of the env file.' },
 } as const satisfies Record<string, CodeDefinition>;
 

@@ -12,6 +12,7 @@ export * from './postgres.js';
 export * from './logger.js';
 export * from './lock.js';
 export * from './run-scratch.js';
+export * from './scratch-cluster.js';
 export * from './local-folder.js';
 export * from './tree.js';
 export * from './sets.js';

@@ -17,7 +17,8 @@
  */
 import { mkdir, mkdtemp, readdir, readFile, rm, rmdir } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { basename, isAbsolute, join } from 'node:path';
 import type { Logger } from 'pino';
 import { DIR_MODE, writeFileAtomic } from './atomic-file.js';
 import { ownerAlive, processStartTime } from './lock.js';
@@ -118,6 +119,29 @@ export async function endMarkedProcesses(name: string): Promise<number[]> {
   return pids;
 }
 
+/** Notes of folders a run keeps outside its scratch folder: `outside-<random>` files holding one absolute path each. */
+const OUTSIDE_NOTE = /^outside-[0-9a-f]{8}$/;
+/** Only folders named like this are removed from a note (a tampered note cannot aim elsewhere). */
+const OUTSIDE_NAME = /^bp-scratch-[A-Za-z0-9]+$/;
+
+/**
+ * Notes that `folder` (named `bp-scratch-…`) belongs to the run whose scratch folder is `runDir`:
+ * the run's own cleanup and crash recovery remove it with the scratch folder. For what cannot live
+ * inside it (a scratch cluster run as the postgres user, which cannot reach a root-only work dir).
+ */
+export async function noteOutsideFolder(runDir: string, folder: string): Promise<void> {
+  if (!isAbsolute(folder) || !OUTSIDE_NAME.test(basename(folder))) throw new Error(`not a folder a run may keep outside its scratch folder: ${folder}`);
+  await writeFileAtomic(join(runDir, `outside-${randomBytes(4).toString('hex')}`), folder + '\n');
+}
+
+async function removeOutsideFolders(runDir: string): Promise<void> {
+  for (const note of await readdir(runDir).catch(() => [] as string[])) {
+    if (!OUTSIDE_NOTE.test(note)) continue;
+    const folder = (await readFile(join(runDir, note), 'utf8').catch(() => '')).trim();
+    if (isAbsolute(folder) && OUTSIDE_NAME.test(basename(folder))) await rm(folder, { recursive: true, force: true }).catch(() => {});
+  }
+}
+
 /** Recovers the scratch folders of runs that died on this host: ends their processes, removes the folders. */
 export async function recoverDeadRuns(runsDir: string, log?: Logger): Promise<RecoveredRun[]> {
   const recovered: RecoveredRun[] = [];
@@ -133,6 +157,7 @@ export async function recoverDeadRuns(runsDir: string, log?: Logger): Promise<Re
     const ownerPid = owner?.pid ?? pid;
     if (ownerAlive({ pid: ownerPid, procStart: owner?.procStart })) continue; // running (this process included)
     const ended = await endMarkedProcesses(name);
+    await removeOutsideFolders(dir);
     await rm(dir, { recursive: true, force: true });
     recovered.push({ dir, owner, ended });
     log?.warn(
@@ -190,6 +215,7 @@ export async function createRunScratch(workDir: string, options: { dryRun?: bool
         if (previous === undefined) delete process.env[RUN_MARKER];
         else process.env[RUN_MARKER] = previous;
       }
+      await removeOutsideFolders(dir);
       await rm(dir, { recursive: true, force: true });
       await rmdir(runsDir).catch(() => {}); // only when empty; another run's folder keeps it
     },
