@@ -6,3 +6,4 @@ export * from './sshd.js';
 export * from './s3-server.js';
 export * from './run-pipeline.js';
 export * from './producer-plugin.js';
+export * from './redis-server.js';
