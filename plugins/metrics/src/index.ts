@@ -41,6 +41,7 @@ export const FAMILIES: readonly MetricFamily[] = [
   { name: 'backup_pipeline_last_verify_status', type: 'gauge', help: 'Outcome of the last `pipeline verify`: 1 every check passed, 0 it failed.' },
   { name: 'backup_pipeline_last_restore_timestamp_seconds', type: 'gauge', help: 'Unix time `pipeline restore` last ended for the pipeline.' },
   { name: 'backup_pipeline_last_restore_status', type: 'gauge', help: 'Outcome of the last `pipeline restore`: 1 restored and checked, 0 it failed.' },
+  { name: 'backup_pipeline_source_fact', type: 'gauge', help: 'Numeric facts the stages recorded about the source during the last run, failed or not (`fact` label: `group.name`, e.g. pgbackrest.archiveLagSeconds, pgbackrest.archiveFailing).' },
 ];
 
 const FAMILY_NAMES = new Set(FAMILIES.map((f) => f.name));
@@ -60,6 +61,22 @@ export interface RenderInput {
   damaged?: Record<string, number>;
   /** The file as it was before, if any. */
   previous?: string;
+  /** The run's facts (`ctx.facts`): every finite number, top level or one object down, becomes a `backup_pipeline_source_fact`. */
+  facts?: Record<string, unknown>;
+}
+
+/** `{ pgbackrest: { archiveLagSeconds: 3 } }` → `[['pgbackrest.archiveLagSeconds', 3]]` (finite numbers and booleans as 0/1). */
+export function numericFacts(facts: Record<string, unknown> = {}): Array<[string, number]> {
+  const out: Array<[string, number]> = [];
+  const add = (key: string, v: unknown) => {
+    if (typeof v === 'number' && Number.isFinite(v)) out.push([key, v]);
+    else if (typeof v === 'boolean') out.push([key, v ? 1 : 0]);
+  };
+  for (const [k, v] of Object.entries(facts)) {
+    if (v !== null && typeof v === 'object' && !Array.isArray(v)) for (const [k2, v2] of Object.entries(v)) add(`${k}.${k2}`, v2);
+    else add(k, v);
+  }
+  return out;
 }
 
 /** The new file content: this run's samples, plus what is kept from `previous`. */
@@ -85,6 +102,7 @@ export function renderMetrics(input: RenderInput): string {
   for (const s of stages.values()) mine('backup_pipeline_stage_duration_seconds', s.ms / 1000, { plugin: s.plugin, hook: s.hook });
 
   for (const [destination, count] of Object.entries(input.damaged ?? {})) mine('backup_pipeline_damaged_sets', count, { destination });
+  for (const [fact, value] of numericFacts(input.facts)) mine('backup_pipeline_source_fact', value, { fact });
   if (ok) {
     mine('backup_pipeline_last_success_timestamp_seconds', now);
     for (const a of summary.artifacts) mine('backup_pipeline_artifact_bytes', a.bytes, { artifact: a.name });
@@ -138,7 +156,7 @@ export default definePlugin({
         const text =
           'check' in summary
             ? renderCheck({ pipeline: ctx.pipeline, kind: summary.check, ok: summary.ok, endedAt: new Date(), previous })
-            : renderMetrics({ pipeline: ctx.pipeline, summary, endedAt: new Date(), sets: summary.ok ? counted?.complete : undefined, damaged: counted?.damaged, previous });
+            : renderMetrics({ pipeline: ctx.pipeline, summary, endedAt: new Date(), sets: summary.ok ? counted?.complete : undefined, damaged: counted?.damaged, previous, facts: ctx.facts });
         // Metrics hold no secrets, and node_exporter usually runs as another user: 0644.
         await writeFileAtomic(path, text, { mode: 0o644 });
         api.log.debug({ path }, `metrics written to ${path}`);
