@@ -2,7 +2,9 @@
  * The whole lifecycle, both halves, declared once. The runner calls them in this order:
  *
  *   backup (`run`):   started → connect → preflight → (dry-run: plan, then stop) → produce
- *                     → verify (each artifact) → transform (each artifact) → manifest written
+ *                     (a streamed artifact: verifyStream → transformFilter, one pass) → verify (each
+ *                     artifact, except what the stream verified) → transform (each, except what the
+ *                     stream transformed) → manifest written
  *                     → destinations (concurrently) → shipped (each) → retain → succeeded | failed
  *   restore:          connect → locate (core) → fetch (core) → fetched (each) → decrypt[method]
  *                     → restore[format] (each; may ask decompress[compression]) → restored
@@ -17,6 +19,7 @@
  */
 import { AsyncSeriesBailHook, AsyncSeriesHook, AsyncSeriesWaterfallHook, HookMap, SyncHook } from 'tapable';
 import type { PipelineError } from './errors.js';
+import type { TransformFilterRequest, VerifyStreamRequest } from './artifact-stream.js';
 import type { Artifact, Plan, ProgressEvent, RunContext, RunSummary, ShipReport, StageEvent } from './context.js';
 import type { RestoreContext, RestoreReport, RestoreSummary, RestoreTarget, VerifySummary } from './restore-context.js';
 
@@ -42,6 +45,21 @@ export const createHooks = () =>
     verify: new AsyncSeriesHook<[Artifact, RunContext]>(['artifact', 'ctx']),
     /** Replace each artifact by a transformed one (encryption): return the new artifact. */
     transform: new AsyncSeriesWaterfallHook<[Artifact, RunContext]>(['artifact', 'ctx']),
+    /**
+     * A producer is about to stream an artifact (`ctx.streamArtifact`, during `produce`): verifiers
+     * `attach` an OS process that reads the producer's plain bytes through a tee while they are made
+     * (no byte through Node.js), and `claim` the artifact when that covers their `verify` (which is
+     * then not called for it). A consumer's failure stops the whole chain; nothing is shipped.
+     */
+    verifyStream: new AsyncSeriesHook<[VerifyStreamRequest, RunContext]>(['request', 'ctx']),
+    /**
+     * Right after `verifyStream`: transforms `offer` a program (command, args, env; secrets in files
+     * or env, never in argv) that reads stdin and writes stdout; the core splices the offers of the
+     * pipeline's `transform` taps, in stage order, up to the first that offers none, after the
+     * compressor (their `transform` is then not called for the artifact). The rest run as `transform`
+     * on the file: a second pass, said in the log. Only when every verifier claimed the artifact.
+     */
+    transformFilter: new AsyncSeriesHook<[TransformFilterRequest, RunContext]>(['request', 'ctx']),
     /** A destination finished receiving the set (or failed to). */
     shipped: new AsyncSeriesHook<[ShipReport, RunContext]>(['report', 'ctx']),
     /** Apply retention. In a run, only when everything before it succeeded; `prune` runs it alone, under the lock. */
@@ -124,6 +142,8 @@ export const HOOK_DESCRIPTIONS: Readonly<Record<HookName, HookDescription>> = Ob
   produce: { half: 'backup', kind: 'AsyncSeriesHook', args: '(ctx)', dryRun: 'no', advisory: false, after: 'destination checks', before: '`verify`' },
   verify: { half: 'both', kind: 'AsyncSeriesHook', args: '(artifact, ctx)', dryRun: 'no', advisory: false, after: '`produce` (run); `decrypt` (verifyStored)', before: '`transform` (run); `verified` (verifyStored)' },
   transform: { half: 'backup', kind: 'AsyncSeriesWaterfallHook', args: '(artifact, ctx) → artifact', dryRun: 'no', advisory: false, after: '`verify`', before: 'manifest written, shipping' },
+  verifyStream: { half: 'backup', kind: 'AsyncSeriesHook', args: '(request, ctx)', dryRun: 'no', advisory: false, after: 'a `produce` tap called `ctx.streamArtifact()`', before: '`transformFilter`, then the stream runs (verifiers read it as it is made)' },
+  transformFilter: { half: 'backup', kind: 'AsyncSeriesHook', args: '(request, ctx)', dryRun: 'no', advisory: false, after: '`verifyStream`', before: 'the stream runs with the offered filters spliced in; `verify` and `transform` then skip what the stream did' },
   shipped: { half: 'backup', kind: 'AsyncSeriesHook', args: '(report, ctx)', dryRun: 'no', advisory: true, after: 'every destination finished', before: '`retain`' },
   retain: { half: 'backup', kind: 'AsyncSeriesHook', args: '(ctx)', dryRun: 'no', advisory: false, after: '`shipped` (run); `connect` under the lock (prune)', before: '`succeeded`' },
   succeeded: { half: 'backup', kind: 'AsyncSeriesHook', args: '(summary, ctx)', dryRun: 'no', advisory: true, after: '`retain`', before: 'end' },

@@ -2,6 +2,7 @@ export * from './errors.js';
 export * from './secrets.js';
 export * from './exec.js';
 export * from './atomic-file.js';
+export * from './artifact-stream.js';
 export * from './destination.js';
 export * from './context.js';
 export * from './hooks.js';

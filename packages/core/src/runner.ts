@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import PQueue from 'p-queue';
 import { HookMap } from 'tapable';
 import type { Logger } from 'pino';
+import { recordStream, runArtifactStream, unchangedSinceStream, type StreamConsumer, type StreamRecord, type TransformFilter } from './artifact-stream.js';
 import { writeFileAtomic, DIR_MODE } from './atomic-file.js';
 import type { ConfiguredDestination, ResolvedConfig, ResolvedPipeline } from './config.js';
 import type { Artifact, Plan, RetainReport, RunContext, RunSummary, ShipReport, StageEvent } from './context.js';
@@ -180,6 +181,8 @@ export class Runner {
     const timeoutMs = pipeline.stageTimeoutMinutes * 60_000;
     let current: StageEvent | undefined;
     let rejectCurrent: ((e: Error) => void) | undefined;
+    // What `ctx.streamArtifact` did, by artifact name: the `verify` and `transform` taps it served.
+    const streamed = new Map<string, StreamRecord>();
 
     this.instrument(
       hooks,
@@ -188,6 +191,18 @@ export class Runner {
       (ev, reject) => {
         current = ev;
         rejectCurrent = reject;
+      },
+      () => ({ ev: current, reject: rejectCurrent }),
+      async (hookName, plugin, args) => {
+        const artifact = args[0] as Artifact | undefined;
+        const record = artifact && streamed.get(artifact.name);
+        if (!record || !artifact) return undefined;
+        if (hookName === 'transform' && record.transformedBy.has(plugin)) return { value: artifact };
+        if (hookName === 'verify' && record.verifiedBy.has(plugin)) {
+          if (await unchangedSinceStream(artifact, record)) return { value: undefined };
+          log.warn({ artifact: artifact.name, plugin }, `${artifact.name} changed after ${plugin} verified its stream: verifying the file again`);
+        }
+        return undefined;
       },
       // Notifications and other advisory taps never change the outcome of a run.
       (error) => log.warn({ plugin: error.plugin, hook: error.hook, code: error.code }, `${error.describe()} (ignored: advisory hook)`),
@@ -235,6 +250,35 @@ export class Runner {
       facts: {},
       tools: {},
       exec: (file, args, opts) => exec(file, args, { signal, secrets, ...opts }),
+      streamArtifact: async (request) => {
+        const artifact = { ...request.artifact, streamCompression: request.artifact.streamCompression ?? 'none' };
+        assertFileName(artifact.name);
+        const tapName = () => current?.plugin ?? 'unknown';
+        const consumers: Array<{ plugin: string; consumer: StreamConsumer }> = [];
+        const claimed = new Set<string>();
+        await hooks.verifyStream.promise({ artifact, attach: (consumer) => void consumers.push({ plugin: tapName(), consumer }), claim: () => void claimed.add(tapName()) }, ctx);
+        const unclaimed = [...new Set(hooks.verify.taps.map((t) => t.name))].filter((p) => !claimed.has(p));
+        const transformers = hooks.transform.taps.map((t) => t.name);
+        const filters: Array<{ plugin: string; filter: TransformFilter }> = [];
+        if (unclaimed.length === 0 && transformers.length > 0) {
+          const offers: Array<{ plugin: string; filter: TransformFilter }> = [];
+          await hooks.transformFilter.promise({ artifact, offer: (filter) => void offers.push({ plugin: tapName(), filter }) }, ctx);
+          // In stage order, up to the first transform that offers no filter: the order of transforms is kept.
+          for (const plugin of transformers) {
+            const i = offers.findIndex((o) => o.plugin === plugin);
+            if (i < 0) break;
+            filters.push(offers.splice(i, 1)[0]!);
+          }
+        }
+        const rest = transformers.slice(filters.length);
+        if (rest.length > 0) {
+          const why = unclaimed.length > 0 ? ` (${unclaimed.join(', ')} verifies the staged file, so nothing is transformed before it has)` : '';
+          log.info({ artifact: artifact.name, plugins: rest }, `${rest.join(', ')} will transform ${artifact.name} from the staged file: a second pass over it${why}`);
+        }
+        const result = await runArtifactStream(request, { consumers, filters }, ctx);
+        streamed.set(result.artifact.name, await recordStream(result.artifact, claimed, filters.map((f) => f.plugin)));
+        return result;
+      },
       addArtifact: (artifact) => {
         assertFileName(artifact.name);
         if (artifacts.some((a) => a.name === artifact.name)) {
@@ -639,6 +683,9 @@ export class Runner {
     timeoutMs: number,
     stages: StageEvent[],
     setCurrent: (ev: StageEvent | undefined, reject?: (e: Error) => void) => void,
+    getCurrent: () => { ev: StageEvent | undefined; reject: ((e: Error) => void) | undefined },
+    /** A tap that already did its work on the stream (`ctx.streamArtifact`) is not called again: its result instead. */
+    skip: (hookName: HookName, plugin: string, args: unknown[]) => Promise<{ value: unknown } | undefined>,
     onAdvisoryError: (error: PipelineError) => void,
   ): void {
     const instrumentOne = (hookName: HookName, hook: object) => {
@@ -648,6 +695,8 @@ export class Runner {
           const original = tap.fn;
           const plugin = tap.name;
           const runTap = async (call: () => Promise<unknown>) => {
+            // A tap may run inside another's (verifyStream inside produce): the outer one is current again after it.
+            const outer = getCurrent();
             const ev: StageEvent = { plugin, hook: hookName, startedAt: Date.now() };
             stages.push(ev);
             hooks.stageStart.call(ev);
@@ -674,12 +723,19 @@ export class Runner {
               throw error;
             } finally {
               clearTimeout(timer);
-              setCurrent(undefined);
+              setCurrent(outer.ev, outer.reject);
               ev.durationMs = Date.now() - ev.startedAt;
               hooks.stageFinish.call(ev);
             }
           };
-          if (tap.type === 'promise') tap.fn = (...args: unknown[]) => runTap(async () => original(...args));
+          const skippable = hookName === 'verify' || hookName === 'transform';
+          const served = async (args: unknown[]) => (skippable ? skip(hookName, plugin, args) : undefined);
+          if (tap.type === 'promise') {
+            tap.fn = async (...args: unknown[]) => {
+              const done = await served(args);
+              return done ? done.value : runTap(async () => original(...args));
+            };
+          }
           else if (tap.type === 'sync') {
             tap.fn = (...args: unknown[]) => {
               try {
@@ -695,7 +751,9 @@ export class Runner {
           } else {
             tap.fn = (...args: unknown[]) => {
               const callback = args.pop() as (e: unknown, r?: unknown) => void;
-              runTap(() => new Promise((res, rej) => original(...args, (e: unknown, r: unknown) => (e ? rej(e) : res(r))))).then((r) => callback(null, r), callback);
+              served(args)
+                .then((done) => (done ? done.value : runTap(() => new Promise((res, rej) => original(...args, (e: unknown, r: unknown) => (e ? rej(e) : res(r)))))))
+                .then((r) => callback(null, r), callback);
             };
           }
           return tap;

@@ -5,7 +5,9 @@
  *
  * preflight: age is installed, every recipient and recipients file is valid (a zero-byte test
  *            encryption to all of them), before any dump starts.
- * transform: streams the artifact through `age -e` into `NAME.age`, hashing both sides on the way
+ * transformFilter: offers `age --encrypt` as a filter the core splices into the producer's stream
+ *            (one pass: the plaintext file never exists); not with `keepPlaintext`.
+ * transform: (the fallback) streams the file through `age -e` into `NAME.age`, hashing both sides on the way
  *            (the plaintext must still be what verify saw), atomically, mode 0600; the plaintext
  *            is removed unless `keepPlaintext`.
  * decrypt:   `age -d -i identityFile` (tapped for the method `age`) into the restore's private folder.
@@ -190,6 +192,18 @@ export default definePlugin({
       if (!prepared) throw new PipelineError('PLUGIN_FAILED', 'age: transform ran before preflight');
       return encrypt(artifact, prepared, options, ctx);
     });
+    // One pass: age encrypts the stream while it is made (no plaintext file, no second read).
+    hooks.transformFilter.tapPromise('age', async (request) => {
+      if (!prepared || options.keepPlaintext) return;
+      const name = request.artifact.name;
+      request.offer({
+        command: 'age',
+        args: encryptArgs(options.recipients, prepared.recipientFiles),
+        label: 'age',
+        rename: (n) => `${n}.age`,
+        encryption: { method: 'age', recipients: prepared.publicKeys, symmetric: false },
+        fail: wrap('AGE_ENCRYPT_FAILED', `encrypting ${name} failed`),
+      });
     hooks.decrypt.for('age').tapPromise('age', async (artifact, ctx) => {
       if (!options.identityFile) {
         throw ageError('AGE_IDENTITY_MISSING', `${artifact.name} is encrypted with age and the age stage has no identityFile`);

@@ -4,8 +4,11 @@
  *
  * preflight: every recipient must be in the keyring, unique, able to encrypt, not expired, not
  *            revoked; the passphrase file must exist. All before any dump starts.
- * transform: streams the artifact through `gpg` into `NAME.gpg` (hashing both sides on the way),
- *            renames it into place atomically, and removes the plaintext unless `keepPlaintext`.
+ * transformFilter: offers `gpg --encrypt` as a filter the core splices into the producer's stream
+ *            (one pass: the plaintext file never exists); not with `keepPlaintext`.
+ * transform: (the fallback, for artifacts not streamed) streams the file through `gpg` into
+ *            `NAME.gpg` (hashing both sides on the way), renames it into place atomically, and
+ *            removes the plaintext unless `keepPlaintext`.
  *
  * Passphrases only ever travel in files (`--passphrase-file`), never in argv, and are registered
  * as secrets so no log line or error can show them. `decrypt()` is the inverse, for `restore`.
@@ -375,6 +378,21 @@ export default definePlugin({
       if (!prepared) throw new PipelineError('PLUGIN_FAILED', 'gpg: transform ran before preflight');
       return encrypt(artifact, prepared, options, ctx);
     });
+    // One pass: gpg encrypts the stream while it is made (no plaintext file, no second read).
+    // keepPlaintext needs the plaintext file, so it keeps the file-based transform.
+    hooks.transformFilter.tapPromise('gpg', async (request) => {
+      if (!prepared || options.keepPlaintext) return;
+      const p = prepared;
+      const name = request.artifact.name;
+      request.offer({
+        command: 'gpg',
+        args: encryptArgs({ ...p, compressLevel: request.artifact.compression !== 'none' ? 0 : p.compressLevel }),
+        env: p.home ? { GNUPGHOME: p.home } : {},
+        label: 'gpg',
+        rename: (n) => `${n}.gpg`,
+        encryption: { method: 'gpg', recipients: p.fingerprints, symmetric: p.symmetric },
+        fail: wrapExecError('GPG_ENCRYPT_FAILED', `encrypting ${name} failed`),
+      });
     // The restore half: the secret key is in `gnupgHome` (or $GNUPGHOME), a passphrase in `passphraseFile`.
     hooks.decrypt.for('gpg').tapPromise('gpg', async (artifact, ctx) => {
       const to = join(ctx.tmpDir, `plain-${artifact.plain?.name ?? `${artifact.name}.out`}`);

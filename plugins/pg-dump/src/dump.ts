@@ -6,7 +6,6 @@
 import { existsSync } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { Transform, type Readable } from 'node:stream';
 import {
   displayCommand,
   exec,
@@ -16,8 +15,6 @@ import {
   pgEnv,
   PipelineError,
   psql,
-  settleChain,
-  writeFileAtomic,
   type Artifact,
   type KnownCompression as Compression,
   type ExecOptions,
@@ -25,8 +22,9 @@ import {
   type PgBinary,
   type PgSource,
   type RunContext,
+  type StreamedArtifact,
 } from '@backup-pipeline/core';
-import { compressCommand, decompressCommand, defaultLevel, type CompressionOptions } from './compression.js';
+import { compressCommand, defaultLevel, type CompressionOptions } from './compression.js';
 import { SnapshotSession } from './snapshot-session.js';
 import { watchTables } from './table-progress.js';
 
@@ -145,94 +143,32 @@ export function pgDumpArgs(options: DumpOptions, extra: { snapshot?: string; dir
   ];
 }
 
-/** Counts bytes and keeps the first few, on the way from the producer to the compressor. */
-class HeadCounter extends Transform {
-  bytes = 0;
-  head = Buffer.alloc(0);
-  override _transform(chunk: Buffer, _e: BufferEncoding, done: (e?: Error | null, d?: Buffer) => void): void {
-    if (this.head.length < 16) this.head = Buffer.concat([this.head, chunk.subarray(0, 16 - this.head.length)]);
-    this.bytes += chunk.length;
-    done(null, chunk);
-  }
-}
-
-/** The first bytes of a compressed file's plaintext (empty when the plaintext is empty). */
-async function plaintextHead(path: string, method: Compression, ctx: Pick<RunContext, 'exec'>): Promise<Buffer> {
-  const cmd = decompressCommand(method)!;
-  const proc = ctx.exec(cmd[0], [...cmd[1], path], { stdout: 'stream', label: `${cmd[0]} -d` });
-  let head = Buffer.alloc(0);
-  try {
-    for await (const chunk of proc.stdout!) {
-      head = Buffer.concat([head, chunk as Buffer]);
-      if (head.length >= 16) break;
-    }
-  } finally {
-    proc.kill();
-    await proc.catch(() => undefined);
-  }
-  return head.subarray(0, 16);
-}
-
 /** Starts the producer with the given stdout. */
 type StartProducer = (stdout: ExecOptions['stdout']) => ExecProcess;
 
 /**
- * Streams the producer's stdout through the compressor (if any) into `path`. With a compressor
- * the producer writes straight into it over an OS pipe (the uncompressed bytes never pass through
- * Node.js; Node hashes and writes the compressed side), and the header is read back from the
- * file; `plainBytes` is then unknown unless the plaintext is empty. Every process's status is
- * checked; on any failure the file is removed and the root cause thrown.
+ * Makes one artifact in one pass through the core (`ctx.streamArtifact`): the producer writes into
+ * the verifiers' tee and the compressor over OS pipes, the transforms' filters (encryption) are
+ * spliced after it, and the file is written and hashed once. Every process's status is checked;
+ * on any failure nothing is left under the artifact's name and the root cause is thrown.
  */
-async function streamToFile(
+async function streamArtifact(
+  planned: { name: string; kind: string; format: string; compression: Compression; meta: Record<string, unknown> },
   start: StartProducer,
   compression: CompressionOptions,
-  path: string,
-  ctx: Pick<RunContext, 'exec' | 'signal' | 'progress'>,
+  ctx: Pick<RunContext, 'streamArtifact' | 'setDir'>,
   task: string,
-): Promise<{ bytes: number; sha256: string; plainBytes: number | undefined; head: Buffer; producer: ExecProcess }> {
+): Promise<StreamedArtifact> {
   const cmd = compressCommand(compression);
-  let counter: HeadCounter | undefined;
-  let producer: ExecProcess;
-  let compressor: ExecProcess | undefined;
-  if (cmd) {
-    compressor = ctx.exec(cmd[0], cmd[1], { stdin: { fromProcess: true }, stdout: 'stream', label: cmd[0] });
-    producer = start({ pipeTo: compressor });
-  } else {
-    producer = start('stream');
-    const c = new HeadCounter();
-    counter = c;
-    producer.stdout!.pipe(c);
-    producer.stdout!.on('error', (e) => c.destroy(e));
-  }
-  const source: Readable = compressor ? compressor.stdout! : counter!;
-  let last = 0;
-  const write = writeFileAtomic(path, source, {
-    signal: ctx.signal,
-    onBytes: (bytes) => {
-      if (bytes - last >= 1 << 20) {
-        last = bytes;
-        ctx.progress({ task, bytes });
-      }
-    },
+  // pg_dump's own gzip of plain SQL is on the bytes verifiers read; inside an archive it is not (pg_restore reads it).
+  const streamCompression: Compression = planned.format === 'pg-plain' && compression.method === 'none' && planned.compression === 'gzip' ? 'gzip' : 'none';
+  return ctx.streamArtifact({
+    artifact: { ...planned, streamCompression },
+    dir: ctx.setDir,
+    start,
+    compressor: cmd ? { command: cmd[0], args: cmd[1], label: cmd[0] } : undefined,
+    task,
   });
-  // A member that fails stops the others (nothing stays blocked on a full pipe); the error is the
-  // root cause, the earliest failure that is not a consequence: a full disk fails the write, then
-  // pg_dump reports "terminated by user".
-  const results = await settleChain([producer, compressor ?? Promise.resolve(undefined), write] as const, () => {
-    compressor?.kill();
-    producer.kill();
-  }).catch(async (error: unknown) => {
-    await rm(path, { force: true });
-    throw error;
-  });
-  const digest = results[2];
-  ctx.progress({ task, bytes: digest.bytes });
-  if (counter) return { ...digest, plainBytes: counter.bytes, head: counter.head, producer };
-  const head = await plaintextHead(path, compression.method, ctx).catch(async (e: unknown) => {
-    await rm(path, { force: true });
-    throw e;
-  });
-  return { ...digest, plainBytes: head.length === 0 ? 0 : undefined, head, producer };
 }
 
 /** pg_dump's failures that have a better name than EXEC_FAILED. */
@@ -258,7 +194,6 @@ export interface DumpResult {
 export async function runDump(ctx: RunContext, options: DumpOptions, source: PgSource, bins: Binaries, server: ServerInfo): Promise<DumpResult> {
   const started = Date.now();
   const name = artifactName(options, source.database);
-  const path = join(ctx.setDir, name);
   const env = pgEnv(source);
   const session = await SnapshotSession.open(ctx, bins.psql, source).catch((error: unknown) => {
     throw pgConnectionError(error, source) ?? error;
@@ -266,10 +201,21 @@ export async function runDump(ctx: RunContext, options: DumpOptions, source: PgS
   const artifacts: Artifact[] = [];
   const tables = watchTables(source, ctx, bins.psql);
   let dumped = false; // once true, the table poller is already stopped
+  let made: StreamedArtifact | undefined;
   try {
     let counts: Promise<Record<string, number>> | undefined;
-    let written: Awaited<ReturnType<typeof streamToFile>>;
     const streamed: CompressionOptions = { ...options.compression, method: options.format === 'plain' && options.compression.method === 'gzip' ? 'none' : streamCompression(options) };
+    const outer = streamed.method;
+    // Filled in once the dump is done; verifiers and transforms see the same object.
+    const meta: Record<string, unknown> = {
+      database: source.database,
+      serverVersion: server.version,
+      pgDumpVersion: bins.pgDump.version,
+      compressedBy: options.compression.method === 'none' ? undefined : outer === 'none' ? 'pg_dump' : 'stream',
+      compressionLevel: options.compression.level ?? defaultLevel(options.compression.method),
+      jobs: options.format === 'directory' ? options.jobs : 1,
+    };
+    const planned = { name, kind: 'database', format: FORMAT_NAME[options.format], compression: options.compression.method, meta };
     if (options.format === 'directory') {
       const dir = join(ctx.tmpDir, `pg_dump-${source.database.replace(/[^\w.-]/g, '_')}`);
       const dump = ctx.exec(bins.pgDump.path, pgDumpArgs(options, { snapshot: session.snapshot, dir }), { env, label: 'pg_dump', writes: dir });
@@ -279,79 +225,58 @@ export async function runDump(ctx: RunContext, options: DumpOptions, source: PgS
         throw dumpError(error, source, options);
       });
       if (!existsSync(join(dir, 'toc.dat'))) throw new PipelineError('DUMP_EMPTY', `pg_dump wrote no toc.dat into ${dir}`, { hint: 'See pg_dump\'s messages above.' });
-      written = await streamToFile((stdout) => ctx.exec('tar', ['-C', dir, '-cf', '-', '.'], { stdout, label: 'tar' }), streamed, path, ctx, 'dump');
+      made = await streamArtifact(planned, (stdout) => ctx.exec('tar', ['-C', dir, '-cf', '-', '.'], { stdout, label: 'tar' }), streamed, ctx, 'dump');
       await rm(dir, { recursive: true, force: true });
     } else {
       const start: StartProducer = (stdout) => {
         const dump = ctx.exec(bins.pgDump.path, pgDumpArgs(options, { snapshot: session.snapshot }), { env, stdout, label: 'pg_dump' });
+        // Row counts in the dump's own exported snapshot, while pg_dump runs.
         counts = options.countRows ? session.countRows() : undefined;
         counts?.catch(() => undefined);
         return dump;
       };
-      written = await streamToFile(start, streamed, path, ctx, 'dump').catch((error: unknown) => {
+      made = await streamArtifact(planned, start, streamed, ctx, 'dump').catch((error: unknown) => {
         throw dumpError(error, source, options);
       });
     }
-    if (written.plainBytes === 0) {
-      await rm(path, { force: true });
+    if (made.head.length === 0) {
       throw new PipelineError('DUMP_EMPTY', `pg_dump produced no output for ${source.database}`, { hint: 'An empty dump is never a backup; see the messages above.' });
     }
-    if (options.format === 'custom' && written.head.subarray(0, 5).toString('latin1') !== 'PGDMP') {
-      await rm(path, { force: true });
+    if (options.format === 'custom' && made.head.subarray(0, 5).toString('latin1') !== 'PGDMP') {
       throw new PipelineError('DUMP_INVALID', `pg_dump's output for ${source.database} is not a custom-format archive`, { hint: 'Check the pg_dump binary (binDir).' });
     }
     dumped = true;
     await tables.stop(true);
     const rowCounts = counts ? await counts : undefined;
     await session.close();
-    const outer = streamed.method;
-    artifacts.push({
-      name,
-      path,
-      kind: 'database',
-      format: FORMAT_NAME[options.format],
-      compression: options.compression.method,
-      bytes: written.bytes,
-      sha256: written.sha256,
-      meta: {
-        database: source.database,
-        serverVersion: server.version,
-        pgDumpVersion: bins.pgDump.version,
-        compressedBy: options.compression.method === 'none' ? undefined : outer === 'none' ? 'pg_dump' : 'stream',
-        compressionLevel: options.compression.level ?? defaultLevel(options.compression.method),
-        jobs: options.format === 'directory' ? options.jobs : 1,
-        uncompressedBytes: written.plainBytes,
-        durationMs: Date.now() - started,
-        ...(options.schemas.length || options.tables.length || options.excludeSchemas.length || options.excludeTables.length
-          ? { filters: { schemas: options.schemas, excludeSchemas: options.excludeSchemas, tables: options.tables, excludeTables: options.excludeTables } }
-          : {}),
-        ...(rowCounts ? { rowCounts, tables: Object.keys(rowCounts).length } : {}),
-      },
+    Object.assign(meta, {
+      uncompressedBytes: made.plainBytes,
+      durationMs: Date.now() - started,
+      ...(options.schemas.length || options.tables.length || options.excludeSchemas.length || options.excludeTables.length
+        ? { filters: { schemas: options.schemas, excludeSchemas: options.excludeSchemas, tables: options.tables, excludeTables: options.excludeTables } }
+        : {}),
+      ...(rowCounts ? { rowCounts, tables: Object.keys(rowCounts).length } : {}),
     });
+    artifacts.push(made.artifact);
   } catch (error) {
     if (!dumped) await tables.stop(false);
     session.kill();
-    await rm(path, { force: true });
+    if (made) await rm(made.artifact.path, { force: true });
     throw error;
   }
 
   if (options.globals && bins.pgDumpall) {
     const gname = `${source.database}.globals.sql${EXT[options.compression.method]}`;
-    const gpath = join(ctx.setDir, gname);
     const args = ['--globals-only', '--no-password', `--database=${source.database}`, ...(server.superuser ? [] : ['--no-role-passwords'])];
     const pgDumpall = bins.pgDumpall.path;
-    const g = await streamToFile((stdout) => ctx.exec(pgDumpall, args, { env, stdout, label: 'pg_dumpall' }), options.compression, gpath, ctx, 'globals');
-    if (g.plainBytes === 0) throw new PipelineError('DUMP_EMPTY', 'pg_dumpall --globals-only produced no output');
-    artifacts.push({
-      name: gname,
-      path: gpath,
-      kind: 'globals',
-      format: 'pg-plain',
-      compression: options.compression.method,
-      bytes: g.bytes,
-      sha256: g.sha256,
-      meta: { database: source.database, serverVersion: server.version, rolePasswords: server.superuser, compressedBy: options.compression.method === 'none' ? undefined : 'stream' },
-    });
+    const meta = { database: source.database, serverVersion: server.version, rolePasswords: server.superuser, compressedBy: options.compression.method === 'none' ? undefined : 'stream' };
+    const planned = { name: gname, kind: 'globals', format: 'pg-plain', compression: options.compression.method, meta };
+    const g = await streamArtifact(planned, (stdout) => ctx.exec(pgDumpall, args, { env, stdout, label: 'pg_dumpall' }), options.compression, ctx, 'globals');
+    if (g.head.length === 0) {
+      await rm(g.artifact.path, { force: true });
+      throw new PipelineError('DUMP_EMPTY', 'pg_dumpall --globals-only produced no output');
+    }
+    artifacts.push(g.artifact);
   }
   return { artifacts };
 }

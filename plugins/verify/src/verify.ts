@@ -15,6 +15,8 @@ import {
   type Artifact,
   type PgSource,
   type RunContext,
+  type StreamConsumer,
+  type VerifyStreamRequest,
 } from '@backup-pipeline/core';
 import { extractDirectory, pgRestoreFor, pipeInto, plaintextStream } from '@backup-pipeline/plugin-pg-dump';
 
@@ -188,3 +190,64 @@ async function restoreTest(artifact: Artifact, options: VerifyOptions, ctx: Ctx)
   }
 }
 
+
+/**
+ * The same checks on the stream while pg-dump makes it (the `verifyStream` hook): `pg_restore
+ * --list` (the table of contents) and `pg_restore -f /dev/null` (the full read) of a custom
+ * archive, or one `grep` for the COPY lines and the trailer of plain SQL, each reading the plain
+ * bytes through the core's tee from a named pipe — no byte through Node.js, no second read of the
+ * file. Returns false when this artifact needs the file (a directory tar, a compressed plain dump,
+ * a restore test): the `verify` tap then runs on the staged file, as before.
+ */
+export async function attachStreamVerification(request: VerifyStreamRequest, options: VerifyOptions): Promise<boolean> {
+  const planned = request.artifact;
+  const artifact = { name: planned.name } as Artifact;
+  if (options.restoreTest || planned.streamCompression !== 'none') return false;
+  const started = Date.now();
+  const record = (tables: string[], fullRead: boolean, a: Artifact) => {
+    if (tables.length === 0) throw failed(a, 'the archive holds no TABLE DATA: it contains no rows of any table');
+    const missing = missingTables(options.expectTables, tables);
+    if (missing.length > 0) throw failed(a, `expected tables are missing from the dump: ${missing.join(', ')} (it has ${tables.length} tables with data)`);
+    const verification: Verification = { verifiedAt: new Date().toISOString(), listed: true, tableData: tables.length, fullRead, expectTables: options.expectTables, durationMs: Date.now() - started };
+    a.meta.verification = verification;
+  };
+  if (planned.format === 'pg-custom') {
+    const pgRestore = await pgRestoreFor({ meta: planned.meta });
+    const list: StreamConsumer = {
+      command: pgRestore,
+      // The format named: pg_restore would otherwise open the named pipe twice to guess it.
+      args: ['--format=custom', '--list'],
+      input: 'path',
+      partial: true,
+      label: 'pg_restore --list',
+      fail: (error) => failed(artifact, `it is not a readable PostgreSQL archive (pg_restore --list: ${why(error)})`, error),
+      check: (result, a) => record(tableDataEntries(result.stdout), options.fullRead, a),
+    };
+    request.attach(list);
+    if (options.fullRead) {
+      request.attach({ command: pgRestore, args: ['--format=custom', '--file=/dev/null'], input: 'path', label: 'pg_restore', fail: (error) => failed(artifact, `it is truncated or corrupt (${why(error)})`, error) });
+    }
+    return true;
+  }
+  if (planned.format === 'pg-plain') {
+    request.attach({
+      command: 'grep',
+      args: ['-a', '-E', '-e', '^COPY [^ ]+ \\(', '-e', '^-- PostgreSQL database dump complete$'],
+      input: 'path',
+      okExitCodes: [0, 1],
+      label: 'grep (COPY lines)',
+      fail: (error) => failed(artifact, `it cannot be read (${why(error)})`, error),
+      check: (result, a) => {
+        const lines = result.stdout.split('\n');
+        if (!lines.includes('-- PostgreSQL database dump complete')) throw failed(a, 'the SQL dump is truncated (no "PostgreSQL database dump complete" trailer)');
+        const tables = lines.flatMap((l) => {
+          const m = /^COPY (\S+) \(/.exec(l);
+          return m ? [m[1]!.replace(/"/g, '')] : [];
+        });
+        record(tables, true, a);
+      },
+    });
+    return true;
+  }
+  return false;
+}
