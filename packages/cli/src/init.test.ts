@@ -186,3 +186,49 @@ describe('pipeline init', () => {
     expect(out.stderr).not.toContain('unterminated-s3cret');
   });
 });
+
+describe('pipeline init --physical', () => {
+  it('adds a pgbackrest pipeline that validates, and prints the server settings and the stanza-create command', async () => {
+    const live = await mastodon('live-physical', 'LOCAL_DOMAIN=big.social\nDB_HOST=/var/run/postgresql\nDB_PORT=5433\nDB_NAME=mastodon_production\nDB_USER=mastodon\nDB_PASS=\n');
+    const out = await pipeline(['init', '--physical', '--mastodon-dir', live, '--output', 'physical.config.yaml', '--stanza', 'big', '--pg-data-dir', '/srv/pg/15/main']);
+    expect(out.stderr).toBe('');
+    expect(out.exitCode).toBe(0);
+    const file = join(dir, 'physical.config.yaml');
+    const text = await readFile(file, 'utf8');
+    // Both pipelines: the dump (portable across majors) and the physical one, pgbackrest after retention.
+    expect(text).toContain('  nightly:');
+    expect(text).toMatch(/ {2}physical:\n[^]*- use: retention\n[^]*- use: pgbackrest\n\s+stanza: big\n[^]*configFile: "\/etc\/pgbackrest\/pgbackrest.conf"\n\s+type: \{ full: sunday, otherwise: incr \}/);
+    // The server side, in order: the repository, the shared pgbackrest.conf, the settings, a restart, the stanza.
+    const lines = out.stdout.split('\n').map((l) => l.trim());
+    const at = (needle: string) => lines.findIndex((l) => l.includes(needle));
+    for (const needle of [
+      'sudo install -d -o postgres -g postgres -m 0750 /var/lib/pgbackrest',
+      'pg1-path=/srv/pg/15/main',
+      'pg1-socket-path=/var/run/postgresql',
+      'pg1-port=5433',
+      `ALTER SYSTEM SET wal_level = 'replica';`,
+      `ALTER SYSTEM SET archive_mode = 'on';`,
+      `ALTER SYSTEM SET archive_command = 'pgbackrest --stanza=big archive-push %p';`,
+      'ALTER SYSTEM SET max_wal_senders = 3;',
+      'sudo systemctl restart postgresql',
+      'sudo -u postgres pgbackrest --stanza=big stanza-create',
+      'sudo -u postgres pgbackrest --stanza=big check',
+    ]) {
+      expect(at(needle), needle).toBeGreaterThanOrEqual(0);
+    }
+    expect(at('ALTER SYSTEM SET archive_mode')).toBeLessThan(at('systemctl restart'));
+    expect(at('systemctl restart')).toBeLessThan(at('stanza-create'));
+    expect(out.stdout).toContain("archive_command = 'pgbackrest --stanza=big archive-push %p'");
+    const validate = await pipeline(['validate', '--config', file]);
+    expect(validate.exitCode, validate.stderr).toBe(0);
+    expect(validate.stdout).toContain('pipeline physical: credentials → retention → pgbackrest ⇒ local');
+  });
+
+  it('without --physical the config has no physical pipeline and prints no server settings', async () => {
+    const live = await mastodon('live-dump-only', 'DB_HOST=localhost\nDB_NAME=mastodon_production\nDB_USER=mastodon\n');
+    const out = await pipeline(['init', '--mastodon-dir', live, '--output', 'dump-only.config.yaml']);
+    expect(out.exitCode).toBe(0);
+    expect(await readFile(join(dir, 'dump-only.config.yaml'), 'utf8')).not.toContain('pgbackrest');
+    expect(out.stdout).not.toContain('ALTER SYSTEM');
+  });
+});

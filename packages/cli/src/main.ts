@@ -117,6 +117,10 @@ export function buildProgram(): Command {
     .option('--mastodon-dir <dir>', 'Mastodon folder holding .env.production', '~/live')
     .option('-o, --output <file>', 'config file to write', 'pipeline.config.yaml')
     .option('--force', 'overwrite an existing file')
+    .option('--physical', 'also a pipeline of physical backups with pgBackRest (WAL archiving, point-in-time recovery); prints the PostgreSQL settings to apply')
+    .option('--pg-data-dir <dir>', 'with --physical: the PostgreSQL data directory', '/var/lib/postgresql/15/main')
+    .option('--repo-path <dir>', 'with --physical: the pgBackRest repository folder', '/var/lib/pgbackrest')
+    .option('--stanza <name>', 'with --physical: the pgBackRest stanza', 'mastodon')
     .action(lazy(() => import('./commands/init.js')));
 
   program

@@ -25,6 +25,25 @@ export interface InitOptions {
   mastodonDir: string;
   output: string;
   force?: boolean;
+  /** Also a pipeline of physical backups (pgBackRest) with WAL archiving. */
+  physical?: boolean;
+  pgDataDir?: string;
+  repoPath?: string;
+  stanza?: string;
+}
+
+/** What `init --physical` needs to know about the server (see `physicalSetup`). */
+export interface PhysicalChoices {
+  stanza: string;
+  /** PostgreSQL's data directory (pg1-path). */
+  pgDataDir: string;
+  /** The pgBackRest repository folder (repo1-path). */
+  repoPath: string;
+  /** The server's socket folder (pg1-socket-path), from DB_HOST when it is one. */
+  socketDir: string;
+  port: string;
+  /** The pgBackRest config the server's archive_command and the stage share. */
+  configFile: string;
 }
 
 /** What the config's comments may say about the instance: never DB_PASS, never DATABASE_URL. */
@@ -157,6 +176,92 @@ export interface InitChoices {
   timezone: string;
   schema?: string;
   key?: InitKey;
+  physical?: PhysicalChoices;
+}
+
+/** The physical choices for this instance (defaults of a Debian PostgreSQL 15 host). */
+export function physicalChoices(f: InstanceFacts, given: Pick<InitOptions, 'pgDataDir' | 'repoPath' | 'stanza'> = {}): PhysicalChoices {
+  return {
+    stanza: given.stanza ?? 'mastodon',
+    pgDataDir: given.pgDataDir ?? '/var/lib/postgresql/15/main',
+    repoPath: given.repoPath ?? '/var/lib/pgbackrest',
+    socketDir: f.host.startsWith('/') ? f.host : '/var/run/postgresql',
+    port: f.port,
+    configFile: '/etc/pgbackrest/pgbackrest.conf',
+  };
+}
+
+/**
+ * What to set up on the PostgreSQL side for `init --physical`: the pgbackrest.conf the server's
+ * archive_command and the stage share, the server settings (as ALTER SYSTEM lines), and the
+ * commands to run, in order. Pure: printed by init, tested as text.
+ */
+export function physicalSetup(p: PhysicalChoices): { config: string; sql: string[]; commands: string[] } {
+  const config = [
+    '[global]',
+    `repo1-path=${p.repoPath}`,
+    'repo1-retention-full=9999999',
+    'compress-type=zst',
+    'process-max=2',
+    'start-fast=y',
+    'log-level-file=info',
+    '',
+    `[${p.stanza}]`,
+    `pg1-path=${p.pgDataDir}`,
+    `pg1-socket-path=${p.socketDir}`,
+    `pg1-port=${p.port}`,
+    '',
+  ].join('\n');
+  const sql = [
+    "ALTER SYSTEM SET wal_level = 'replica';",
+    "ALTER SYSTEM SET archive_mode = 'on';",
+    `ALTER SYSTEM SET archive_command = 'pgbackrest --stanza=${p.stanza} archive-push %p';`,
+    "ALTER SYSTEM SET archive_timeout = '5min';",
+    'ALTER SYSTEM SET max_wal_senders = 3;',
+  ];
+  const commands = [
+    `sudo install -d -o postgres -g postgres -m 0750 ${p.repoPath}`,
+    `sudo install -d -o postgres -g postgres -m 0750 /var/log/pgbackrest ${dirname(p.configFile)}`,
+    `sudo tee ${p.configFile} >/dev/null <<'EOF'\n${config}EOF`,
+    `sudo chown postgres:postgres ${p.configFile} && sudo chmod 0640 ${p.configFile}`,
+    ...sql.map((line) => `sudo -u postgres psql -c ${JSON.stringify(line)}`),
+    'sudo systemctl restart postgresql   # archive_mode and wal_level take effect only at a restart',
+    `sudo -u postgres pgbackrest --stanza=${p.stanza} stanza-create`,
+    `sudo -u postgres pgbackrest --stanza=${p.stanza} check      # a WAL segment reaches the repository`,
+  ];
+  return { config, sql, commands };
+}
+
+/** The physical pipeline appended to the config by `init --physical`. */
+function renderPhysicalPipeline(f: InstanceFacts, p: PhysicalChoices): string {
+  return `
+  # Physical backups and point-in-time recovery with pgBackRest (docs/physical.md). The server
+  # archives every WAL segment into the repository (archive_command, set up as \`pipeline init
+  # --physical\` printed); this pipeline takes the backups: a full one on Sunday, an incremental
+  # one every other day, each checked with \`pgbackrest verify\` and a restore drill (the backup
+  # restored into a private data dir, started with archiving off, row counts compared).
+  # Restore to any moment since the oldest kept backup:
+  #   pipeline restore --to-time '2026-12-01 14:03:00+00' --data-dir DIR -p physical
+  # Keep the nightly dump too (weekly is enough): it restores into any PostgreSQL major version.
+  physical:
+    description: pgBackRest backups of the whole cluster (full weekly, incremental daily) with WAL archived continuously.
+    source: mastodon
+    stages:
+      - use: credentials
+        from: mastodon
+        envFile: ${q(f.envFile)}
+      # Runs after the pgbackrest stage's backup; the pgbackrest stage is listed after it so that it
+      # expires, in the repository, exactly the backups no kept set needs any more.
+      - use: retention
+        keepDaily: 7
+        keepWeekly: 4
+      - use: pgbackrest
+        stanza: ${p.stanza}
+        # The file the server's archive_command reads too: one description of the repository.
+        configFile: ${q(p.configFile)}
+        type: { full: sunday, otherwise: incr }
+    destinations: [local]
+`;
 }
 
 /** The commented YAML config. */
@@ -266,7 +371,7 @@ ${encryption.join('\n')}
       # - use: metrics
       #   path: /var/lib/prometheus/node-exporter/backup_pipeline.prom
     destinations: [local]
-`;
+${choices.physical ? renderPhysicalPipeline(f, choices.physical) : ''}`;
 }
 
 export default async function init(command: Command): Promise<number> {
@@ -294,7 +399,7 @@ export default async function init(command: Command): Promise<number> {
   const facts = instanceFacts(text, envFile, mastodonDir);
   const base = output.replace(/^.*\//, '').replace(/\.(ya?ml|json)$/, '');
   const key = await generateKey(dirname(output), base, facts.localDomain ?? 'mastodon');
-  const choices: InitChoices = { timezone: await detectTimezone(), schema: schemaFile(), key };
+  const choices: InitChoices = { timezone: await detectTimezone(), schema: schemaFile(), key, ...(options.physical ? { physical: physicalChoices(facts, options) } : {}) };
   await writeFileAtomic(output, renderInitConfig(facts, choices), { mode: 0o600 });
   const w = (line = '') => terminal.stdout(line + '\n');
   w(`${green('wrote')} ${output} (time zone ${choices.timezone})`);
@@ -305,6 +410,17 @@ export default async function init(command: Command): Promise<number> {
   if (facts.s3) {
     w(`Media is in object storage (S3_ENABLED=true, ${facts.objectStorage}): this config backs up no media.`);
     w(`  Copy the bucket to another account or provider with a bucket-copy stage (plugins/bucket-copy/README.md).`);
+  }
+  if (choices.physical) {
+    const setup = physicalSetup(choices.physical);
+    w();
+    w(`Physical backups (pipeline "physical"): set up WAL archiving on the PostgreSQL server first, as root:`);
+    for (const line of setup.commands) w(`  ${line}`);
+    w(`The PostgreSQL settings, for postgresql.conf instead of ALTER SYSTEM:`);
+    for (const line of setup.sql) w(`  ${line.replace(/^ALTER SYSTEM SET (\w+) = (.*);$/, '$1 = $2')}`);
+    w(`Until \`pgbackrest check\` passes, \`pipeline run physical\` stops in preflight and says why.`);
+    w(`Then run it as the postgres user (it reads the data dir): sudo -u postgres pipeline run physical --config ${output}`);
+    w();
   }
   w(`Next: review it, then\n  pipeline validate --config ${output}\n  pipeline run --dry-run --config ${output}`);
   w();
