@@ -95,6 +95,12 @@ export default definePlugin({
     // The restore half: pg-dump restores what it wrote, and undoes its compressions.
     for (const format of PG_FORMATS) {
       hooks.restore.for(format).tapPromise('pg-dump', async (artifact, target, ctx) => {
+        // A logical dump is restored as it was taken: never silently in place of a recovery target or a data dir.
+        if (target.recoveryTarget || target.dataDir) {
+          throw new PipelineError('RESTORE_TARGET_REFUSED', `${artifact.name} is a logical dump (${artifact.format}): it cannot be ${target.recoveryTarget ? 'recovered to a point in time' : 'restored into a data dir'}`, {
+            hint: 'Restore it into a database as it was when it was dumped (--to DATABASE); point-in-time recovery needs a physical backup set (docs/physical.md).',
+          });
+        }
         // A compression pg-dump does not know (another plugin's): ask for the plain bytes first.
         const readable = (PG_COMPRESSIONS as readonly string[]).includes(outerCompression(artifact)) || outerCompression(artifact) === 'none' ? artifact : await ctx.decompress(artifact);
         if (artifact.kind === 'globals') return target.globals ? restoreGlobals(readable, ctx) : undefined;
