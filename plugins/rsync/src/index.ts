@@ -31,6 +31,15 @@ import {
   type StoredSet,
   assertFileName,
   assertSetId,
+  checkTreeFile,
+  pathInTree,
+  readTreeIndex,
+  treeSealName,
+  writeTreeIndex,
+  type TreeEntry,
+  type TreeOperationOptions,
+  type TreePutResult,
+  type TreeSource,
 } from '@backup-pipeline/core';
 
 const SshOption = z
@@ -303,7 +312,7 @@ export class RsyncDestination implements Destination {
     }
     return [...dirs]
       .filter(([id]) => !id.endsWith(PARTIAL_SUFFIX))
-      .map(([id, time]) => ({ id, hasManifest: manifests.has(id), modifiedAt: manifests.get(id) ?? time, files: files.get(id) ?? [] }))
+      .map(([id, time]) => ({ id, hasManifest: manifests.has(id), modifiedAt: manifests.get(id) ?? time, files: files.get(id) ?? [], ...treesOf(files.get(id) ?? []) }))
       .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
@@ -339,6 +348,119 @@ export class RsyncDestination implements Destination {
     await this.deleteDir(setId, options);
   }
 
+  // ── trees: `<set>/<name>/` hard-linked (--link-dest) to the newest other set's tree of that name, sealed by `<set>/<name>.tree` ──
+
+  async putTree(setId: string, name: string, source: TreeSource, options: TreeOperationOptions = {}): Promise<TreePutResult> {
+    assertSetId(setId);
+    assertFileName(name);
+    await this.ensureRoot(options);
+    const previous = (await this.list(options))
+      .filter((s) => s.id !== setId && s.trees?.some((t) => t.name === name))
+      .map((s) => s.id)
+      .at(-1);
+    const work = await mkdtemp(join(tmpdir(), 'rsync-tree-'));
+    try {
+      const listFile = join(work, 'files');
+      await writeFile(listFile, source.entries.map((e) => `${e.path}\0`).join(''), { mode: 0o600 });
+      // A seal left by an earlier attempt goes first: the tree is complete again only once this one ends.
+      await this.deleteFile(setId, treeSealName(name), options);
+      const common = [...this.baseArgs(), '--from0', `--files-from=${listFile}`, '--times', '--perms', '--chmod=D700,F600', '--mkpath'];
+      // The link base is relative to the tree folder: root/<set>/<name>/ → root/<previous>/<name>/.
+      const linkDest = previous ? [`--link-dest=../../${previous}/${name}`] : [];
+      const out = await this.run('rsync', [...common, ...linkDest, '--stats', '--itemize-changes', '--', source.dir + '/', this.loc(this.root(setId, name)) + '/'], `uploading tree ${setId}/${name}`, options);
+      const number = (label: string) => Number((new RegExp(`${label}: ([\\d,.]+)`).exec(out.stdout)?.[1] ?? '0').replace(/[,.]/g, ''));
+      const sent = out.stdout.split('\n').filter((l) => /^[<>]f/.test(l)).map((l) => l.slice(l.indexOf(' ') + 1));
+      const byPath = new Map(source.entries.map((e) => [e.path, e]));
+      await this.verifyTreeFiles(setId, name, sent.map((p) => byPath.get(p)).filter((e): e is TreeEntry => e !== undefined), source, common, options);
+      const bytes = source.entries.reduce((n, e) => n + e.bytes, 0);
+      options.onBytes?.(bytes);
+      const seal = join(work, 'seal');
+      const digest = await writeTreeIndex(seal, source.entries);
+      await this.upload(setId, treeSealName(name), { path: seal, ...digest }, options);
+      return { files: source.entries.length, bytes, filesWritten: number('Number of regular files transferred'), bytesWritten: number('Total transferred file size') };
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  }
+
+  /** The files rsync just wrote, checked against their sha256 (on the remote host with sha256sum, or locally). */
+  private async verifyTreeFiles(setId: string, name: string, written: TreeEntry[], source: TreeSource, common: string[], options: TreeOperationOptions): Promise<void> {
+    const mismatch = async (entry: TreeEntry, actual: string) => {
+      throw new PipelineError('CHECKSUM_MISMATCH', `${setId}/${name}/${entry.path} on ${this.describe()} has sha256 ${actual}, expected ${entry.sha256}`);
+    };
+    if (!this.target.remote) {
+      for (const entry of written) checkTreeFile(entry, await hashFile(pathInTree(this.root(setId, name), entry.path), options.signal), `${this.describe()} ${setId}/${name}`);
+      return;
+    }
+    if (this.options.verify === 'sha256sum') {
+      for (let i = 0; i < written.length; i += 200) {
+        const batch = written.slice(i, i + 200);
+        const command = `cd ${quoteForShell(this.root(setId, name))} && sha256sum -- ${batch.map((e) => quoteForShell(e.path)).join(' ')}`;
+        const out = await this.ssh(command, `checking the sha256 of tree ${setId}/${name}`, options);
+        const sums = out.stdout.split('\n').filter(Boolean).map((l) => l.replace(/^\\/, '').slice(0, 64));
+        for (const [j, entry] of batch.entries()) if (sums[j] !== entry.sha256) await mismatch(entry, sums[j] ?? 'missing');
+      }
+      return;
+    }
+    // rsync-checksum: full-file checksums of the (already checked) local files against the remote copies.
+    for (const entry of written) checkTreeFile(entry, await hashFile(pathInTree(source.dir, entry.path), options.signal), 'the tree being stored');
+    const listFile = join(dirname(common.find((a) => a.startsWith('--files-from='))!.slice('--files-from='.length)), 'check');
+    await writeFile(listFile, written.map((e) => `${e.path}\0`).join(''), { mode: 0o600 });
+    const args = common.map((a) => (a.startsWith('--files-from=') ? `--files-from=${listFile}` : a));
+    const out = await this.run('rsync', [...args, '--dry-run', '--checksum', '--itemize-changes', '--', source.dir + '/', this.loc(this.root(setId, name)) + '/'], `checking tree ${setId}/${name}`, options);
+    const differs = out.stdout.split('\n').find((l) => /^[<>]f/.test(l));
+    if (differs) await mismatch(written.find((e) => differs.endsWith(e.path)) ?? written[0]!, 'differs');
+  }
+
+  async getTree(setId: string, name: string, entries: readonly TreeEntry[], toDir: string, options: TreeOperationOptions = {}): Promise<void> {
+    assertSetId(setId);
+    assertFileName(name);
+    await this.treeEntriesFile(setId, name, options, async () => {});
+    await ensurePrivateDir(toDir);
+    const work = await mkdtemp(join(tmpdir(), 'rsync-tree-get-'));
+    try {
+      const listFile = join(work, 'files');
+      await writeFile(listFile, entries.map((e) => `${e.path}\0`).join(''), { mode: 0o600 });
+      try {
+        await this.run('rsync', [...this.baseArgs(), '--from0', `--files-from=${listFile}`, '--perms', '--chmod=D700,F600', '--', this.loc(this.root(setId, name)) + '/', toDir + '/'], `downloading tree ${setId}/${name}`, options);
+      } catch (error) {
+        const stderr = String((isPipelineError(error) && error.details?.stderr) || '');
+        if (/(link_stat|change_dir) .* failed: No such file or directory/.test(stderr)) throw new PipelineError('SET_NOT_FOUND', `files of tree ${setId}/${name} are missing in ${this.describe()}`, { cause: error });
+        throw error;
+      }
+      let done = 0;
+      for (const entry of entries) {
+        checkTreeFile(entry, await hashFile(pathInTree(toDir, entry.path), options.signal), `${this.describe()} ${setId}/${name}`);
+        options.onBytes?.((done += entry.bytes));
+      }
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  }
+
+  async treeEntries(setId: string, name: string, options: TreeOperationOptions = {}): Promise<TreeEntry[]> {
+    let entries: TreeEntry[] = [];
+    await this.treeEntriesFile(setId, name, options, async (path) => void (entries = await readTreeIndex(path)));
+    return entries;
+  }
+
+  /** Downloads the seal of a tree (SET_NOT_FOUND when the tree is not complete there) and hands it to `use`. */
+  private async treeEntriesFile(setId: string, name: string, options: TreeOperationOptions, use: (path: string) => Promise<void>): Promise<void> {
+    assertSetId(setId);
+    assertFileName(name);
+    const work = await mkdtemp(join(tmpdir(), 'rsync-seal-'));
+    try {
+      const path = join(work, 'seal');
+      await this.get(setId, treeSealName(name), path, options).catch((error: unknown) => {
+        if (isPipelineError(error) && error.code === 'SET_NOT_FOUND') throw new PipelineError('SET_NOT_FOUND', `tree ${setId}/${name} is not (completely) in ${this.describe()}`, { cause: error });
+        throw error;
+      });
+      await use(path);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  }
+
   /** Removes `root/dirName` with rsync alone: an empty folder synced with --delete, filtered to that folder. */
   private async deleteDir(dirName: string, options: DestinationOperationOptions): Promise<void> {
     await this.deleteMatching(this.root(), `/${filterLiteral(dirName)}/***`, `deleting ${dirName}`, options);
@@ -362,6 +484,12 @@ export class RsyncDestination implements Destination {
       await rm(empty, { recursive: true, force: true });
     }
   }
+}
+
+/** The trees a set's listing shows sealed (`NAME.tree` beside the `NAME/` folder). */
+function treesOf(files: readonly StoredFile[]): { trees?: Array<{ name: string }> } {
+  const trees = files.filter((f) => f.name.endsWith('.tree') && f.name.length > '.tree'.length).map((f) => ({ name: f.name.slice(0, -'.tree'.length) }));
+  return trees.length > 0 ? { trees } : {};
 }
 
 export default definePlugin({
