@@ -6,6 +6,7 @@
  * its artifacts and, written last, `manifest.json`. A set without a readable manifest is
  * incomplete and never counts as a backup.
  */
+import type { Readable } from 'node:stream';
 import { PARTIAL_SUFFIX } from './atomic-file.js';
 import { PipelineError } from './errors.js';
 import { parseSetId } from './manifest.js';
@@ -68,8 +69,18 @@ export interface Destination {
   list(options?: DestinationOperationOptions): Promise<StoredSet[]>;
   /** Downloads `setId/name` into the local file `toPath`. */
   get(setId: string, name: string, toPath: string, options?: DestinationOperationOptions): Promise<void>;
+  /**
+   * Optional: `setId/name` as one stream of its stored bytes, start to end, so that restore can
+   * fetch, check and decrypt in one pass without a local copy of the ciphertext (destinations
+   * without it are fetched with `get` into a file). A missing file rejects with SET_NOT_FOUND,
+   * from the promise or as the stream's error; a transfer that fails midway must make the stream
+   * error, never end early as if complete. The caller checks the sha256; destroying the stream
+   * stops the transfer.
+   */
+  read?(setId: string, name: string, options?: DestinationOperationOptions): Promise<Readable>;
   /** Removes a whole set. Deleting a set that does not exist is not an error. */
   delete(setId: string, options?: DestinationOperationOptions): Promise<void>;
+
   // ── trees (optional capability: a folder stored file by file, e.g. media; see tree.ts) ────────
   /**
    * Stores the files `source.entries` lists (read from `source.dir`) as tree `name` of `setId`,

@@ -6,9 +6,11 @@
  *                     artifact, except what the stream verified) → transform (each, except what the
  *                     stream transformed) → manifest written
  *                     → destinations (concurrently) → shipped (each) → retain → succeeded | failed
- *   restore:          connect → locate (core) → fetch (core) → fetched (each) → decrypt[method]
- *                     → restore[format] (each; may ask decompress[compression]) → restored
- *   verifyStored:     connect → locate → fetch → fetched → decrypt[method] → verify (each) → verified
+ *   restore:          connect → locate (core) → fetch (core, a stream where the destination can) →
+ *                     decryptFilter[method] spliced into the stream (else fetched → decrypt[method] on files)
+ *                     → restoreStream[format] from the stream (else restore[format] from a file;
+ *                     may ask decompress[compression]) → restored
+ *   verifyStored:     connect → locate → fetch → decryptFilter | fetched → decrypt[method] → verify (each) → verified
  *   prune:            (lock) → connect → retain
  *
  * Keyed hooks (`HookMap` of `AsyncSeriesBailHook`) are "first plugin that answers wins": the core
@@ -22,6 +24,7 @@ import type { PipelineError } from './errors.js';
 import type { TransformFilterRequest, VerifyStreamRequest } from './artifact-stream.js';
 import type { Artifact, Plan, ProgressEvent, RunContext, RunSummary, ShipReport, StageEvent } from './context.js';
 import type { RestoreContext, RestoreReport, RestoreSummary, RestoreTarget, VerifySummary } from './restore-context.js';
+import type { RestoreInput, StreamFilter } from './restore-stream.js';
 
 const keyed = <H>(factory: (key: string) => H) => new HookMap<H>(factory);
 
@@ -83,6 +86,15 @@ export const createHooks = () =>
      */
     decrypt: keyed(() => new AsyncSeriesBailHook<[Artifact, RestoreContext], Artifact | undefined>(['artifact', 'ctx'])),
     /**
+     * Keyed by `artifact.encryption.method`. The program that decrypts a stream: the first tap that
+     * answers returns a `StreamFilter` (command, args, env — secrets in files or env, never in argv)
+     * that reads the ciphertext on stdin and writes the plaintext on stdout. The core splices it
+     * between the fetch and the restore and checks both sha256 on the way: no ciphertext file.
+     * `artifact.path` is empty (the bytes are in the stream). Without an answer the core falls
+     * back to `decrypt` on files (a second pass over the data).
+     */
+    decryptFilter: keyed(() => new AsyncSeriesBailHook<[Artifact, RestoreContext], StreamFilter | undefined>(['artifact', 'ctx'])),
+    /**
      * Keyed by `artifact.compression`. Writes the content with that compression undone into
      * `ctx.tmpDir` and returns it (`compression: 'none'`). Called through `ctx.decompress(artifact)`
      * by restore taps that need plain bytes, and by the core for artifacts written to a folder.
@@ -94,6 +106,15 @@ export const createHooks = () =>
      * a restore test during a run (then `ctx` is the run's context).
      */
     restore: keyed(() => new AsyncSeriesBailHook<[Artifact, RestoreTarget, RunContext], RestoreReport | undefined>(['artifact', 'target', 'ctx'])),
+    /**
+     * Keyed by `artifact.format`. Restores a database artifact from `input.stream` (decrypted, its
+     * own compression still on; `artifact.path` is empty), read once: straight into the restoring
+     * program when `input.targetDisposable`, else into one file that is restored from once
+     * `input.checked` resolves. Must await `input.checked` before reporting, and prefer its
+     * failure to its own (the real cause). Return undefined without reading the stream to decline:
+     * the core then writes it to a file and asks `restore`.
+     */
+    restoreStream: keyed(() => new AsyncSeriesBailHook<[Artifact, RestoreTarget, RestoreInput, RestoreContext], RestoreReport | undefined>(['artifact', 'target', 'input', 'ctx'])),
     /** A restore finished (or failed: `summary.ok`). Advisory, for notify and metrics. */
     restored: new AsyncSeriesHook<[RestoreSummary, RestoreContext]>(['summary', 'ctx']),
     /** A stored set was re-verified (or failed to: `summary.ok`). Advisory, for notify and metrics. */
@@ -110,8 +131,8 @@ export const createHooks = () =>
 export type PipelineHooks = ReturnType<typeof createHooks>;
 export type HookName = keyof PipelineHooks;
 /** The keyed hooks (a `HookMap` each). */
-export type KeyedHookName = 'decrypt' | 'decompress' | 'restore';
-export const KEYED_HOOKS: readonly KeyedHookName[] = ['decrypt', 'decompress', 'restore'];
+export type KeyedHookName = 'decrypt' | 'decryptFilter' | 'decompress' | 'restore' | 'restoreStream';
+export const KEYED_HOOKS: readonly KeyedHookName[] = ['decrypt', 'decryptFilter', 'decompress', 'restore', 'restoreStream'];
 
 /** Hooks that report on other hooks; they are not stages themselves. */
 export const EVENT_HOOKS: readonly HookName[] = ['stageStart', 'stageFinish', 'progress'];
@@ -150,8 +171,10 @@ export const HOOK_DESCRIPTIONS: Readonly<Record<HookName, HookDescription>> = Ob
   failed: { half: 'backup', kind: 'AsyncSeriesHook', args: '(error, summary, ctx)', dryRun: 'no', advisory: true, after: 'any failing step', before: 'end' },
   fetched: { half: 'restore', kind: 'AsyncSeriesHook', args: '(artifact, restoreCtx)', dryRun: 'no', advisory: false, after: 'the core fetched the artifact and checked its sha256', before: '`decrypt`' },
   decrypt: { half: 'restore', kind: 'HookMap<AsyncSeriesBailHook>', args: '(artifact, restoreCtx) → artifact | undefined', keyedBy: '`artifact.encryption.method`', dryRun: 'no', advisory: false, after: '`fetched`', before: 'the core checks the plaintext sha256, then `restore` or `verify`' },
+  decryptFilter: { half: 'restore', kind: 'HookMap<AsyncSeriesBailHook>', args: '(artifact, restoreCtx) → streamFilter | undefined', keyedBy: '`artifact.encryption.method`', dryRun: 'no', advisory: false, after: 'the core opened the stored copy as a stream', before: 'the core checks both sha256 at the end of the stream; `restoreStream` or a plaintext file' },
   decompress: { half: 'both', kind: 'HookMap<AsyncSeriesBailHook>', args: '(artifact, ctx) → artifact | undefined', keyedBy: '`artifact.compression`', dryRun: 'no', advisory: false, after: '`decrypt`; called by `ctx.decompress()`', before: 'whatever asked for it' },
   restore: { half: 'both', kind: 'HookMap<AsyncSeriesBailHook>', args: '(artifact, target, ctx) → report | undefined', keyedBy: '`artifact.format`', dryRun: 'no', advisory: false, after: '`decrypt` (restore); `ctx.restore()` in a restore test (run, verifyStored)', before: '`restored`' },
+  restoreStream: { half: 'restore', kind: 'HookMap<AsyncSeriesBailHook>', args: '(artifact, target, input, restoreCtx) → report | undefined', keyedBy: '`artifact.format`', dryRun: 'no', advisory: false, after: '`decryptFilter` (the stream is the plaintext)', before: '`restored`; declined: the stream into a file, then `restore`' },
   restored: { half: 'restore', kind: 'AsyncSeriesHook', args: '(summary, restoreCtx)', dryRun: 'no', advisory: true, after: '`restore` of every artifact (or a failure)', before: 'end' },
   verified: { half: 'restore', kind: 'AsyncSeriesHook', args: '(summary, restoreCtx)', dryRun: 'no', advisory: true, after: '`verify` of every fetched artifact (or a failure)', before: 'end' },
   stageStart: { half: 'event', kind: 'SyncHook', args: '(event)', dryRun: 'yes', advisory: false, after: '—', before: 'every promise/callback tap of a lifecycle hook' },

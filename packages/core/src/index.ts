@@ -24,6 +24,7 @@ export * from './resolve-plugin.js';
 export * from './runner.js';
 export * from './restore.js';
 export * from './restore-context.js';
+export * from './restore-stream.js';
 export * from './restore-drill.js';
 export * from './physical-restore.js';
 export * from './format.js';

@@ -5,7 +5,8 @@
 import { constants, createReadStream } from 'node:fs';
 import { readdir, rm, stat, access, open } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { writeFileAtomic } from './atomic-file.js';
+import type { Readable } from 'node:stream';
+import { fileSystemError, writeFileAtomic } from './atomic-file.js';
 import { assertSetId, MANIFEST_NAME, type Destination, type DestinationOperationOptions, type PutSource, type StoredFile, type StoredSet } from './destination.js';
 import { PipelineError } from './errors.js';
 import { parseSetId } from './manifest.js';
@@ -75,6 +76,21 @@ export class LocalFolderDestination implements Destination {
       throw new PipelineError('SET_NOT_FOUND', `${setId}/${name} is not in ${this.root}`);
     });
     await writeFileAtomic(toPath, createReadStream(from), { signal: options.signal, onBytes: options.onBytes });
+  }
+
+  /** The stored file as a stream (restore reads it in one pass, without a copy). */
+  async read(setId: string, name: string, options: DestinationOperationOptions = {}): Promise<Readable> {
+    assertFileName(name);
+    const from = join(this.setDir(setId), name);
+    // Opened here, so that a missing file rejects at once and a file replaced later is not read.
+    const handle = await open(from, 'r').catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT' || error.code === 'ENOTDIR') throw new PipelineError('SET_NOT_FOUND', `${setId}/${name} is not in ${this.root}`);
+      throw fileSystemError(error, from, 'reading');
+    });
+    let bytes = 0;
+    const stream = handle.createReadStream({ signal: options.signal, highWaterMark: 1024 * 1024 });
+    if (options.onBytes) stream.on('data', (chunk: string | Buffer) => options.onBytes!((bytes += chunk.length)));
+    return stream;
   }
 
   async delete(setId: string): Promise<void> {

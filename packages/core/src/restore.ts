@@ -10,18 +10,22 @@
  * reported as such before anything is fetched — never called corrupt.
  */
 import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { constants, copyFile, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { hashFile } from './atomic-file.js';
+import type { Readable } from 'node:stream';
+import { hashFile, writeFileAtomic } from './atomic-file.js';
 import type { Artifact, RunContext } from './context.js';
 import type { NamedDestination } from './destination.js';
 import { isPipelineError, PipelineError, toPipelineError } from './errors.js';
+import { isChainConsequence } from './exec.js';
 import type { PipelineHooks } from './hooks.js';
 import type { Manifest, ManifestArtifact } from './manifest.js';
 import { psql, quoteIdent, quoteLiteral, type PgSource } from './postgres.js';
 import type { RestoreContext, RestoreReport, RestoreTarget } from './restore-context.js';
 import { listSets, recordDamage } from './sets.js';
 import { pathInSet } from './names.js';
+import { checkedChain, isDamagedCopy, isFetchFailure, type OpenedArtifact, type RestoreInput } from './restore-stream.js';
 
 /** PostgreSQL's own databases: never a restore target. */
 export const SYSTEM_DATABASES: readonly string[] = ['postgres', 'template0', 'template1'];
@@ -75,15 +79,20 @@ export async function locateSet(sources: readonly NamedDestination[], id: string
   throw new PipelineError('SET_NOT_FOUND', `${id === 'latest' ? 'no complete set' : `set ${id} was not found`} in ${where}${unreachable.length ? ` (not listed: ${unreachable.join('; ')})` : ''}`);
 }
 
+/** A loaded plugin decrypts `method`: as a stream (`decryptFilter`) or into a file (`decrypt`). */
+function canDecrypt(hooks: PipelineHooks, method: string): boolean {
+  return !!hooks.decryptFilter.get(method)?.taps.length || !!hooks.decrypt.get(method)?.taps.length;
+}
+
 /** Throws RESTORE_NEEDS_PLUGIN (naming what is missing) unless loaded plugins can read these artifacts. */
 export function checkPlugins(hooks: PipelineHooks, entries: readonly ManifestArtifact[], needRestore: boolean): void {
   const missing: string[] = [];
   for (const entry of entries) {
-    if (entry.encryption && !hooks.decrypt.get(entry.encryption.method)?.taps.length) missing.push(`${entry.name}: decrypt for "${entry.encryption.method}"`);
+    if (entry.encryption && !canDecrypt(hooks, entry.encryption.method)) missing.push(`${entry.name}: decrypt for "${entry.encryption.method}"`);
     if (needRestore && !hooks.restore.get(entry.format)?.taps.length) missing.push(`${entry.name}: restore for format "${entry.format}"`);
   }
   if (missing.length === 0) return;
-  const methods = [...new Set(entries.flatMap((e) => (e.encryption && !hooks.decrypt.get(e.encryption.method)?.taps.length ? [e.encryption.method] : [])))];
+  const methods = [...new Set(entries.flatMap((e) => (e.encryption && !canDecrypt(hooks, e.encryption.method) ? [e.encryption.method] : [])))];
   throw new PipelineError('RESTORE_NEEDS_PLUGIN', `this set needs plugins that are not loaded: ${missing.join('; ')}`, {
     hint: `The set is not damaged. ${methods.length ? `Add the stage that encrypted it (\`use: ${methods.join('`, `use: ')}\`, with its restore-time options such as a key file) to the pipeline. ` : ''}Every artifact is restored by the plugin that wrote it: keep that stage in the config of the host you restore on.`,
     details: { missing },
@@ -137,32 +146,107 @@ async function fetchOne(hooks: PipelineHooks, from: NamedDestination, setId: str
 }
 
 /**
- * Fetches `entries` of the located set, from the first holder whose copy is good. A copy that does
- * not match its manifest (or cannot be fetched) is reported, and the next holder is tried.
+ * Opens one artifact of one holder as its checked plaintext stream. One pass where it can: the
+ * destination streams (`read`), and the encryption (if any) has a `decryptFilter` — fetch, sha256,
+ * decrypt, sha256, no ciphertext file. Otherwise as before, through files: `get`, the `fetched`
+ * checks, `decrypt` into a plaintext file (said in the log), read back as a stream.
  */
-export async function fetchArtifacts(
-  hooks: PipelineHooks,
-  located: LocatedSet,
-  entries: readonly ManifestArtifact[],
-  ctx: RestoreContext,
-  options: { fallback: boolean },
-): Promise<{ from: NamedDestination; artifacts: Artifact[] }> {
+export async function openArtifact(hooks: PipelineHooks, from: NamedDestination, setId: string, entry: ManifestArtifact, dir: string, ctx: RestoreContext): Promise<OpenedArtifact> {
+  const method = entry.encryption?.method;
+  if (method && !entry.plain) throw new PipelineError('MANIFEST_INVALID', `${entry.name} is encrypted but the manifest does not describe its plaintext`);
+  const stored: Artifact = { ...entry, path: '', meta: entry.meta ?? {} } as Artifact;
+  const filter = method ? await hooks.decryptFilter.get(method)?.promise(stored, ctx) : undefined;
+  const read = from.destination.read?.bind(from.destination);
+  // A `fetched` tap checks the stored copy as a file, and a plugin that decrypts only into files needs one.
+  const streams = !!read && !hooks.fetched.taps.length;
+  if (method && !filter) {
+    ctx.log.info({ destination: from.name, setId, artifact: entry.name }, `${entry.name}: fetched and decrypted through files (the "${method}" plugin has no decryptFilter: one more pass over the data)`);
+    let fetched: Artifact;
+    try {
+      fetched = await fetchOne(hooks, from, setId, entry, dir, ctx);
+    } catch (error) {
+      throw markFetching(error);
+    }
+    const plain = await decryptArtifact(hooks, fetched, ctx);
+    const stream = createReadStream(plain.path);
+    return { artifact: plain, file: plain.path, stream, checked: Promise.resolve(), stop: () => stream.destroy() };
+  }
+  let source: Readable;
+  let fetchedFile: string | undefined;
+  if (streams) {
+    ctx.log.info({ destination: from.name, setId, artifact: entry.name }, `fetching ${entry.name} from ${from.name} (one stream${filter ? `, decrypted by ${filter.label ?? filter.command}` : ''}, checked on the way)`);
+    source = await read!(setId, entry.name, { signal: ctx.signal }).catch((error: unknown) => {
+      throw markFetching(error);
+    });
+  } else {
+    ctx.log.info({ destination: from.name, setId, artifact: entry.name }, `${entry.name}: fetched into a file first (${read ? 'a fetched check needs the file' : `${from.name} cannot stream`})`);
+    try {
+      fetchedFile = (await fetchOne(hooks, from, setId, entry, dir, ctx)).path;
+    } catch (error) {
+      throw markFetching(error);
+    }
+    source = createReadStream(fetchedFile, { highWaterMark: 1024 * 1024 });
+  }
+  const copy = `${from.name}/${setId}/${entry.name}`;
+  const chain = checkedChain({ source, stored: entry, plain: method ? entry.plain : undefined, filter, copy, name: entry.name, exec: ctx.exec });
+  const checked = chain.checked.then(
+    async () => {
+      if (fetchedFile) await rm(fetchedFile, { force: true });
+    },
+    async (error: unknown) => {
+      if (fetchedFile) await rm(fetchedFile, { force: true });
+      // From now on every listing calls this copy damaged: retention neither counts nor deletes it.
+      if (isDamagedCopy(error)) await recordDamage(from.destination, setId, (error as Error).message, { scratchDir: ctx.tmpDir, signal: ctx.signal, log: ctx.log });
+      throw error;
+    },
+  );
+  checked.catch(() => {});
+  const { encryption: _e, plain: _p, ...rest } = stored;
+  const artifact: Artifact = method ? { ...rest, name: entry.plain!.name, bytes: entry.plain!.bytes, sha256: entry.plain!.sha256 } : stored;
+  return { artifact, stream: chain.stream, checked, stop: chain.stop };
+}
+
+/** A failure of getting the stored copy (not of decrypting it): another holder may do better. */
+function markFetching(error: unknown): PipelineError {
+  const e = toPipelineError(error, 'DESTINATION_FAILED');
+  // A full local disk or an interruption fails the same way for every copy.
+  if (e.code !== 'NO_SPACE' && e.code !== 'ABORTED') e.details = { ...e.details, fetching: true };
+  return e;
+}
+
+/** The opened artifact's plaintext as a file in `dir` (0600), renamed into place only once every check passed. */
+export async function materialize(opened: OpenedArtifact, dir: string, ctx: RestoreContext): Promise<Artifact> {
+  if (opened.file) {
+    opened.stop();
+    return opened.artifact;
+  }
+  const path = pathInSet(dir, `plain-${opened.artifact.name}`);
+  const [written, checked] = await Promise.allSettled([writeFileAtomic(path, opened.stream, { signal: ctx.signal }), opened.checked]);
+  if (checked.status === 'rejected') throw checked.reason;
+  if (written.status === 'rejected') throw written.reason;
+  return { ...opened.artifact, path };
+}
+
+/** Whether a failure is about this holder's copy (damaged, or not transferable): the next holder is tried. */
+function aboutTheCopy(error: unknown): boolean {
+  return isDamagedCopy(error) || isFetchFailure(error);
+}
+
+/** Runs `attempt` on each holder in turn until one succeeds; a failure about the copy moves to the next, any other stops. */
+async function fromFirstGoodCopy<T>(located: LocatedSet, ctx: RestoreContext, holders: readonly NamedDestination[], attempt: (from: NamedDestination, dir: string) => Promise<T>): Promise<{ from: NamedDestination; value: T }> {
   const failures: PipelineError[] = [];
-  const holders = options.fallback ? located.holders : located.holders.slice(0, 1);
   for (const [i, from] of holders.entries()) {
-    const dir = join(ctx.tmpDir, `fetch-${i}`);
+    const dir = join(ctx.tmpDir, `fetch-${i}-${randomBytes(3).toString('hex')}`);
     await mkdir(dir, { recursive: true, mode: 0o700 });
     (ctx.stored as { from: string }).from = from.name;
     try {
-      const artifacts: Artifact[] = [];
-      for (const entry of entries) artifacts.push(await fetchOne(hooks, from, located.id, entry, dir, ctx));
+      const value = await attempt(from, dir);
       if (failures.length > 0) ctx.log.warn({ destination: from.name, setId: located.id }, `using the copy of ${located.id} in ${from.name} (${failures.length} other cop${failures.length === 1 ? 'y was' : 'ies were'} bad)`);
-      return { from, artifacts };
+      return { from, value };
     } catch (caught) {
       const error = toPipelineError(caught, 'DESTINATION_FAILED');
-      // A full local disk fails the same way for every copy: stop there.
-      if (ctx.signal.aborted || error.code === 'ABORTED' || error.code === 'NO_SPACE') throw error;
       await rm(dir, { recursive: true, force: true });
+      if (ctx.signal.aborted || !aboutTheCopy(error)) throw error;
       failures.push(error);
       const next = holders[i + 1];
       ctx.log.warn({ destination: from.name, setId: located.id, code: error.code }, `${error.message}${next ? `; trying the same set from ${next.name}` : ''}`);
@@ -171,6 +255,66 @@ export async function fetchArtifacts(
   if (failures.length === 1) throw failures[0]!;
   const last = failures.at(-1)!;
   throw new PipelineError(last.code, `no good copy of ${located.id}: ${failures.map((f) => f.message).join('; ')}`, { hint: last.hint, details: { tried: holders.map((h) => h.name) } });
+}
+
+/**
+ * Fetches `entries` of the located set as plaintext files (decrypted, both sha256 checked), from
+ * the first holder whose copy is good. A copy that does not match its manifest (or cannot be
+ * fetched) is reported, and the next holder is tried.
+ */
+export async function fetchArtifacts(
+  hooks: PipelineHooks,
+  located: LocatedSet,
+  entries: readonly ManifestArtifact[],
+  ctx: RestoreContext,
+  options: { fallback: boolean },
+): Promise<{ from: NamedDestination; artifacts: Artifact[] }> {
+  const holders = options.fallback ? located.holders : located.holders.slice(0, 1);
+  const { from, value } = await fromFirstGoodCopy(located, ctx, holders, async (from, dir) => {
+    const artifacts: Artifact[] = [];
+    for (const entry of entries) artifacts.push(await materialize(await openArtifact(hooks, from, located.id, entry, dir, ctx), dir, ctx));
+    return artifacts;
+  });
+  return { from, artifacts: value };
+}
+
+/**
+ * The database dump restored from its stream (`restoreStream`): one pass from the holder to the
+ * server. A copy found bad at the end of its stream fails this attempt; a database this restore
+ * created is dropped and created again, and the next holder is tried.
+ */
+async function restoreDumpStreamed(
+  hooks: PipelineHooks,
+  located: LocatedSet,
+  entry: ManifestArtifact,
+  target: RestoreTarget,
+  plan: DatabasePlan,
+  holders: readonly NamedDestination[],
+  ctx: RestoreContext,
+): Promise<{ from: NamedDestination; value: RestoreReport }> {
+  let attempts = 0;
+  return fromFirstGoodCopy(located, ctx, holders, async (from, dir) => {
+    if (attempts++ > 0 && plan.created) {
+      await dropDatabase(ctx.pg!, plan.into, ctx);
+      await createDatabase(ctx.pg!, plan.into, ctx);
+    }
+    const opened = await openArtifact(hooks, from, located.id, entry, dir, ctx);
+    const input: RestoreInput = { stream: opened.stream, checked: opened.checked, targetDisposable: plan.created };
+    let report: RestoreReport | undefined;
+    try {
+      report = await hooks.restoreStream.get(entry.format)?.promise(opened.artifact, target, input, ctx);
+      if (!report) report = await ctx.restore(await materialize(opened, dir, ctx), target);
+    } catch (error) {
+      // The checks say whether the input was damaged (the real cause) or the restore failed on its own.
+      const check = await opened.checked.then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      throw check !== undefined && !isChainConsequence(check) ? check : error;
+    }
+    await opened.checked;
+    return report;
+  });
 }
 
 /** The plaintext of a fetched artifact, through the `decrypt` hook, checked against the manifest. */
@@ -324,9 +468,13 @@ export async function restoreStoredSet(hooks: PipelineHooks, located: LocatedSet
     throw new PipelineError('CREDENTIALS_MISSING', `pipeline "${ctx.pipeline}" has no credentials stage to connect with`, { hint: 'Add `- use: credentials` to it.' });
   }
 
-  const fetched = await fetchArtifacts(hooks, located, wanted, ctx, { fallback: true });
-  const plain: Artifact[] = [];
-  for (const artifact of fetched.artifacts) plain.push(await decryptArtifact(hooks, artifact, ctx));
+  // The dump goes from its stream into the server when its plugin restores from a stream; the
+  // other artifacts (and a dump whose plugin reads only files) become checked plaintext files first.
+  const streamedDump = request.database && database && hooks.restoreStream.get(database.format)?.taps.length ? database : undefined;
+  const early = wanted.filter((a) => a !== streamedDump);
+  const fetched = early.length > 0 ? await fetchArtifacts(hooks, located, early, ctx, { fallback: true }) : undefined;
+  const plain: Artifact[] = fetched?.artifacts ?? [];
+  let from = fetched?.from.name ?? '';
 
   const reports: RestoreReport[] = [];
   const jobs = request.jobs ?? 2;
@@ -350,7 +498,7 @@ export async function restoreStoredSet(hooks: PipelineHooks, located: LocatedSet
     }
   }
   let previousDatabase: string | undefined;
-  const dump = plain.find((a) => a.kind === 'database' && request.database);
+  const dump = streamedDump ?? plain.find((a) => a.kind === 'database' && request.database);
   if (dump) {
     const pg = ctx.pg!;
     const plan = await planDatabase(pg, request.database!, !!request.clean, located.id, ctx);
@@ -358,7 +506,16 @@ export async function restoreStoredSet(hooks: PipelineHooks, located: LocatedSet
     try {
       const target: RestoreTarget = { database: plan.into, jobs, clean: !!request.clean && !plan.swap && !plan.created };
       ctx.progress({ plugin: 'core', task: 'restore', message: `${dump.name} → ${plan.into}` });
-      const report = await ctx.restore(dump, target);
+      let report: RestoreReport;
+      if (streamedDump) {
+        // The holder the other artifacts came from first, then the rest in their order.
+        const holders = [...located.holders].sort((a, b) => Number(b.name === from) - Number(a.name === from));
+        const streamed = await restoreDumpStreamed(hooks, located, streamedDump, target, plan, holders, ctx);
+        report = streamed.value;
+        from = streamed.from.name;
+      } else {
+        report = await ctx.restore(dump as Artifact, target);
+      }
       if (report.mismatches.length > 0) {
         throw new PipelineError('RESTORE_MISMATCH', `the restored row counts differ from the dump's snapshot: ${report.mismatches.slice(0, 3).join('; ')}`, {
           hint: plan.swap ? `${plan.swap.target} was left as it was.` : 'Do not use this database; check the server log and the dump.',
@@ -378,18 +535,17 @@ export async function restoreStoredSet(hooks: PipelineHooks, located: LocatedSet
     }
   }
 
-  return { setId: located.id, from: fetched.from.name, reports, previousDatabase, durationMs: Date.now() - started };
+  return { setId: located.id, from, reports, previousDatabase, durationMs: Date.now() - started };
 }
 
-/** Fetches and decrypts every artifact of the located set, then runs the `verify` hook on each. */
+/** Fetches and decrypts every artifact of the located set (checked plaintext files), then runs the `verify` hook on each. */
 export async function verifyStoredSet(hooks: PipelineHooks, located: LocatedSet, ctx: RestoreContext): Promise<{ setId: string; from: string; artifacts: Artifact[] }> {
   const entries = located.manifest.artifacts;
   checkPlugins(hooks, entries, false);
   // Verifying is about this copy: a bad one is the finding, not a reason to look elsewhere.
   const fetched = await fetchArtifacts(hooks, located, entries, ctx, { fallback: false });
   const artifacts: Artifact[] = [];
-  for (const artifact of fetched.artifacts) {
-    const plain = await decryptArtifact(hooks, artifact, ctx);
+  for (const plain of fetched.artifacts) {
     await hooks.verify.promise(plain, ctx);
     artifacts.push(plain);
   }

@@ -337,7 +337,7 @@ export class Runner {
   restoreCapabilities(name?: string): RestoreCapabilities {
     const pipelines = name ? [this.pipeline(name)] : Object.values(this.config.pipelines);
     const hooks = createHooks();
-    const seen: Record<KeyedHookName, Array<{ key: string; hook: { taps: unknown[] } }>> = { decrypt: [], decompress: [], restore: [] };
+    const seen: Record<KeyedHookName, Array<{ key: string; hook: { taps: unknown[] } }>> = { decrypt: [], decryptFilter: [], decompress: [], restore: [], restoreStream: [] };
     for (const hookName of KEYED_HOOKS) {
       (hooks[hookName] as unknown as HookMap<{ taps: unknown[] }>).intercept({ factory: (key, hook) => (seen[hookName].push({ key: String(key), hook }), hook) });
     }
@@ -351,7 +351,8 @@ export class Runner {
       }
     }
     const keys = (h: KeyedHookName) => [...new Set(seen[h].filter((s) => s.hook.taps.length > 0).map((s) => s.key))];
-    return { decrypt: keys('decrypt'), decompress: keys('decompress'), restore: keys('restore') };
+    // A stream decrypter (decryptFilter) reads the set as well as a file one.
+    return { decrypt: [...new Set([...keys('decrypt'), ...keys('decryptFilter')])], decompress: keys('decompress'), restore: keys('restore') };
   }
 
   /** The formats the stages of a pipeline restore into a data dir (`dataDirFormats`), first declaration wins. */
