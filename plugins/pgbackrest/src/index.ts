@@ -19,9 +19,9 @@ import { preparePgbackrest, repositoryText, serverSource, type Pgbackrest } from
 import { runDrill } from './drill.js';
 import { parseInfo, STANZA_STATUS, type InfoStanza } from './info.js';
 import { optionsSchema, WEEKDAYS, type PgbackrestOptions } from './options.js';
-import { buildRecord, parseRecord, PGBACKREST_FORMAT, PHYSICAL_KIND, RECORD_NAME, recordOf, type PhysicalBackupRecord } from './record.js';
+import { buildRecord, parseRecord, PGBACKREST_FORMAT, PHYSICAL_KIND, RECORD_NAME, type PhysicalBackupRecord } from './record.js';
 import { expireUnreferenced } from './retention.js';
-import { tapRestore } from './restore.js';
+import { dataDirFormats, tapRestore } from './restore.js';
 import { archiveFailing, archiverState, MASTODON_CORE_TABLES, rowCounts, type ArchiverState } from './server.js';
 
 export { optionsSchema };
@@ -125,15 +125,8 @@ export default definePlugin({
   description: 'Physical backups, WAL archiving and point-in-time recovery driven through pgBackRest.',
   options: optionsSchema,
   errors: ERRORS,
-  dataDirFormats: {
-    [PGBACKREST_FORMAT]: {
-      recoveryTargets: ['time', 'lsn'],
-      consistentAt: (artifact) => {
-        const r = recordOf(artifact);
-        return r ? { time: r.stoppedAt, lsn: r.lsn.stop } : undefined;
-      },
-    },
-  },
+  // Restores into a data dir, to a time or an LSN (restore.ts: the stop time rounded up to the second).
+  dataDirFormats,
   apply(hooks, options, api) {
     tapRestore(hooks, options, api);
     tapBackup(hooks, options, api);
