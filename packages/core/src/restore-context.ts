@@ -1,6 +1,7 @@
 /** The types of the restore half of the lifecycle: what restore, verify and their taps receive. */
 import type { Artifact, RunContext } from './context.js';
 import type { Manifest } from './manifest.js';
+import type { RestoreDrill } from './restore-drill.js';
 
 /** Where one artifact is restored to. A tap restores into what fits its format and ignores the rest. */
 export interface RestoreTarget {
@@ -113,7 +114,8 @@ export interface VerifySummary {
   setId: string;
   from: string;
   ok: boolean;
-  artifacts: Array<Pick<Artifact, 'name' | 'kind' | 'format'> & { verification?: unknown }>;
+  /** Per artifact: what its verify stage found, and what a restore drill (`--restore-test`) proved. */
+  artifacts: Array<Pick<Artifact, 'name' | 'kind' | 'format'> & { verification?: unknown; drill?: RestoreDrill }>;
   durationMs: number;
   error?: { code: string; message: string };
 }

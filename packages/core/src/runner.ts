@@ -27,6 +27,7 @@ import { makePathResolver, tapOnlyHooks, type PluginApi } from './plugin.js';
 import { shipTree, type TreeShipResult } from './tree-ship.js';
 import { locateSet, restoreStoredSet, verifyStoredSet, type RestoreCapabilities, type RestoreRequestOptions, type RestoreResult } from './restore.js';
 import type { RestoreContext, RestoreRequest } from './restore-context.js';
+import { drillOf } from './restore-drill.js';
 import { pickSetForRecovery, restoreIntoDataDir, type DataDirFormats, type DataDirRequestOptions } from './physical-restore.js';
 import type { DataDirFormat } from './plugin.js';
 import type { SecretRegistry } from './secrets.js';
@@ -451,7 +452,7 @@ export class Runner {
       }
       const located = await locate();
       const result = await verifyStoredSet(opened.hooks, located, ctx);
-      const artifacts = result.artifacts.map((a) => ({ name: a.name, kind: a.kind, format: a.format, verification: a.meta.verification }));
+      const artifacts = result.artifacts.map((a) => ({ name: a.name, kind: a.kind, format: a.format, verification: a.meta.verification, drill: drillOf(a) }));
       await opened.hooks.verified.promise({ pipeline: pipeline.name, setId: result.setId, from: result.from, ok: true, artifacts, durationMs: Date.now() - started }, ctx);
       return { ...result, verifiers };
     } catch (caught) {

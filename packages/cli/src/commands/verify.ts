@@ -1,6 +1,7 @@
 /** `pipeline verify SET`: the core fetches one stored copy, checks every sha256, decrypts, and runs the pipeline's verify stages on it. */
+import { drillOf, formatBytes, formatDuration, type RestoreDrill } from '@backup-pipeline/core';
 import type { Command } from 'commander';
-import { green, output } from '../output.js';
+import { green, output, table } from '../output.js';
 import { openSession } from '../session.js';
 import { withSignals } from '../signals.js';
 import { progressReporter } from '../progress.js';
@@ -11,7 +12,35 @@ interface Verification {
   restoreTest?: { tables: number; rows: number };
 }
 
-export default async function verify(command: Command, id: string, flags: StageOptionFlags & { from?: string; pipeline?: string; restoreTest?: boolean }): Promise<number> {
+/** The parts of a Mastodon instance by artifact kind, for the drill report. */
+const PART_OF_KIND: Record<string, string> = { database: 'database', globals: 'roles', secrets: 'secrets', files: 'media', 'media-bucket': 'media', redis: 'redis' };
+/** What a rebuilt instance needs, in the order Mastodon's migration guide restores them. */
+const INSTANCE_PARTS = ['database', 'secrets', 'media', 'redis'];
+
+export interface DrillReport {
+  /** One line per artifact: drilled (restored somewhere throwaway and checked) or not. */
+  parts: Array<{ part: string; artifact: string; restored: boolean; bytes?: number; durationMs?: number; detail: string }>;
+  /** Parts of a Mastodon instance this set holds no artifact for. */
+  missing: string[];
+  /** The sum of the drills' times: what restoring these parts took here. */
+  totalMs: number;
+  /** Every artifact was drilled and no instance part is missing. */
+  complete: boolean;
+}
+
+export function drillReport(artifacts: ReadonlyArray<{ name: string; kind: string; format: string; drill?: RestoreDrill }>): DrillReport {
+  const parts = artifacts.map((a) =>
+    a.drill
+      ? { part: a.drill.part, artifact: a.name, restored: true, bytes: a.drill.bytes, durationMs: a.drill.durationMs, detail: a.drill.detail }
+      : { part: PART_OF_KIND[a.kind] ?? a.kind, artifact: a.name, restored: false, detail: `checksum ${a.kind === 'database' ? 'and archive checks' : 'checked'}; no stage of this pipeline drills format "${a.format}"` },
+  );
+  const present = new Set(parts.map((p) => p.part));
+  const missing = INSTANCE_PARTS.filter((p) => !present.has(p));
+  const totalMs = parts.reduce((n, p) => n + (p.durationMs ?? 0), 0);
+  return { parts, missing, totalMs, complete: missing.length === 0 && parts.every((p) => p.restored) };
+}
+
+export default async function verify(command: Command, id: string, flags: StageOptionFlags & { from?: string; pipeline?: string; restoreTest?: boolean}): Promise<number> {
   const session = await openSession(command);
   const pipeline = session.runner.pipeline(flags.pipeline);
   return withSignals(async (signal) => {
@@ -21,9 +50,10 @@ export default async function verify(command: Command, id: string, flags: StageO
       { signal, stageOptions: stageOptionsFrom(flags), observe: progressReporter({ quiet: session.options.quiet || session.options.json }) },
     );
     const where = `${result.setId} in ${result.from}`;
-    const artifacts = result.artifacts.map((a) => ({ artifact: a.name, verification: a.meta.verification as Verification | undefined }));
+    const artifacts = result.artifacts.map((a) => ({ artifact: a.name, verification: a.meta.verification as Verification | undefined, drill: drillOf(a) }));
+    const drill = flags.restoreTest ? drillReport(result.artifacts.map((a) => ({ name: a.name, kind: a.kind, format: a.format, drill: drillOf(a) }))) : undefined;
     if (session.options.json) {
-      output.json({ ok: true, set: where, artifacts });
+      output.json({ ok: true, set: where, artifacts, ...(drill ? { drill } : {}) });
     } else if (!session.options.quiet) {
       output.stdout(`${green('ok')} ${where}: every sha256 matches the manifest${result.verifiers === 0 ? ' (the pipeline has no verify stage: checksums and decryption only)' : ''}\n`);
       for (const { artifact, verification: v } of artifacts) {
@@ -31,6 +61,19 @@ export default async function verify(command: Command, id: string, flags: StageO
           ? `archive readable, ${v.tableData} tables with data${v.restoreTest ? `, restore drill: ${v.restoreTest.tables} tables / ${v.restoreTest.rows} rows match the snapshot` : ''}`
           : 'checksum ok';
         output.stdout(`  ${artifact}: ${detail}\n`);
+      }
+      if (drill) {
+        output.stdout(`\nRestore drill of ${result.setId}, part by part (could this instance be rebuilt from this set?):\n`);
+        const rows = drill.parts.map((p) => [
+          `  ${p.part}`,
+          p.restored ? 'restores' : 'NOT DRILLED',
+          p.bytes === undefined ? '' : formatBytes(p.bytes),
+          p.durationMs === undefined ? '' : `in ${formatDuration(p.durationMs)}`,
+          `${p.artifact}: ${p.detail}`,
+        ]);
+        output.stdout(table(rows));
+        for (const part of drill.missing) output.stdout(`  ${part}: NOT IN THIS SET\n`);
+        output.stdout(`  time to restore the drilled parts here: ${formatDuration(drill.totalMs)}${drill.complete ? '' : ' (incomplete: see the parts above)'}\n`);
       }
     }
     return 0;
