@@ -245,7 +245,11 @@ export async function runArtifactStream(request: StreamArtifactRequest, plan: St
     const upstreamFailures: unknown[] = [];
     const named = (p: Promise<unknown>, fail?: (e: unknown) => Error, plugin?: string, hook?: string) =>
       p.catch((error: unknown) => {
-        if (isChainConsequence(error) || (isPipelineError(error) && ['ABORTED', 'EXEC_NOT_FOUND'].includes(error.code))) throw error;
+        // A program that exited with its own non-zero code failed on its own, even when the chain
+        // was being stopped by then (a sibling's broken pipe can be noticed first).
+        const details = isPipelineError(error) ? error.details : undefined;
+        const ownExit = typeof details?.exitCode === 'number' && details.exitCode !== 0 && !details.signal;
+        if ((!ownExit && isChainConsequence(error)) || (isPipelineError(error) && ['ABORTED', 'EXEC_NOT_FOUND'].includes(error.code))) throw error;
         const mapped = toPipelineError(fail ? fail(error) : error);
         if (plugin) mapped.plugin ??= plugin;
         if (hook) mapped.hook ??= hook;

@@ -3,7 +3,7 @@
  * data and the expected tables — and, with `restoreTest`, restore into a scratch database with the
  * row counts of the dump's own snapshot. A failure stops the run before anything is shipped.
  */
-import { definePlugin, PipelineError, psql, quoteIdent, z, type RestoreContext, type RunContext } from '@backup-pipeline/core';
+import { definePlugin, PipelineError, psql, quoteIdent, recordDrill, z, type RestoreContext, type RunContext } from '@backup-pipeline/core';
 import { attachStreamVerification, verifyDatabaseArtifact, type VerifyOptions } from './verify.js';
 
 export { attachStreamVerification, tableDataEntries, verifyDatabaseArtifact, type Verification, type VerifyOptions } from './verify.js';
@@ -36,6 +36,10 @@ export default definePlugin({
       const effective: VerifyOptions = request ? { ...options, fullRead: true, restoreTest: request.restoreTest === true } : options;
       const verification = await verifyDatabaseArtifact(artifact, effective, ctx);
       artifact.meta.verification = verification;
+      if (verification.restoreTest) {
+        const t = verification.restoreTest;
+        recordDrill(artifact, { part: 'database', bytes: artifact.bytes, durationMs: t.durationMs, detail: `${t.tables} tables / ${t.rows} rows restored, matching the dump's snapshot` });
+      }
       ctx.log.info(
         { artifact: artifact.name, tables: verification.tableData, restoreTest: verification.restoreTest?.database },
         `verified ${artifact.name}: ${verification.tableData} tables with data${verification.restoreTest ? `, test restore matched ${verification.restoreTest.rows} rows` : ''}`,
