@@ -8,9 +8,9 @@
  * an encryption stage (gpg) in the pipeline.
  */
 import { parseEnvFile } from '@backup-pipeline/plugin-credentials';
-import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { definePlugin, describeObjectStorage, mastodonObjectStorage, PipelineError, settleChain, writeFileAtomic, z, type Artifact, type ExecProcess, type RunContext } from '@backup-pipeline/core';
+import { definePlugin, describeObjectStorage, mastodonObjectStorage, PipelineError, recordDrill, settleChain, writeFileAtomic, z, type Artifact, type ExecProcess, type RestoreContext, type RunContext } from '@backup-pipeline/core';
 
 export const FilesOptions = z
   .object({
@@ -33,6 +33,20 @@ export const FilesOptions = z
 export type FilesOptions = z.output<typeof FilesOptions>;
 
 const SECRET_NAME = /PASS|SECRET|KEY|TOKEN|SALT|CREDENTIAL|OTP/i;
+/** What a restored Mastodon database cannot do without (sessions, 2FA). */
+const MASTODON_SECRETS = ['SECRET_KEY_BASE', 'OTP_SECRET'];
+
+/** Files and bytes under a folder (a restore drill's count). */
+async function treeSize(dir: string): Promise<{ files: number; bytes: number }> {
+  let files = 0;
+  let bytes = 0;
+  for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (!entry.isFile()) continue;
+    files++;
+    bytes += (await stat(join(entry.parentPath, entry.name))).size;
+  }
+  return { files, bytes };
+}
 
 const EXTENSION = { zstd: '.tar.zst', gzip: '.tar.gz', none: '.tar' } as const;
 const COMPRESSION = { zstd: 'zstd', gzip: 'gzip', none: 'none' } as const;
@@ -164,6 +178,29 @@ export default definePlugin({
       const files = listed.stdout.split('\n').filter((l) => l && !l.endsWith('/'));
       log.info({ artifact: artifact.name, into, files: files.length }, `unpacked ${artifact.name} into ${into} (${files.length} files)`);
       return { artifact: artifact.name, into, files: files.slice(0, 100), mismatches: [], durationMs: Date.now() - started };
+    });
+
+    // `pipeline verify SET --restore-test`: unpack each archive into a throwaway folder through the
+    // restore step above (as `restore --files-to` does), count what came out, and for the secrets
+    // check the env file parses and holds the keys a restored database needs.
+    hooks.verify.tapPromise('files', async (artifact, ctx) => {
+      if (artifact.format !== 'tar' || !('request' in ctx) || !(ctx as RestoreContext).request.restoreTest) return;
+      const started = Date.now();
+      const into = await mkdtemp(join(ctx.tmpDir, 'files-drill-'));
+      try {
+        await ctx.restore(artifact, { directory: into, jobs: 1 });
+        const found = await treeSize(into);
+        let detail = `${found.files} file${found.files === 1 ? '' : 's'} (${found.bytes} bytes) unpacked`;
+        if (artifact.kind === 'secrets') {
+          const name = typeof artifact.meta.file === 'string' ? basename(artifact.meta.file) : '.env.production';
+          const vars = parseEnvFile(await readFile(join(into, name), 'utf8'), name);
+          const lacking = MASTODON_SECRETS.filter((k) => !vars.get(k)?.value);
+          detail = `${name} unpacked and parsed${lacking.length ? `; it LACKS ${lacking.join(', ')}` : `, with ${MASTODON_SECRETS.join(', ')}`}`;
+        }
+        recordDrill(artifact, { part: artifact.kind === 'secrets' ? 'secrets' : 'media', bytes: artifact.bytes, durationMs: Date.now() - started, detail });
+      } finally {
+        await rm(into, { recursive: true, force: true });
+      }
     });
 
     hooks.transform.tapPromise({ name: 'files', stage: 100 }, async (artifact) => {

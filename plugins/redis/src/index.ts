@@ -329,7 +329,7 @@ export default definePlugin({
         });
       }
       const dbs = Object.keys(result.keyspace).length;
-      recordDrill(artifact, {
+      if (isStored(ctx)) recordDrill(artifact, {
         part: artifact.kind,
         bytes: artifact.bytes,
         durationMs: result.durationMs,

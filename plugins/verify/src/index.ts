@@ -36,7 +36,8 @@ export default definePlugin({
       const effective: VerifyOptions = request ? { ...options, fullRead: true, restoreTest: request.restoreTest === true } : options;
       const verification = await verifyDatabaseArtifact(artifact, effective, ctx);
       artifact.meta.verification = verification;
-      if (verification.restoreTest) {
+      // A drill of a stored set (`verify --restore-test`), reported per part by the CLI.
+      if (request && verification.restoreTest) {
         const t = verification.restoreTest;
         recordDrill(artifact, { part: 'database', bytes: artifact.bytes, durationMs: t.durationMs, detail: `${t.tables} tables / ${t.rows} rows restored, matching the dump's snapshot` });
       }
