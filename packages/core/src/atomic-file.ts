@@ -4,8 +4,8 @@
  * write leaves nothing under the final name.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { constants, createReadStream, createWriteStream } from 'node:fs';
+import { chmod, copyFile, mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -113,6 +113,37 @@ export async function writeFileAtomic(path: string, source: Source, options: Ato
     return digest.digest();
   } catch (error) {
     await handle.close().catch(() => {});
+    await rm(partial, { force: true });
+    throw fileSystemError(error, path);
+  }
+}
+
+/**
+ * Copies `from` to `path` atomically (`.partial`, mode 0600, fsynced, renamed) by the kernel: a
+ * reflink where the file system shares blocks (btrfs, XFS), else `copy_file_range` — the bytes
+ * are not read into this process. Checks the copy's size against `bytes`; the content is the
+ * source's, whose sha256 the caller already knows (nothing is re-read to hash it).
+ */
+export async function copyFileAtomic(from: string, path: string, bytes: number, options: { signal?: AbortSignal } = {}): Promise<FileDigest['bytes']> {
+  const partial = path + PARTIAL_SUFFIX;
+  try {
+    await ensurePrivateDir(dirname(path));
+    options.signal?.throwIfAborted();
+    await copyFile(from, partial, constants.COPYFILE_FICLONE);
+    await chmod(partial, FILE_MODE);
+    const copied = (await stat(partial)).size;
+    if (copied !== bytes) throw new PipelineError('CHECKSUM_MISMATCH', `${from} changed while it was copied to ${path} (${copied} bytes, expected ${bytes})`);
+    const handle = await open(partial, 'r+');
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    options.signal?.throwIfAborted();
+    await rename(partial, path);
+    await syncDir(dirname(path));
+    return copied;
+  } catch (error) {
     await rm(partial, { force: true });
     throw fileSystemError(error, path);
   }

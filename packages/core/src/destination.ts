@@ -47,6 +47,12 @@ export interface PutSource {
   path: string;
   bytes: number;
   sha256: string;
+  /**
+   * Set by the core when it hashed this file as it wrote it into the staging folder and it is
+   * unchanged since (same size and modification time): a destination may then copy it without
+   * reading it again to hash it (a local folder lets the kernel copy it: reflink, copy_file_range).
+   */
+  hashedAsWritten?: boolean;
 }
 
 export interface DestinationOperationOptions {

@@ -6,7 +6,7 @@ import { constants, createReadStream } from 'node:fs';
 import { readdir, rm, stat, access, open } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { fileSystemError, writeFileAtomic } from './atomic-file.js';
+import { copyFileAtomic, fileSystemError, writeFileAtomic } from './atomic-file.js';
 import { assertSetId, MANIFEST_NAME, type Destination, type DestinationOperationOptions, type PutSource, type StoredFile, type StoredSet } from './destination.js';
 import { PipelineError } from './errors.js';
 import { parseSetId } from './manifest.js';
@@ -39,6 +39,13 @@ export class LocalFolderDestination implements Destination {
 
   async put(setId: string, name: string, source: PutSource, options: DestinationOperationOptions = {}): Promise<void> {
     const target = join(this.setDir(setId), name);
+    // A staged file the core hashed as it wrote it is copied by the kernel (reflink or
+    // copy_file_range), not read again; any other source is hashed on the way and checked.
+    if (source.hashedAsWritten) {
+      const bytes = await copyFileAtomic(source.path, target, source.bytes, { signal: options.signal });
+      options.onBytes?.(bytes);
+      return;
+    }
     const written = await writeFileAtomic(target, createReadStream(source.path), { signal: options.signal, onBytes: options.onBytes });
     if (written.sha256 !== source.sha256 || written.bytes !== source.bytes) {
       await rm(target, { force: true });

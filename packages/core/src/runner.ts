@@ -14,7 +14,7 @@ import { recordStream, runArtifactStream, unchangedSinceStream, type StreamConsu
 import { writeFileAtomic, DIR_MODE } from './atomic-file.js';
 import type { ConfiguredDestination, ResolvedConfig, ResolvedPipeline } from './config.js';
 import type { Artifact, Plan, RetainReport, RunContext, RunSummary, ShipReport, StageEvent } from './context.js';
-import { MANIFEST_NAME, type NamedDestination } from './destination.js';
+import { MANIFEST_NAME, type NamedDestination, type PutSource } from './destination.js';
 import { assertFileName } from './names.js';
 import { PipelineError, isPipelineError, toPipelineError } from './errors.js';
 import { exec } from './exec.js';
@@ -113,6 +113,8 @@ interface OpenRun {
   now: () => Date;
   controller: AbortController;
   current(): StageEvent | undefined;
+  /** Whether the artifact's file is still the one `ctx.streamArtifact` wrote and hashed. */
+  hashedAsWritten(artifact: Artifact): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -316,6 +318,10 @@ export class Runner {
       now,
       controller,
       current: () => current,
+      hashedAsWritten: async (artifact) => {
+        const record = streamed.get(artifact.name);
+        return record !== undefined && (await unchangedSinceStream(artifact, record));
+      },
       close: async () => {
         process.off('beforeExit', onBeforeExit);
         controller.abort();
@@ -615,7 +621,10 @@ export class Runner {
       const manifestDigest = await writeFileAtomic(manifestPath, manifestText);
       log.info({ setId, artifacts: artifacts.length }, `set ${setId} is complete in the work dir`);
 
-      await Promise.all(destinations.map((d) => queue.add(() => this.ship(ctx, d, { path: manifestPath, ...manifestDigest }, reports))));
+      // Every destination reads the one staged file, concurrently; files the core hashed as it wrote them are marked so.
+      const sealed = new Set<string>();
+      for (const a of artifacts) if (await opened.hashedAsWritten(a)) sealed.add(a.name);
+      await Promise.all(destinations.map((d) => queue.add(() => this.ship(ctx, d, { path: manifestPath, ...manifestDigest, hashedAsWritten: true }, reports, sealed))));
       for (const report of reports) await hooks.shipped.promise(report, ctx);
       const failedShips = reports.filter((r) => !r.ok);
       if (failedShips.length > 0) {
@@ -646,7 +655,7 @@ export class Runner {
   }
 
   /** Uploads every artifact, then the manifest, to one destination. Never throws: reports. */
-  private async ship(ctx: RunContext, d: NamedDestination, manifest: { path: string; bytes: number; sha256: string }, reports: ShipReport[]): Promise<void> {
+  private async ship(ctx: RunContext, d: NamedDestination, manifest: PutSource, reports: ShipReport[], sealed: ReadonlySet<string> = new Set()): Promise<void> {
     const started = Date.now();
     let bytes = 0;
     const trees: TreeShipResult[] = [];
@@ -657,7 +666,7 @@ export class Runner {
         if (artifact.tree) trees.push(await shipTree(ctx, d, artifact, retrying));
         await retrying(
           () =>
-            d.destination.put(ctx.setId, artifact.name, artifact, {
+            d.destination.put(ctx.setId, artifact.name, { path: artifact.path, bytes: artifact.bytes, sha256: artifact.sha256, hashedAsWritten: sealed.has(artifact.name) }, {
               signal: ctx.signal,
               onBytes: (b) => ctx.progress({ plugin: d.plugin, task: `upload:${d.name}`, bytes: bytes + b, totalBytes, message: artifact.name }),
             }),
