@@ -1,0 +1,195 @@
+/**
+ * Physical backups against dumps (issue 12), a suite of bench/run.js:
+ *
+ *   node bench/run.js --suite physical --physical-mb 200 [--physical-runs 1] [--tag NAME]
+ *
+ * On a throwaway Mastodon-shaped database in a cluster that archives its WAL through pgBackRest
+ * (the pgbackrest stage's test harness, made durable like production: fsync, full-page writes,
+ * synchronous commit), each measured as wall time and CPU (user+sys of the process tree, plus the
+ * server's backends):
+ *
+ *   fullBackup         `pipeline run` with the pgbackrest stage, first backup (full)
+ *   incrBackup         `pipeline run` again after ~1% of the rows of every table with updated_at changed (incr)
+ *   restore            `pipeline restore latest --data-dir DIR` (pgbackrest restore)
+ *   restoreStart       starting that data dir until it has replayed the archived WAL and promoted
+ *   pitrRestore        `pipeline restore --to-time T --data-dir DIR` (T after the incr, more writes after T)
+ *   pitrStart          starting it until it reached T and promoted
+ *   pgDump             pg_dump -Fc (pg_dump's default gzip) of the same database
+ *   pgRestore          pg_restore -j 2 of that dump into a new database
+ *
+ * plus the sizes: database, repository after each backup, WAL archived while the 1% changed, dump.
+ * The restore drill is off for the timed runs (it is a restore + start, measured on its own here).
+ */
+import { spawnSync } from 'node:child_process';
+import { chmod, chown, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { generateMastodonData, loadMastodonSchema } from '@backup-pipeline/testing';
+
+/** Bytes of everything under `dir` (sizes of files, not blocks). */
+async function folderBytes(dir) {
+  let total = 0;
+  for (const entry of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) total += await folderBytes(path);
+    else if (entry.isFile()) total += (await stat(path)).size;
+  }
+  return total;
+}
+
+const ids = (user) => ({ uid: Number(spawnSync('id', ['-u', user], { encoding: 'utf8' }).stdout.trim()), gid: Number(spawnSync('id', ['-g', user], { encoding: 'utf8' }).stdout.trim()) });
+
+export async function run(ctx) {
+  const { values } = parseArgs({ args: ctx.argv, strict: false, options: { 'physical-mb': { type: 'string', default: '1024' }, 'physical-runs': { type: 'string', default: '1' } } });
+  const targetMB = Number(values['physical-mb']);
+  const runs = Number(values['physical-runs']);
+  const { measure, median, round, root, cleanups } = ctx;
+  const asRoot = process.getuid?.() === 0;
+  const { startArchivingCluster } = await import(join(root, 'plugins/pgbackrest/dist/test-support.js'));
+  const cli = join(root, 'packages/cli/bin/pipeline.js');
+
+  console.error(`physical: an archiving cluster, ${targetMB} MB of Mastodon-shaped data…`);
+  const c = await startArchivingCluster({ stanza: 'bench', settings: { fsync: true, full_page_writes: true, synchronous_commit: true, max_wal_size: '1GB', checkpoint_timeout: '5min' } });
+  cleanups.push(() => c.stop());
+  const dir = await mkdtemp('/tmp/bp-bench-physical-');
+  await chmod(dir, 0o755);
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  const db = 'mastodon_production';
+  await c.pg.createRole('mastodon', 'bench-only', { login: true, createdb: true });
+  await c.pg.createDatabase(db, { owner: 'mastodon' });
+  await loadMastodonSchema(c.pg, db, { owner: 'mastodon' });
+  const genStarted = Date.now();
+  await generateMastodonData(c.pg, db, { scale: { targetMB }, owner: 'mastodon', text: 'realistic' });
+  await c.pg.psql('CHECKPOINT;');
+  await c.switchWal();
+  const generateMs = Date.now() - genStarted;
+  const [[dbBytes]] = await c.pg.psql(`SELECT pg_database_size('${db}')`);
+  console.error(`   generated in ${round(generateMs / 1000)} s: ${round(Number(dbBytes) / 2 ** 20)} MiB`);
+
+  const configFile = join(dir, 'pipeline.config.json');
+  const stage = (type) => ({ use: 'pgbackrest', ...c.stageOptions({ socketDir: c.pg.socketDir, port: c.pg.port, pgUser: c.pg.superuser, processMax: 2, compression: 'zst', type, drill: { enabled: false } }) });
+  // One work dir: `latest` and the set picked for a time look at the sets of both pipelines.
+  await writeFile(configFile, JSON.stringify({ workDir: join(dir, 'work'), pipelines: { full: { source: 'mastodon', stages: [stage('full')] }, incr: { source: 'mastodon', stages: [stage('incr')] } } }, null, 2));
+  const pipeline = (args) => measure(['node', cli, '--config', configFile, '--log-level', 'warn', ...args], { stdout: 'capture' });
+  const pgEnv = { PATH: `${c.pg.bindir}:${process.env.PATH}`, PGHOST: c.pg.socketDir, PGPORT: String(c.pg.port), PGUSER: c.pg.superuser, PGPASSWORD: '', PGPASSFILE: '/dev/null' };
+  const summary = (m) => ({ wallMs: Math.round(m.wallMs), cpuMs: Math.round(m.cpuMs), serverCpuMs: m.serverCpuMs == null ? null : Math.round(m.serverCpuMs), loadAvgAtStart: m.loadAvgAtStart });
+
+  /** Starts a restored data dir (archiving off, socket only) until it has promoted; stops it. */
+  const startUntilPromoted = async (dataDir) => {
+    const sock = await mkdtemp(join(dir, 'sock-'));
+    if (asRoot) {
+      const pgIds = ids('postgres');
+      await chown(sock, pgIds.uid, pgIds.gid);
+    }
+    const as = (argv) => (asRoot ? ['runuser', '-u', 'postgres', '--', ...argv] : argv);
+    const opts = `-p 5432 -c archive_mode=off -c listen_addresses='' -c unix_socket_directories=${sock}`;
+    const started = Date.now();
+    const m = await measure(as([join(c.pg.bindir, 'pg_ctl'), 'start', '-D', dataDir, '-w', '-t', '3600', '-l', join(sock, 'log'), '-o', opts]));
+    const sync = (argv) => spawnSync(as(argv)[0], as(argv).slice(1), { encoding: 'utf8' });
+    const psql = (sql) => sync([join(c.pg.bindir, 'psql'), '-X', '-A', '-t', '-h', sock, '-p', '5432', '-U', c.pg.superuser, '-d', db, '-c', sql]).stdout.trim();
+    while (psql('SELECT pg_is_in_recovery()') !== 'f') await new Promise((r) => setTimeout(r, 100));
+    const wallMs = Date.now() - started;
+    const rows = Number(psql('SELECT count(*) FROM statuses'));
+    sync([join(c.pg.bindir, 'pg_ctl'), 'stop', '-D', dataDir, '-m', 'fast', '-w']);
+    return { wallMs, pgCtlCpuMs: Math.round(m.cpuMs), rows };
+  };
+
+  const samples = [];
+  for (let i = 0; i < runs; i++) {
+    const s = {};
+    console.error(`   run ${i + 1}/${runs}: full backup…`);
+    s.fullBackup = summary(await pipeline(['run', 'full']));
+    s.repoBytesAfterFull = await folderBytes(join(c.repoPath, 'backup'));
+
+    // ~1% of the rows of every table with an id and updated_at.
+    const tables = (await c.pg.psql("SELECT table_name FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'updated_at' AND table_name IN (SELECT table_name FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'id') ORDER BY 1;", db)).map((r) => r[0]);
+    const [[walBefore]] = await c.pg.psql('SELECT pg_current_wal_lsn()');
+    let changed = 0;
+    for (const t of tables) {
+      const [[n]] = await c.pg.psql(`WITH u AS (UPDATE "${t}" SET updated_at = updated_at + interval '1 second' WHERE id % 100 = ${i % 100} RETURNING 1) SELECT count(*) FROM u;`, db);
+      changed += Number(n);
+    }
+    const [[walBytes]] = await c.pg.psql(`SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '${walBefore}')`);
+    await c.switchWal();
+    console.error(`   ${changed} rows changed (${tables.length} tables), ${round(Number(walBytes) / 2 ** 20)} MiB of WAL; incremental backup…`);
+    s.rowsChanged = changed;
+    s.walBytesFor1Percent = Number(walBytes);
+    s.incrBackup = summary(await pipeline(['run', 'incr']));
+    s.repoBytesAfterIncr = await folderBytes(join(c.repoPath, 'backup'));
+
+    // The point in time: after the incr, with writes after it.
+    await c.pg.psql('SELECT pg_sleep(1.2);');
+    const [[target]] = await c.pg.psql('SELECT now()::text');
+    await c.pg.psql(`UPDATE statuses SET updated_at = updated_at + interval '1 second' WHERE id % 100 = ${(i + 50) % 100};`, db);
+    await c.switchWal();
+
+    const restoreDir = join(dir, `restore-${i}`);
+    console.error('   restore of the latest set…');
+    s.restore = summary(await pipeline(['restore', 'latest', '-p', 'incr', '--data-dir', restoreDir]));
+    s.restoreStart = await startUntilPromoted(restoreDir);
+    s.restoredBytes = await folderBytes(restoreDir);
+    await rm(restoreDir, { recursive: true, force: true });
+
+    const pitrDir = join(dir, `pitr-${i}`);
+    console.error(`   point-in-time restore to ${target}…`);
+    s.pitrRestore = summary(await pipeline(['restore', '-p', 'incr', '--to-time', target, '--data-dir', pitrDir]));
+    s.pitrStart = await startUntilPromoted(pitrDir);
+    await rm(pitrDir, { recursive: true, force: true });
+
+    console.error('   pg_dump -Fc and pg_restore -j 2 of the same database…');
+    const dump = join(dir, `dump-${i}.dump`);
+    s.pgDump = summary(await measure(['pg_dump', '-Fc', '-f', dump, db], { env: pgEnv }));
+    s.dumpBytes = (await stat(dump)).size;
+    const into = `restored_${i}`;
+    await c.pg.psql(`CREATE DATABASE ${into} TEMPLATE template0;`);
+    s.pgRestore = summary(await measure(['pg_restore', '-j', '2', '--no-owner', '-d', into, dump], { env: pgEnv }));
+    await c.pg.psql(`DROP DATABASE ${into};`);
+    await rm(dump, { force: true });
+    samples.push(s);
+  }
+
+  const med = (pick) => median(samples.map(pick));
+  const result = {
+    suite: 'physical',
+    targetMB,
+    databaseBytes: Number(dbBytes),
+    generateMs,
+    runs,
+    noise: 'Wall times are from a 2-core machine shared with other engineers running tests: read them as noisy; CPU (user+sys of the measured tree, plus the server backends where given) is the steadier figure.',
+    pgbackrest: { processMax: 2, compression: 'zst', version: spawnSync('pgbackrest', ['version'], { encoding: 'utf8' }).stdout.trim() },
+    medians: {
+      fullBackupWallMs: med((s) => s.fullBackup.wallMs),
+      fullBackupCpuMs: med((s) => s.fullBackup.cpuMs),
+      incrBackupWallMs: med((s) => s.incrBackup.wallMs),
+      incrBackupCpuMs: med((s) => s.incrBackup.cpuMs),
+      restoreWallMs: med((s) => s.restore.wallMs),
+      restoreCpuMs: med((s) => s.restore.cpuMs),
+      restoreStartWallMs: med((s) => s.restoreStart.wallMs),
+      pitrRestoreWallMs: med((s) => s.pitrRestore.wallMs),
+      pitrStartWallMs: med((s) => s.pitrStart.wallMs),
+      pgDumpWallMs: med((s) => s.pgDump.wallMs),
+      pgDumpCpuMs: med((s) => s.pgDump.cpuMs + (s.pgDump.serverCpuMs ?? 0)),
+      pgRestoreWallMs: med((s) => s.pgRestore.wallMs),
+      pgRestoreCpuMs: med((s) => s.pgRestore.cpuMs + (s.pgRestore.serverCpuMs ?? 0)),
+      repoBytesAfterFull: med((s) => s.repoBytesAfterFull),
+      incrRepoBytes: med((s) => s.repoBytesAfterIncr - s.repoBytesAfterFull),
+      dumpBytes: med((s) => s.dumpBytes),
+      walBytesFor1Percent: med((s) => s.walBytesFor1Percent),
+    },
+    samples,
+  };
+  const m = result.medians;
+  const s = (ms) => `${round(ms / 1000)} s`;
+  console.error(
+    [
+      `physical suite, ${round(Number(dbBytes) / 2 ** 20)} MiB database (median of ${runs}):`,
+      `  full backup ${s(m.fullBackupWallMs)} (CPU ${s(m.fullBackupCpuMs)}), repository ${round(m.repoBytesAfterFull / 2 ** 20)} MiB`,
+      `  incr after 1% changed ${s(m.incrBackupWallMs)} (CPU ${s(m.incrBackupCpuMs)}), +${round(m.incrRepoBytes / 2 ** 20)} MiB; WAL for the change ${round(m.walBytesFor1Percent / 2 ** 20)} MiB`,
+      `  restore ${s(m.restoreWallMs)} + start ${s(m.restoreStartWallMs)}; PITR restore ${s(m.pitrRestoreWallMs)} + recovery to T ${s(m.pitrStartWallMs)}`,
+      `  pg_dump -Fc ${s(m.pgDumpWallMs)} (CPU with server ${s(m.pgDumpCpuMs)}), ${round(m.dumpBytes / 2 ** 20)} MiB; pg_restore -j 2 ${s(m.pgRestoreWallMs)} (CPU with server ${s(m.pgRestoreCpuMs)})`,
+    ].join('\n'),
+  );
+  return result;
+}
+
+export default run;
