@@ -2,7 +2,8 @@
  * Restore-time options from the command line: `-o key=value` (every stage whose options declare
  * `key`) or `-o plugin.key=value` (that plugin's stages). The core validates them with each
  * plugin's schema. `--gnupg-home` and `--passphrase-file` are kept as short forms of
- * `-o gnupgHome=…` and `-o passphraseFile=…`, resolved against the working directory.
+ * `-o gnupgHome=…` and `-o passphraseFile=…`, resolved against the working directory, and
+ * `--restore-into` of `-o restoreInto=…`.
  */
 import { resolve } from 'node:path';
 import { PipelineError } from '@backup-pipeline/core';
@@ -11,6 +12,8 @@ export interface StageOptionFlags {
   option?: string[];
   gnupgHome?: string;
   passphraseFile?: string;
+  /** `pipeline verify --restore-into`: the verify stage's `restoreInto`. */
+  restoreInto?: string;
 }
 
 /** Collects a repeatable commander option. */
@@ -35,5 +38,6 @@ export function stageOptionsFrom(flags: StageOptionFlags): Record<string, unknow
   }
   if (flags.gnupgHome) out.gnupgHome = resolve(flags.gnupgHome);
   if (flags.passphraseFile) out.passphraseFile = resolve(flags.passphraseFile);
+  if (flags.restoreInto) out.restoreInto = flags.restoreInto;
   return Object.keys(out).length > 0 ? out : undefined;
 }

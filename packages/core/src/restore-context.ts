@@ -2,6 +2,7 @@
 import type { Artifact, RunContext } from './context.js';
 import type { Manifest } from './manifest.js';
 import type { RestoreDrill } from './restore-drill.js';
+import type { PgSource } from './postgres.js';
 
 /** Where one artifact is restored to. A tap restores into what fits its format and ignores the rest. */
 export interface RestoreTarget {
@@ -15,6 +16,12 @@ export interface RestoreTarget {
   jobs: number;
   /** Drop objects the dump recreates first (pg_restore --clean). */
   clean?: boolean;
+  /**
+   * The server holding `database`, when it is not the context's `pg` (the source server): a
+   * restore drill's throwaway cluster (`startScratchCluster(...).source(db)`). A tap that restores
+   * into a database connects there.
+   */
+  server?: PgSource;
   /**
    * A PostgreSQL data directory to restore a physical backup into (formats a plugin declares in
    * `dataDirFormats`). It must not belong to a running server, and must be missing or empty unless

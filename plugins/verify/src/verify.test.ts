@@ -78,8 +78,8 @@ export default definePlugin({
     ['custom, streamed restore', { compression: { method: 'lz4' } }, 1],
     ['directory tar', { format: 'directory', jobs: 2 }, 2],
     ['plain SQL', { format: 'plain' }, 1],
-  ] as const)('restore test (%s) matches the snapshot counts and drops the scratch database', async (_name, dump, jobs) => {
-    const out = await runStages({ stages: [credentials(), { use: 'pg-dump', ...dump }, { use: 'verify', restoreTest: true, jobs }] });
+  ] as const)('restore test into the server (%s) matches the snapshot counts and drops the scratch database', async (_name, dump, jobs) => {
+    const out = await runStages({ stages: [credentials(), { use: 'pg-dump', ...dump }, { use: 'verify', restoreTest: true, restoreInto: 'server', jobs }] });
     expect(out.error).toBeUndefined();
     const v = verification(out);
     expect(v.restoreTest.rows).toBe(Object.values(counts).reduce((a, b) => a + b, 0));
@@ -89,7 +89,7 @@ export default definePlugin({
   });
 
   it('fails when the test restore does not match the counts, and still drops the scratch database', async () => {
-    const out = await runStages({ stages: [credentials(), { use: 'pg-dump' }, { use: corrupt, mode: 'counts' }, { use: 'verify', restoreTest: true }] });
+    const out = await runStages({ stages: [credentials(), { use: 'pg-dump' }, { use: corrupt, mode: 'counts' }, { use: 'verify', restoreTest: true, restoreInto: 'server' }] });
     expect(out.error).toMatchObject({ code: 'VERIFY_FAILED', plugin: 'verify', hook: 'verify' });
     expect(out.error!.message).toMatch(/mastodon_test\.dump\.zst: .*public\.accounts: \d+ in the dump's snapshot, \d+ restored/);
     expect(out.result).toBeUndefined();
@@ -117,11 +117,11 @@ export default definePlugin({
     expect(ok.error).toBeUndefined();
   });
 
-  it('VERIFY_RESTORE_UNAVAILABLE in preflight when the user cannot create the scratch database', async () => {
+  it('VERIFY_RESTORE_UNAVAILABLE in preflight when the user cannot create the scratch database (restoreInto: server)', async () => {
     await pg.createRole('reader', 'reader-pw', { inRoles: ['pg_read_all_data'] });
     await writeFile(join(dir, 'reader.pw'), 'reader-pw', { mode: 0o600 });
     const stage = { ...credentials(), user: 'reader', passwordFile: join(dir, 'reader.pw') };
-    const out = await runStages({ stages: [stage, { use: 'pg-dump' }, { use: 'verify', restoreTest: true }] });
+    const out = await runStages({ stages: [stage, { use: 'pg-dump' }, { use: 'verify', restoreTest: true, restoreInto: 'server' }] });
     expect(out.error).toMatchObject({ code: 'VERIFY_RESTORE_UNAVAILABLE', plugin: 'verify', hook: 'preflight' });
     expect(out.error!.hint).toContain('ALTER ROLE "reader" CREATEDB');
   });

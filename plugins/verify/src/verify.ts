@@ -4,14 +4,10 @@
  * tables are there; optionally it is restored into a scratch database whose row counts must match
  * the counts taken in the dump's own snapshot. The scratch database is always dropped.
  */
-import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import {
-  pgConnectionError,
   PipelineError,
-  psql,
-  quoteIdent,
   type Artifact,
   type PgSource,
   type RunContext,
@@ -19,11 +15,14 @@ import {
   type VerifyStreamRequest,
 } from '@backup-pipeline/core';
 import { extractDirectory, pgRestoreFor, pipeInto, plaintextStream } from '@backup-pipeline/plugin-pg-dump';
+import { restoreTest, type RestoreInto } from './restore-test.js';
 
 export interface VerifyOptions {
   expectTables: string[];
   fullRead: boolean;
   restoreTest: boolean;
+  /** Where the restore test restores (default `auto`): see restore-test.ts. */
+  restoreInto?: RestoreInto;
   jobs: number;
 }
 
@@ -33,13 +32,28 @@ export interface Verification {
   tableData: number;
   fullRead: boolean;
   expectTables: string[];
-  restoreTest?: { database: string; jobs: number; tables: number; rows: number; matched: number; durationMs: number };
+  restoreTest?: {
+    /** A throwaway cluster the run started, or a scratch database on the source server. */
+    into: 'scratch-cluster' | 'server';
+    database: string;
+    /** The version of the server restored into. */
+    serverVersion: string;
+    jobs: number;
+    tables: number;
+    rows: number;
+    matched: number;
+    /** Starting the cluster or creating the database. */
+    setupMs: number;
+    /** The restore and the row counts. */
+    restoreMs: number;
+    durationMs: number;
+  };
   durationMs: number;
 }
 
-type Ctx = Pick<RunContext, 'exec' | 'signal' | 'secrets' | 'tmpDir' | 'defer' | 'log' | 'progress' | 'restore'> & { pg?: PgSource };
+export type Ctx = Pick<RunContext, 'exec' | 'signal' | 'secrets' | 'tmpDir' | 'defer' | 'log' | 'progress' | 'restore'> & { pg?: PgSource; facts?: RunContext['facts'] };
 
-function failed(artifact: Artifact, why: string, cause?: unknown): PipelineError {
+export function failed(artifact: Artifact, why: string, cause?: unknown): PipelineError {
   return new PipelineError('VERIFY_FAILED', `${artifact.name}: ${why}`, {
     hint: 'Do not trust this backup: nothing was shipped and retention did not run. Check disk space and the dump stage, then run again.',
     cause,
@@ -47,7 +61,7 @@ function failed(artifact: Artifact, why: string, cause?: unknown): PipelineError
   });
 }
 
-function why(error: unknown): string {
+export function why(error: unknown): string {
   const e = error as { message?: string; details?: { stderr?: string; errors?: unknown } };
   // A PostgreSQL client's cause is in its ERROR/FATAL lines (kept by exec), wherever they are.
   const errors = Array.isArray(e?.details?.errors) ? (e.details.errors as string[]) : [];
@@ -145,49 +159,6 @@ export async function verifyDatabaseArtifact(artifact: Artifact, options: Verify
   if (dir) await rm(dir, { recursive: true, force: true });
   verification.durationMs = Date.now() - started;
   return verification;
-}
-
-async function restoreTest(artifact: Artifact, options: VerifyOptions, ctx: Ctx): Promise<NonNullable<Verification['restoreTest']>> {
-  const source = ctx.pg;
-  if (!source) throw new PipelineError('CREDENTIALS_MISSING', 'restoreTest needs the database connection of a credentials stage', { hint: 'Add a credentials stage before verify.' });
-  const started = Date.now();
-  const scratch = `bp_verify_${randomBytes(6).toString('hex')}`;
-  const q = { signal: ctx.signal, secrets: ctx.secrets };
-  try {
-    await psql(source, `CREATE DATABASE ${quoteIdent(scratch)} TEMPLATE template0`, q);
-  } catch (error) {
-    const conn = pgConnectionError(error, source);
-    if (conn && conn.code !== 'INSUFFICIENT_PRIVILEGE') throw conn;
-    throw new PipelineError('VERIFY_RESTORE_UNAVAILABLE', `${source.user} cannot create the scratch database for the restore test: ${why(error)}`, {
-      hint: `Allow it (as a superuser: ALTER ROLE ${quoteIdent(source.user)} CREATEDB;) or set restoreTest: false.`,
-      cause: error,
-    });
-  }
-  let dropped = false;
-  const drop = async () => {
-    if (dropped) return;
-    dropped = true;
-    await psql(source, `DROP DATABASE IF EXISTS ${quoteIdent(scratch)} WITH (FORCE)`, { secrets: ctx.secrets }).catch((error: unknown) => {
-      dropped = false;
-      ctx.log.warn({ database: scratch }, `could not drop the scratch database ${scratch}: ${why(error)}`);
-    });
-  };
-  ctx.defer(drop);
-  try {
-    ctx.progress({ task: 'restore-test', message: scratch });
-    // Through the restore hook, exactly as `pipeline restore` restores: the plugin that wrote the format restores it.
-    const report = await ctx.restore(artifact, { database: scratch, jobs: options.jobs }).catch((error: unknown) => {
-      if ((error as PipelineError).code === 'VERIFY_FAILED' || (error as PipelineError).code === 'RESTORE_NEEDS_PLUGIN') throw error;
-      throw failed(artifact, `the test restore failed (${why(error)})`, error);
-    });
-    if (report.mismatches.length > 0) {
-      const m = report.mismatches;
-      throw failed(artifact, `the test restore does not match the dump's row counts: ${m.slice(0, 5).join('; ')}${m.length > 5 ? ` (+${m.length - 5} more)` : ''}`);
-    }
-    return { database: scratch, jobs: options.jobs, tables: report.tables ?? 0, rows: report.rows ?? 0, matched: report.tables ?? 0, durationMs: Date.now() - started };
-  } finally {
-    await drop();
-  }
 }
 
 
