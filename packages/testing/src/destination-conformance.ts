@@ -18,7 +18,9 @@
  * complete, and listing keeps it; deleting a missing set is no error; malformed set ids
  * are refused with SET_NOT_FOUND; put reports progress through onBytes up to the file's size; names with spaces, quotes and unicode survive; a get of a missing file rejects with
  * SET_NOT_FOUND and writes nothing; list returns ids in time order; a 64 MiB file (generated as a
- * stream) round-trips.
+ * stream) round-trips. A destination that declares the optional `read` streams files back byte for
+ * byte (the large one too), fails a missing one with SET_NOT_FOUND, and stops when its reader goes
+ * away; one without it skips those cases (restore then fetches with `get`).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
@@ -278,6 +280,60 @@ export function describeDestinationConformance(name: string, setup: () => Promis
       await d.put(setId, 'present.txt', await file('present\n'));
       await expect(d.get(setId, 'absent.txt', join(dir, 'missing-2'))).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
       await expect(stat(join(dir, 'missing-2'))).rejects.toThrow();
+      await d.delete(setId);
+    });
+
+    // The optional streaming read (restore's one pass). A destination without it is fetched with get.
+    const readAll = async (setId: string, fileName: string) => {
+      const stream = await d.read!(setId, fileName);
+      const hash = createHash('sha256');
+      let bytes = 0;
+      for await (const chunk of stream) {
+        hash.update(chunk as Buffer);
+        bytes += (chunk as Buffer).length;
+      }
+      return { bytes, sha256: hash.digest('hex') };
+    };
+
+    it('read (if declared) streams a stored file back byte for byte, the large file too', async (test) => {
+      if (!d.read) test.skip();
+      const setId = newSetId();
+      const small = await file(randomBytes(300_000));
+      await d.put(setId, 'db.dump', small);
+      await d.put(setId, 'name with spaces ü.txt', await file('spaces\n'));
+      expect(await readAll(setId, 'db.dump')).toEqual({ bytes: small.bytes, sha256: small.sha256 });
+      expect((await readAll(setId, 'name with spaces ü.txt')).sha256).toBe(createHash('sha256').update('spaces\n').digest('hex'));
+      const big = await writeLargeFile(join(dir, 'large-read.bin'), largeBytes);
+      await d.put(setId, 'large.bin', big);
+      await rm(big.path);
+      expect(await readAll(setId, 'large.bin')).toEqual({ bytes: big.bytes, sha256: big.sha256 });
+      await d.delete(setId);
+    });
+
+    it('read (if declared) of a missing file or set fails with SET_NOT_FOUND, from the promise or the stream', async (test) => {
+      if (!d.read) test.skip();
+      const setId = newSetId();
+      await expect(readAll(setId, 'nothing.dump')).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
+      await d.put(setId, 'present.txt', await file('present\n'));
+      await expect(readAll(setId, 'absent.txt')).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
+      await expect(d.read!('not-a-set', 'x')).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
+      await d.delete(setId);
+    });
+
+    it('read (if declared) stops when its reader goes away, and the destination stays usable', async (test) => {
+      if (!d.read) test.skip();
+      const setId = newSetId();
+      const big = await writeLargeFile(join(dir, 'abandoned.bin'), Math.min(largeBytes, 16 * 1024 * 1024));
+      await d.put(setId, 'abandoned.bin', big);
+      await rm(big.path);
+      const stream = await d.read!(setId, 'abandoned.bin');
+      await new Promise<void>((resolve, reject) => {
+        stream.once('data', () => resolve());
+        stream.once('error', reject);
+      });
+      stream.destroy();
+      await new Promise((resolve) => (stream.closed ? resolve(undefined) : stream.once('close', resolve)));
+      expect((await readAll(setId, 'abandoned.bin')).sha256).toBe(big.sha256);
       await d.delete(setId);
     });
 

@@ -32,6 +32,7 @@ import {
   type FileDigest,
   type PluginApi,
   type RunContext,
+  type StreamFilter,
 } from '@backup-pipeline/core';
 
 export const AGE_ERRORS = {
@@ -173,6 +174,14 @@ export async function decryptFile(input: string, to: string, identityFile: strin
   return ageToFile(['--decrypt', '-i', identityFile, '--', input], to, { signal: ctx.signal }, wrap('AGE_DECRYPT_FAILED', `decrypting ${input} failed`), ctx);
 }
 
+/** age as a stream filter (ciphertext on stdin, plaintext on stdout) for the `decryptFilter` hook. The identity stays in its file. */
+export async function decryptFilter(name: string, identityFile: string): Promise<StreamFilter> {
+  if (!(await stat(identityFile).catch(() => undefined))?.isFile()) {
+    throw ageError('AGE_IDENTITY_MISSING', `identity file ${identityFile} does not exist`);
+  }
+  return { command: 'age', args: ['--decrypt', '-i', identityFile], label: 'age --decrypt', failure: wrap('AGE_DECRYPT_FAILED', `decrypting ${name} failed`) };
+}
+
 export default definePlugin({
   name: 'age',
   description: 'Encrypts every artifact with age (age1… or ssh public keys) before it is shipped; decrypts with identityFile on restore.',
@@ -204,6 +213,15 @@ export default definePlugin({
         encryption: { method: 'age', recipients: prepared.publicKeys, symmetric: false },
         fail: wrap('AGE_ENCRYPT_FAILED', `encrypting ${name} failed`),
       });
+    });
+    // One pass: the core splices `age -d` between the fetch and the restore.
+    hooks.decryptFilter.for('age').tapPromise('age', async (artifact) => {
+      if (!options.identityFile) {
+        throw ageError('AGE_IDENTITY_MISSING', `${artifact.name} is encrypted with age and the age stage has no identityFile`);
+      }
+      return decryptFilter(artifact.name, api.resolvePath(options.identityFile));
+    });
+    // Into a file, for callers that hold one.
     hooks.decrypt.for('age').tapPromise('age', async (artifact, ctx) => {
       if (!options.identityFile) {
         throw ageError('AGE_IDENTITY_MISSING', `${artifact.name} is encrypted with age and the age stage has no identityFile`);

@@ -33,6 +33,7 @@ import {
   type PluginApi,
   type RunContext,
   type SecretRegistry,
+  type StreamFilter,
 } from '@backup-pipeline/core';
 
 export const GPG_ERRORS = {
@@ -206,6 +207,20 @@ export interface DecryptOptions {
   passphraseFile?: string;
   signal?: AbortSignal;
   secrets?: SecretRegistry;
+}
+
+/**
+ * gpg as a stream filter (ciphertext on stdin, plaintext on stdout) for the `decryptFilter` hook:
+ * the restore's one pass. The passphrase stays in its file (registered as a secret), never in argv.
+ */
+export async function decryptFilter(name: string, options: Omit<DecryptOptions, 'to' | 'signal'>): Promise<StreamFilter> {
+  const args = ['--batch', '--no-tty', '--yes'];
+  if (options.passphraseFile) {
+    options.secrets?.add(await readPassphrase(options.passphraseFile));
+    args.push('--pinentry-mode', 'loopback', '--no-symkey-cache', '--passphrase-file', options.passphraseFile);
+  }
+  args.push('--decrypt', '--output', '-');
+  return { command: 'gpg', args, env: options.gnupgHome ? { GNUPGHOME: options.gnupgHome } : {}, label: 'gpg --decrypt', failure: wrapExecError('GPG_DECRYPT_FAILED', `decrypting ${name} failed`) };
 }
 
 /** Decrypts a gpg-encrypted file to a file or a stream; resolves with the plaintext's size and sha256. */
@@ -393,7 +408,17 @@ export default definePlugin({
         encryption: { method: 'gpg', recipients: p.fingerprints, symmetric: p.symmetric },
         fail: wrapExecError('GPG_ENCRYPT_FAILED', `encrypting ${name} failed`),
       });
+    });
     // The restore half: the secret key is in `gnupgHome` (or $GNUPGHOME), a passphrase in `passphraseFile`.
+    // As a stream (one pass: the core splices gpg between the fetch and the restore) …
+    hooks.decryptFilter.for('gpg').tapPromise('gpg', async (artifact, ctx) =>
+      decryptFilter(artifact.name, {
+        gnupgHome: options.gnupgHome ? api.resolvePath(options.gnupgHome) : undefined,
+        passphraseFile: options.passphraseFile ? api.resolvePath(options.passphraseFile) : undefined,
+        secrets: ctx.secrets,
+      }),
+    );
+    // … and into a file, for callers that hold one.
     hooks.decrypt.for('gpg').tapPromise('gpg', async (artifact, ctx) => {
       const to = join(ctx.tmpDir, `plain-${artifact.plain?.name ?? `${artifact.name}.out`}`);
       const digest = await decrypt(artifact.path, {

@@ -4,9 +4,9 @@
  * while written, every exit status checked.
  */
 import { basename, join } from 'node:path';
-import { definePlugin, hashFile, PipelineError, z, type Artifact, type PgSource } from '@backup-pipeline/core';
+import { definePlugin, hashFile, PipelineError, z, type Artifact, type PgSource, type RestoreTarget } from '@backup-pipeline/core';
 import { decompressToFile, outerCompression } from './compression.js';
-import { restoreArtifact, restoreGlobals } from './restore.js';
+import { restoreArtifact, restoreFromStream, restoreGlobals } from './restore.js';
 import { describeDump, pickBinaries, runDump, serverInfo, type Binaries, type DumpOptions, type ServerInfo } from './dump.js';
 
 export {
@@ -23,7 +23,7 @@ export {
 } from './compression.js';
 export { artifactName, pgDumpArgs, pickBinaries, serverInfo, type DumpFormat, type DumpOptions, type ServerInfo } from './dump.js';
 export { SnapshotSession } from './snapshot-session.js';
-export { extractDirectory, pgRestoreFor, pipeInto, restoreArtifact, restoreGlobals, RESTORE_PGOPTIONS, type FailFn } from './restore.js';
+export { extractDirectory, pgRestoreFor, pipeInto, restoreArtifact, restoreFromStream, restoreGlobals, RESTORE_PGOPTIONS, type FailFn } from './restore.js';
 
 /** The formats pg-dump writes, and restores. */
 export const PG_FORMATS = ['pg-custom', 'pg-directory-tar', 'pg-plain'] as const;
@@ -85,6 +85,14 @@ export const optionsSchema = z
 
 export type PgDumpOptions = z.output<typeof optionsSchema>;
 
+/** A logical dump is restored as it was taken: never silently in place of a recovery target or a data dir. */
+function refuseNonLogicalTarget(artifact: Artifact, target: RestoreTarget): void {
+  if (!target.recoveryTarget && !target.dataDir) return;
+  throw new PipelineError('RESTORE_TARGET_REFUSED', `${artifact.name} is a logical dump (${artifact.format}): it cannot be ${target.recoveryTarget ? 'recovered to a point in time' : 'restored into a data dir'}`, {
+    hint: 'Restore it into a database as it was when it was dumped (--to DATABASE); point-in-time recovery needs a physical backup set (docs/physical.md).',
+  });
+}
+
 export default definePlugin({
   name: 'pg-dump',
   description: 'Dumps the PostgreSQL database with a pg_dump matching the server, compressed on the stream, with row counts from the same snapshot.',
@@ -95,17 +103,22 @@ export default definePlugin({
     // The restore half: pg-dump restores what it wrote, and undoes its compressions.
     for (const format of PG_FORMATS) {
       hooks.restore.for(format).tapPromise('pg-dump', async (artifact, target, ctx) => {
-        // A logical dump is restored as it was taken: never silently in place of a recovery target or a data dir.
-        if (target.recoveryTarget || target.dataDir) {
-          throw new PipelineError('RESTORE_TARGET_REFUSED', `${artifact.name} is a logical dump (${artifact.format}): it cannot be ${target.recoveryTarget ? 'recovered to a point in time' : 'restored into a data dir'}`, {
-            hint: 'Restore it into a database as it was when it was dumped (--to DATABASE); point-in-time recovery needs a physical backup set (docs/physical.md).',
-          });
-        }
+        refuseNonLogicalTarget(artifact, target);
         // A compression pg-dump does not know (another plugin's): ask for the plain bytes first.
         const readable = (PG_COMPRESSIONS as readonly string[]).includes(outerCompression(artifact)) || outerCompression(artifact) === 'none' ? artifact : await ctx.decompress(artifact);
         if (artifact.kind === 'globals') return target.globals ? restoreGlobals(readable, ctx) : undefined;
         if (!target.database) return undefined;
-        return restoreArtifact(readable, { database: target.database, jobs: target.jobs, clean: target.clean, server: target.server }, ctx);
+        return restoreArtifact(readable, { database: target.database, jobs: target.jobs, clean: target.clean }, ctx);
+      });
+    }
+    // One pass: from the core's checked stream into pg_restore, or into the one file `pg_restore -j` needs.
+    for (const format of PG_FORMATS) {
+      hooks.restoreStream.for(format).tapPromise('pg-dump', async (artifact, target, input, ctx) => {
+        // Roles (replayed, not undoable), a folder target, a compression another plugin wrote: from a file.
+        const known = (PG_COMPRESSIONS as readonly string[]).includes(outerCompression(artifact)) || outerCompression(artifact) === 'none';
+        refuseNonLogicalTarget(artifact, target);
+        if (artifact.kind === 'globals' || !target.database || !known) return undefined;
+        return restoreFromStream(artifact, { database: target.database, jobs: target.jobs, clean: target.clean }, input, ctx);
       });
     }
     for (const method of PG_COMPRESSIONS) {

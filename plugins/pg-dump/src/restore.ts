@@ -5,10 +5,13 @@
  * use `pipeInto` and `extractDirectory` to read archives.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import {
+  fileSystemError,
   findPgBinary,
   isChainConsequence,
   parsePgVersion,
@@ -19,10 +22,11 @@ import {
   quoteLiteral,
   type Artifact,
   type PgSource,
+  type RestoreInput,
   type RestoreReport,
   type RunContext,
 } from '@backup-pipeline/core';
-import { decompressToFile, outerCompression, plaintextInto, plaintextStream } from './compression.js';
+import { decompressCommand, decompressToFile, outerCompression, plaintextInto, plaintextStream } from './compression.js';
 
 type Ctx = Pick<RunContext, 'exec' | 'signal' | 'secrets' | 'tmpDir' | 'defer' | 'log' | 'progress'> & { pg?: PgSource };
 
@@ -158,20 +162,17 @@ export const RESTORE_PGOPTIONS = '-c maintenance_work_mem=256MB -c synchronous_c
  */
 export async function restoreArtifact(
   artifact: Artifact,
-  target: { database: string; jobs: number; clean?: boolean; dir?: string; server?: PgSource },
+  target: { database: string; jobs: number; clean?: boolean; dir?: string },
   ctx: Ctx,
 ): Promise<RestoreReport> {
-  // A drill's throwaway cluster, or the server of the credentials stage.
-  const source = target.server ?? ctx.pg;
+  const source = ctx.pg;
   if (!source) throw new PipelineError('CREDENTIALS_MISSING', 'restoring needs the database connection of a credentials stage', { hint: 'Add a credentials stage to the pipeline.' });
   const started = Date.now();
   const database = target.database;
-  const q = { signal: ctx.signal, secrets: ctx.secrets };
   // Index builds dominate a restore: give them memory (PostgreSQL's default maintenance_work_mem
   // is 64MB), and do not wait for WAL flushes of a database that is being rebuilt anyway.
   // Both are per-session (USERSET) settings any role may use; pg_restore -j opens one session per job.
-  // A drill's throwaway cluster is configured for this already (and with more memory): none there.
-  const env = { ...pgEnv(source, database), PGOPTIONS: target.server ? undefined : RESTORE_PGOPTIONS };
+  const env = { ...pgEnv(source, database), PGOPTIONS: RESTORE_PGOPTIONS };
   const pgRestore = artifact.format === 'pg-plain' ? '' : await pgRestoreFor(artifact);
   const restoreArgs = ['--no-owner', '--no-acl', '--exit-on-error', `--dbname=${database}`, ...(target.clean ? ['--clean', '--if-exists'] : [])];
   let dir = target.dir;
@@ -203,7 +204,13 @@ export async function restoreArtifact(
   } finally {
     if (extracted && dir) await rm(dir, { recursive: true, force: true });
   }
+  return countRestored(artifact, database, started, ctx);
+}
 
+/** Counts each table's rows in the restored database and compares them with the dump's snapshot. */
+async function countRestored(artifact: Artifact, database: string, started: number, ctx: Ctx): Promise<RestoreReport> {
+  const source = ctx.pg!;
+  const q = { signal: ctx.signal, secrets: ctx.secrets };
   const expected = (artifact.meta.rowCounts ?? {}) as Record<string, number>;
   const names = Object.keys(expected);
   const restored: Record<string, number> = {};
@@ -239,6 +246,95 @@ export async function restoreArtifact(
     mismatches,
     durationMs: Date.now() - started,
   };
+}
+
+/**
+ * Feeds `stream` (the artifact's bytes, its outer compression still on) into `file args`: through
+ * the decompressor (whose stdout is the consumer's stdin, an OS pipe) or straight. Either failing
+ * stops both; a decompressor cut off by a consumer that succeeded had nothing left it needed.
+ */
+async function streamInto(artifact: Artifact, stream: Readable, ctx: Ctx, file: string, args: string[], options: { env?: Record<string, string | undefined>; label: string }): Promise<void> {
+  const cmd = decompressCommand(outerCompression(artifact));
+  const consumer = ctx.exec(file, args, { stdin: cmd ? { fromProcess: true } : stream, env: options.env, label: options.label });
+  const producer = cmd ? ctx.exec(cmd[0], cmd[1], { stdin: stream, stdout: { pipeTo: consumer }, label: `${cmd[0]} -d (${artifact.name})` }) : undefined;
+  const [consumed, produced] = await Promise.allSettled([consumer, producer ?? Promise.resolve(undefined)]);
+  if (consumed.status === 'rejected') {
+    if (produced.status === 'rejected' && !killedBySigpipe(produced.reason) && !isChainConsequence(produced.reason) && !notAboutTheArtifact(produced.reason)) {
+      throw failed(artifact, `it is truncated or corrupt (${why(produced.reason)})`, produced.reason);
+    }
+    if (notAboutTheArtifact(consumed.reason)) throw consumed.reason;
+    throw failed(artifact, `${options.label} failed: ${why(consumed.reason)}`, consumed.reason);
+  }
+  if (produced.status === 'rejected' && !killedBySigpipe(produced.reason)) {
+    if (notAboutTheArtifact(produced.reason)) throw produced.reason;
+    throw failed(artifact, `it is truncated or corrupt (${why(produced.reason)})`, produced.reason);
+  }
+}
+
+/** Writes `stream` into `dest` (0600) with the outer compression undone: one file, written once. */
+async function streamToFile(artifact: Artifact, stream: Readable, dest: string, ctx: Ctx): Promise<void> {
+  const cmd = decompressCommand(outerCompression(artifact));
+  // Made first with mode 0600: the program only truncates and fills it.
+  await writeFile(dest, '', { mode: 0o600 });
+  if (!cmd) {
+    await pipeline(stream, createWriteStream(dest, { flags: 'w' })).catch((error: unknown) => {
+      throw fileSystemError(error, dest);
+    });
+    return;
+  }
+  await ctx.exec(cmd[0], cmd[1], { stdin: stream, stdout: { file: dest }, label: `${cmd[0]} -d (${artifact.name})`, writes: dest }).catch((error: unknown) => {
+    if (notAboutTheArtifact(error)) throw error;
+    throw failed(artifact, `it is truncated or corrupt (${why(error)})`, error);
+  });
+}
+
+/**
+ * The `restoreStream` tap: restores a database artifact from the core's checked stream, in one
+ * pass. `--jobs 1` (or plain SQL) into a database this restore created goes straight into
+ * pg_restore (psql); otherwise the stream is decompressed into the one seekable file
+ * `pg_restore -j` needs (a directory tar is extracted), which is restored from only once the
+ * core's checks passed. A failure of the checks is the cause reported, over the tools' own.
+ */
+export async function restoreFromStream(artifact: Artifact, target: { database: string; jobs: number; clean?: boolean }, input: RestoreInput, ctx: Ctx): Promise<RestoreReport> {
+  const source = ctx.pg;
+  if (!source) throw new PipelineError('CREDENTIALS_MISSING', 'restoring needs the database connection of a credentials stage', { hint: 'Add a credentials stage to the pipeline.' });
+  const started = Date.now();
+  const scratch = join(ctx.tmpDir, `restore-${randomBytes(4).toString('hex')}`);
+  const plainArtifact: Artifact = { ...artifact, compression: 'none', path: scratch };
+  try {
+    if (artifact.format === 'pg-directory-tar') {
+      await mkdir(scratch, { mode: 0o700 });
+      await streamInto(artifact, input.stream, ctx, 'tar', ['-x', '-C', scratch, '-f', '-'], { label: 'tar -x' });
+      await input.checked;
+      return await restoreArtifact(plainArtifact, { ...target, dir: scratch }, ctx);
+    }
+    if (input.targetDisposable && (artifact.format === 'pg-plain' || target.jobs <= 1)) {
+      const env = { ...pgEnv(source, target.database), PGOPTIONS: RESTORE_PGOPTIONS };
+      if (artifact.format === 'pg-plain') {
+        await streamInto(artifact, input.stream, ctx, (await findPgBinary('psql')).path, ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '--dbname', target.database], { env, label: 'psql (restore)' });
+      } else {
+        const args = ['--no-owner', '--no-acl', '--exit-on-error', `--dbname=${target.database}`, ...(target.clean ? ['--clean', '--if-exists'] : [])];
+        ctx.log.info({ artifact: artifact.name, database: target.database }, `${artifact.name}: streamed straight into pg_restore (no file)`);
+        await streamInto(artifact, input.stream, ctx, await pgRestoreFor(artifact), args, { env, label: 'pg_restore' });
+      }
+      await input.checked;
+      return await countRestored(artifact, target.database, started, ctx);
+    }
+    await streamToFile(artifact, input.stream, scratch, ctx);
+    await input.checked;
+    return await restoreArtifact(plainArtifact, target, ctx);
+  } catch (error) {
+    // Stop reading: the core reads the rest to the end and says whether the input was damaged.
+    input.stream.destroy();
+    const check = await input.checked.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    throw check !== undefined && !isChainConsequence(check) ? check : error;
+  } finally {
+    input.stream.destroy();
+    await rm(scratch, { recursive: true, force: true });
+  }
 }
 
 /**

@@ -7,7 +7,8 @@
  * `verify: rsync-checksum`.
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, open, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { PassThrough, type Readable } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import {
@@ -339,6 +340,57 @@ export class RsyncDestination implements Destination {
     } finally {
       await rm(tmp, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * The stored file as a stream, for a one-pass restore: `cat` over ssh (the same ssh options as
+   * rsync's, so the pinned host key applies), or the file itself for a local target. A failed
+   * transfer makes the stream fail (never end early); a missing file is SET_NOT_FOUND.
+   */
+  async read(setId: string, name: string, options: DestinationOperationOptions = {}): Promise<Readable> {
+    assertSetId(setId);
+    assertFileName(name);
+    const path = this.root(setId, name);
+    const what = `downloading ${setId}/${name}`;
+    if (!this.target.remote) {
+      const handle = await open(path, 'r').catch((error: NodeJS.ErrnoException) => {
+        if (error.code === 'ENOENT' || error.code === 'ENOTDIR') throw new PipelineError('SET_NOT_FOUND', `${setId}/${name} is not in ${this.describe()}`);
+        throw new PipelineError('DESTINATION_FAILED', `${what} (${this.describe()}): ${error.message}`, { cause: error });
+      });
+      return handle.createReadStream({ signal: options.signal, highWaterMark: 1024 * 1024 });
+    }
+    const child = exec('ssh', [...this.sshArgs, '--', this.target.remote.host, `cat -- ${quoteForShell(path)}`], {
+      signal: options.signal,
+      secrets: this.secrets,
+      stdout: 'stream',
+      label: 'ssh cat',
+      env: { LC_ALL: 'C' },
+    });
+    const out = new PassThrough({ highWaterMark: 1024 * 1024 });
+    const raw = child.stdout!;
+    let bytes = 0;
+    raw.on('data', (chunk: Buffer) => options.onBytes?.((bytes += chunk.length)));
+    raw.pipe(out, { end: false });
+    const rawEnded = new Promise<void>((resolve) => raw.once('end', resolve));
+    // The end only once ssh said it sent everything (exit 0): a cut connection is an error, not an end.
+    void Promise.all([child, rawEnded]).then(
+      () => out.end(),
+      (error: unknown) => {
+        if (out.destroyed) return;
+        const stderr = String((isPipelineError(error) && error.details?.stderr) || '');
+        if (/No such file or directory|Not a directory/.test(stderr)) {
+          out.destroy(new PipelineError('SET_NOT_FOUND', `${setId}/${name} is not in ${this.describe()}`, { cause: error }));
+          return;
+        }
+        const code = isPipelineError(error) && (error.code === 'ABORTED' || error.code === 'EXEC_NOT_FOUND') ? error.code : 'DESTINATION_FAILED';
+        out.destroy(new PipelineError(code, `${what} (${this.describe()}): ${(error as Error).message}`, { cause: error, details: isPipelineError(error) ? error.details : undefined }));
+      },
+    );
+    // A reader that went away stops the transfer.
+    out.on('close', () => {
+      if (!out.writableFinished) child.kill();
+    });
+    return out;
   }
 
   async delete(setId: string, options: DestinationOperationOptions = {}): Promise<void> {

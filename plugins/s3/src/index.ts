@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import {
   DeleteObjectCommand,
   DeleteObjectsCommand,
@@ -271,6 +271,26 @@ export class S3Destination implements Destination {
       await rm(temp, { force: true });
       throw this.fail(`downloading ${setId}/${name}`, error);
     }
+  }
+
+  /** The object's body as a stream (restore checks its sha256 on the way, in one pass). */
+  async read(setId: string, name: string, options: DestinationOperationOptions = {}): Promise<Readable> {
+    assertSetId(setId);
+    assertFileName(name);
+    const object = await this.send(`downloading ${setId}/${name}`, () =>
+      this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: this.key(setId, name) }), { abortSignal: options.signal }),
+    );
+    if (!object.Body) throw new PipelineError('DESTINATION_FAILED', `${setId}/${name} on ${this.describe()} came without a body`);
+    const body = object.Body as Readable;
+    const what = `downloading ${setId}/${name}`;
+    let bytes = 0;
+    // A transfer cut short makes the stream fail, named as this destination's failure.
+    const out = new PassThrough({ highWaterMark: 1024 * 1024 });
+    body.on('data', (chunk: Buffer) => options.onBytes?.((bytes += chunk.length)));
+    body.on('error', (error) => out.destroy(this.fail(what, error) as Error));
+    out.on('close', () => body.destroy());
+    body.pipe(out);
+    return out;
   }
 
   async delete(setId: string, options: DestinationOperationOptions = {}): Promise<void> {
