@@ -1,5 +1,5 @@
-/** The operator commands on a real pipeline: plugins, prune (for real), restore --globals --files-to. */
-import { readdir, readFile, rename, writeFile } from 'node:fs/promises';
+/** The operator commands on a real pipeline: plugins, prune (for real), restore --globals --files-to, verify --restore-test (throwaway cluster or server). */
+import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createGpgHome, type GpgHome } from '@backup-pipeline/testing';
@@ -103,5 +103,58 @@ describe('operator commands', () => {
     const unknown = await pipeline(['list', '-d', 'nowhere'], host.dir);
     expect(unknown.exitCode).toBe(2);
     expect(unknown.stderr).toContain('DESTINATION_UNKNOWN');
+  });
+});
+
+describe('pipeline verify --restore-test', () => {
+  it('drills in a throwaway cluster by default (no CREATEDB needed); --restore-into server uses a scratch database on the server', async () => {
+    const dir = join(host.dir, 'drill');
+    await mkdir(dir, { mode: 0o700 });
+    await writeConfig(dir, {
+      workDir: './work',
+      destinations: { folder: { use: 'local', path: './folder' } },
+      pipelines: {
+        nightly: {
+          source: 'mastodon',
+          stages: [
+            { use: 'credentials', envFile: host.envFile },
+            { use: 'pg-dump' },
+            { use: 'verify' },
+            { use: 'gpg', gnupgHome: gpg.home, recipients: [gpg.fingerprint] },
+          ],
+          destinations: ['folder'],
+        },
+      },
+    });
+    const run = await pipeline(['run'], dir);
+    expect(run.exitCode, run.stderr).toBe(0);
+    const scratchDatabases = async () => (await host.pg.psql(`SELECT datname FROM pg_database WHERE datname LIKE 'bp\\_verify\\_%'`)).map((r) => r[0]);
+    // The backup role may not create databases (as a careful admin sets it up).
+    await host.pg.psql('ALTER ROLE mastodon NOCREATEDB');
+    try {
+      const drill = await pipeline(['verify', 'latest', '--from', 'folder', '--restore-test', '--gnupg-home', gpg.home], dir);
+      expect(drill.exitCode, drill.stderr).toBe(0);
+      expect(drill.stdout).toMatch(/restore drill: \d+ tables \/ \d+ rows match the snapshot \(throwaway PostgreSQL 1\d\.\d+ cluster, /);
+      expect(await scratchDatabases()).toEqual([]);
+      expect(await readdir(join(dir, 'work'))).not.toContain('.runs');
+
+      const refused = await pipeline(['verify', 'latest', '--from', 'folder', '--restore-test', '--restore-into', 'server', '--gnupg-home', gpg.home], dir);
+      expect(refused.exitCode).toBe(1);
+      expect(refused.stderr).toContain('VERIFY_RESTORE_UNAVAILABLE');
+      expect(refused.stderr).toContain('CREATEDB');
+    } finally {
+      await host.pg.psql('ALTER ROLE mastodon CREATEDB');
+    }
+    const server = await pipeline(['verify', 'latest', '--from', 'folder', '--restore-test', '--restore-into', 'server', '--gnupg-home', gpg.home], dir);
+    expect(server.exitCode, server.stderr).toBe(0);
+    expect(server.stdout).toMatch(/rows match the snapshot \(scratch database on the server, /);
+    expect(await scratchDatabases()).toEqual([]);
+
+    const alone = await pipeline(['verify', 'latest', '--restore-into', 'server'], dir);
+    expect(alone.exitCode).toBe(2);
+    expect(alone.stderr).toContain('--restore-into says where --restore-test restores');
+    const unknown = await pipeline(['verify', 'latest', '--restore-test', '--restore-into', 'elsewhere', '--gnupg-home', gpg.home], dir);
+    expect(unknown.exitCode).toBe(2);
+    expect(unknown.stderr).toContain('restoreInto');
   });
 });
