@@ -1,0 +1,106 @@
+/**
+ * "Could I rebuild this instance from this set tonight?": a pipeline with the database (pg-dump),
+ * the secrets (files stage with .env.production, encrypted with gpg), the media (the media stage,
+ * and the files stage's tar of public/system) and Redis (a real password-protected redis-server),
+ * then `pipeline verify latest --restore-test` through the CLI: every part is restored somewhere
+ * throwaway and reported with its size and time-to-restore, in text and in --json.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createGpgHome, dotenvQuote, startRedis, type GpgHome, type RedisServer } from '@backup-pipeline/testing';
+import { HOSTILE_PASSWORD, mastodonHost, pipeline, writeConfig, type MastodonHost } from './support.js';
+
+const REDIS_PASSWORD = 'redis pässword-e2e-4d1c';
+
+let host: MastodonHost;
+let gpg: GpgHome;
+let redis: RedisServer;
+
+const MEDIA: Record<string, string> = {
+  'accounts/avatars/000/000/001/original/avatar.png': 'png-bytes',
+  'media_attachments/files/109/000/001/original/photo.jpg': 'jpeg bytes '.repeat(100),
+  'custom_emojis/images/000/000/001/original/blobcat.png': 'emoji',
+  'cache/media_attachments/files/110/remote.jpg': 'remote cached media',
+};
+
+beforeAll(async () => {
+  [host, gpg, redis] = await Promise.all([mastodonHost(), createGpgHome(), startRedis({ password: REDIS_PASSWORD })]);
+  await redis.cli(['MSET', 'a', '1', 'b', '2', 'c', '3']);
+  await redis.cli(['-n', '1', 'RPUSH', 'queue:default', 'job']);
+  const media = join(host.dir, 'live', 'public', 'system');
+  for (const [path, content] of Object.entries(MEDIA)) {
+    await mkdir(dirname(join(media, path)), { recursive: true });
+    await writeFile(join(media, path), content);
+  }
+  await writeFile(host.envFile, `\nREDIS_HOST=127.0.0.1\nREDIS_PORT=${redis.port}\nREDIS_PASSWORD=${dotenvQuote(REDIS_PASSWORD)}\nOTP_SECRET=0123456789abcdef\nS3_ENABLED=false\n`, { flag: 'a' });
+  await writeConfig(host.dir, {
+    workDir: './work',
+    destinations: { folder: { use: 'local', path: './folder' } },
+    pipelines: {
+      nightly: {
+        source: 'mastodon',
+        stages: [
+          { use: 'credentials', envFile: host.envFile },
+          { use: 'pg-dump', globals: false },
+          { use: 'verify' },
+          { use: 'files', envFile: host.envFile, mediaDir: media },
+          { use: 'media', path: media },
+          { use: 'redis', envFile: host.envFile },
+          { use: 'gpg', gnupgHome: gpg.home, recipients: [gpg.fingerprint] },
+        ],
+        destinations: ['folder'],
+      },
+    },
+  });
+}, 180_000);
+
+afterAll(async () => {
+  await Promise.allSettled([host?.pg.stop(), gpg?.cleanup(), redis?.stop()]);
+});
+
+interface Part {
+  part: string;
+  artifact: string;
+  restored: boolean;
+  bytes?: number;
+  durationMs?: number;
+  detail: string;
+}
+
+describe('full-instance restore drill', () => {
+  it('verify latest --restore-test restores every part (database, secrets, media, redis) and reports size and time-to-restore', async () => {
+    const run = await pipeline(['run', 'nightly'], host.dir);
+    expect(run.exitCode, run.stderr).toBe(0);
+
+    const json = await pipeline(['verify', 'latest', '--from', 'folder', '--restore-test', '--gnupg-home', gpg.home, '--json'], host.dir);
+    expect(json.exitCode, json.stderr).toBe(0);
+    const report = JSON.parse(json.stdout) as { ok: boolean; drill: { parts: Part[]; missing: string[]; totalMs: number; complete: boolean } };
+    const byPart = (name: string) => report.drill.parts.filter((p) => p.part === name);
+    expect(new Set(report.drill.parts.map((p) => p.part))).toEqual(new Set(['database', 'secrets', 'media', 'redis']));
+    expect(report.drill.missing).toEqual([]);
+    for (const part of ['database', 'secrets', 'redis']) {
+      const [p] = byPart(part);
+      expect(p, part).toMatchObject({ restored: true });
+      expect(p!.bytes, part).toBeGreaterThan(0);
+      expect(p!.durationMs, part).toBeGreaterThanOrEqual(0);
+    }
+    expect(byPart('database')[0]!.detail).toMatch(/\d+ tables \/ \d+ rows restored, matching the dump's snapshot/);
+    expect(byPart('secrets')[0]!.detail).toBe('.env.production unpacked and parsed, with SECRET_KEY_BASE, OTP_SECRET');
+    expect(byPart('redis')[0]!.detail).toContain('4 keys in 2 databases');
+    // The files stage's media tar is drilled (unpacked, files counted, cache/ left out).
+    const tar = byPart('media').find((p) => p.artifact.startsWith('media.tar'));
+    expect(tar).toMatchObject({ restored: true, detail: expect.stringMatching(/^3 files \(\d+ bytes\) unpacked$/) });
+    expect(report.drill.totalMs).toBe(report.drill.parts.reduce((n, p) => n + (p.durationMs ?? 0), 0));
+
+    const text = await pipeline(['verify', 'latest', '--from', 'folder', '--restore-test', '--gnupg-home', gpg.home], host.dir);
+    expect(text.exitCode, text.stderr).toBe(0);
+    expect(text.stdout).toContain('Restore drill of ');
+    for (const part of ['database', 'secrets', 'redis']) expect(text.stdout).toMatch(new RegExp(`^  ${part} +restores +\\d+(\\.\\d)? (B|KiB|MiB) +in \\d`, 'm'));
+    expect(text.stdout).toMatch(/time to restore the drilled parts here: \d/);
+    for (const out of [run.stdout, run.stderr, json.stdout, json.stderr, text.stdout, text.stderr]) {
+      expect(out).not.toContain(REDIS_PASSWORD);
+      expect(out).not.toContain(HOSTILE_PASSWORD);
+    }
+  }, 300_000);
+});
