@@ -7,7 +7,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { rename, rm } from 'node:fs/promises';
+import { mkdtemp, rename, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import {
   DeleteObjectCommand,
@@ -15,6 +17,7 @@ import {
   GetObjectCommand,
   HeadBucketCommand,
   HeadObjectCommand,
+  ListObjectsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
@@ -43,6 +46,17 @@ import {
   type StoredSet,
   assertFileName,
   assertSetId,
+  checkTreeFile,
+  eachLimited,
+  parseTreeIndex,
+  pathInTree,
+  readTreeIndex,
+  treeSealName,
+  writeTreeIndex,
+  type TreeEntry,
+  type TreeOperationOptions,
+  type TreePutResult,
+  type TreeSource,
 } from '@backup-pipeline/core';
 
 export const S3Options = z
@@ -244,7 +258,7 @@ export class S3Destination implements Destination {
         const name = o.Key?.startsWith(setPrefix) ? o.Key.slice(setPrefix.length) : undefined;
         if (name && !name.includes('/')) files.push({ name, bytes: o.Size ?? 0 });
       }
-      return { id, hasManifest: manifestAt !== undefined, modifiedAt: manifestAt ?? latest, files };
+      return { id, hasManifest: manifestAt !== undefined, modifiedAt: manifestAt ?? latest, files, ...treesOf(files) };
     };
     const sets: StoredSet[] = [];
     for (let i = 0; i < ids.length; i += 8) sets.push(...(await Promise.all(ids.slice(i, i + 8).map(describeSet))));
@@ -296,6 +310,8 @@ export class S3Destination implements Destination {
   async delete(setId: string, options: DestinationOperationOptions = {}): Promise<void> {
     assertSetId(setId);
     const { bucket } = this.options;
+    // Contents this set's trees reference: deleted after the set, unless another set references them too.
+    const candidates = await this.referencedBy(setId, options);
     // The manifest goes first: a set deleted halfway is then incomplete, never a broken "complete" set.
     await this.send(`deleting ${setId}/${MANIFEST_NAME}`, () =>
       this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: this.key(setId, MANIFEST_NAME) }), { abortSignal: options.signal }),
@@ -321,7 +337,198 @@ export class S3Destination implements Destination {
       if (batch.length === 1000) await flush();
     }
     await flush();
+    await this.sweep(candidates, options);
   }
+
+  // ── trees: contents as objects keyed by sha256 under `PREFIX.objects/sha256/`, shared by every set;
+  //    a set's tree is its seal `SET/NAME.tree` (the index: which content each path has) ─────────────
+
+  private objectKey(sha256: string): string {
+    return `${this.prefix}${OBJECTS_DIR}${sha256.slice(0, 2)}/${sha256}`;
+  }
+
+  /** sha256 → size and time of every content object. */
+  private async contentObjects(signal?: AbortSignal): Promise<Map<string, { bytes: number; modifiedAt?: Date }>> {
+    const out = new Map<string, { bytes: number; modifiedAt?: Date }>();
+    // ListObjects (v1, paged by the last key): understood by every S3-compatible server, at any count.
+    let marker: string | undefined;
+    for (;;) {
+      const page = await this.send('listing contents', () =>
+        this.client.send(new ListObjectsCommand({ Bucket: this.options.bucket, Prefix: `${this.prefix}${OBJECTS_DIR}`, Marker: marker }), { abortSignal: signal }),
+      );
+      for (const o of page.Contents ?? []) {
+        const sha = o.Key?.slice(o.Key.lastIndexOf('/') + 1);
+        if (sha && /^[0-9a-f]{64}$/.test(sha)) out.set(sha, { bytes: o.Size ?? 0, modifiedAt: o.LastModified });
+      }
+      marker = page.Contents?.at(-1)?.Key;
+      if (!page.IsTruncated || !marker) return out;
+    }
+  }
+
+  async putTree(setId: string, name: string, source: TreeSource, options: TreeOperationOptions = {}): Promise<TreePutResult> {
+    assertSetId(setId);
+    assertFileName(name);
+    const { bucket } = this.options;
+    const present = await this.contentObjects(options.signal);
+    // One upload per new content (two paths with the same bytes share one object).
+    const wanted = new Map<string, TreeEntry>();
+    for (const entry of source.entries) if (!present.has(entry.sha256) || present.get(entry.sha256)!.bytes !== entry.bytes) wanted.set(entry.sha256, entry);
+    let bytesWritten = 0;
+    await eachLimited(
+      [...wanted.values()],
+      8,
+      async (entry) => {
+        const key = this.objectKey(entry.sha256);
+        const digest = new DigestStream();
+        const file = createReadStream(pathInTree(source.dir, entry.path));
+        file.on('error', (e) => digest.destroy(e));
+        file.pipe(digest);
+        const upload = new Upload({
+          client: this.client,
+          params: {
+            Bucket: bucket,
+            Key: key,
+            Body: digest,
+            ContentType: 'application/octet-stream',
+            Metadata: { [SHA256_META]: entry.sha256 },
+            StorageClass: this.options.storageClass as StorageClass | undefined,
+            ServerSideEncryption: this.options.serverSideEncryption as ServerSideEncryption | undefined,
+            SSEKMSKeyId: this.options.sseKmsKeyId,
+          },
+          partSize: this.options.partSizeMB * 1024 * 1024,
+          queueSize: 1,
+          leavePartsOnError: false,
+        });
+        const onAbort = () => void upload.abort().catch(() => {});
+        options.signal?.addEventListener('abort', onAbort, { once: true });
+        try {
+          await upload.done();
+        } catch (error) {
+          file.destroy();
+          if (options.signal?.aborted) throw new PipelineError('ABORTED', `upload of tree ${setId}/${name} was stopped because the run was interrupted`);
+          throw this.fail(`uploading ${setId}/${name}/${entry.path}`, error);
+        } finally {
+          options.signal?.removeEventListener('abort', onAbort);
+        }
+        const sent = digest.digest();
+        const head = await this.send(`checking ${setId}/${name}/${entry.path}`, () => this.client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: options.signal }));
+        if (sent.sha256 !== entry.sha256 || sent.bytes !== entry.bytes || head.ContentLength !== entry.bytes || head.Metadata?.[SHA256_META] !== entry.sha256) {
+          await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key })).catch(() => {});
+          throw new PipelineError('CHECKSUM_MISMATCH', `${setId}/${name}/${entry.path} on ${this.describe()}: read ${sent.sha256} (${sent.bytes} bytes), stored ${head.ContentLength} bytes with sha256 ${head.Metadata?.[SHA256_META] ?? 'missing'}; expected ${entry.sha256} (${entry.bytes} bytes)`);
+        }
+        bytesWritten += entry.bytes;
+        options.onBytes?.(bytesWritten);
+      },
+      options.signal,
+    );
+    // The seal last: the index of the tree, which is also what keeps its contents from being swept.
+    const work = await mkdtemp(join(tmpdir(), 's3-seal-'));
+    try {
+      const seal = join(work, 'seal');
+      const digest = await writeTreeIndex(seal, source.entries);
+      await this.put(setId, treeSealName(name), { path: seal, ...digest }, { signal: options.signal });
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+    return { files: source.entries.length, bytes: source.entries.reduce((n, e) => n + e.bytes, 0), filesWritten: wanted.size, bytesWritten };
+  }
+
+  async getTree(setId: string, name: string, entries: readonly TreeEntry[], toDir: string, options: TreeOperationOptions = {}): Promise<void> {
+    assertSetId(setId);
+    assertFileName(name);
+    const { bucket } = this.options;
+    await this.send(`checking tree ${setId}/${name}`, () => this.client.send(new HeadObjectCommand({ Bucket: bucket, Key: this.key(setId, treeSealName(name)) }), { abortSignal: options.signal }));
+    let done = 0;
+    await eachLimited(
+      entries,
+      8,
+      async (entry) => {
+        const object = await this.send(`downloading ${setId}/${name}/${entry.path}`, () =>
+          this.client.send(new GetObjectCommand({ Bucket: bucket, Key: this.objectKey(entry.sha256) }), { abortSignal: options.signal }),
+        );
+        if (!object.Body) throw new PipelineError('DESTINATION_FAILED', `${setId}/${name}/${entry.path} on ${this.describe()} came without a body`);
+        const to = pathInTree(toDir, entry.path);
+        const written = await writeFileAtomic(to, object.Body as Readable, { signal: options.signal });
+        try {
+          checkTreeFile(entry, written, `${this.describe()} ${setId}/${name}`);
+        } catch (error) {
+          await rm(to, { force: true });
+          throw error;
+        }
+        options.onBytes?.((done += entry.bytes));
+      },
+      options.signal,
+    );
+  }
+
+  async treeEntries(setId: string, name: string, options: TreeOperationOptions = {}): Promise<TreeEntry[]> {
+    assertSetId(setId);
+    assertFileName(name);
+    const work = await mkdtemp(join(tmpdir(), 's3-seal-'));
+    try {
+      const path = join(work, 'seal');
+      await this.get(setId, treeSealName(name), path, options);
+      return await readTreeIndex(path);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  }
+
+  /** The contents the trees of `setId` reference (its seals), read before the set is deleted. */
+  private async referencedBy(setId: string, options: DestinationOperationOptions): Promise<Set<string>> {
+    const out = new Set<string>();
+    for await (const o of this.objects(this.key(setId), options.signal)) {
+      const name = o.Key?.slice(this.key(setId).length);
+      if (!name || name.includes('/') || !name.endsWith('.tree')) continue;
+      const entries = await this.sealEntries(o.Key!, options).catch(() => undefined);
+      for (const e of entries ?? []) out.add(e.sha256);
+    }
+    return out;
+  }
+
+  private async sealEntries(key: string, options: DestinationOperationOptions): Promise<TreeEntry[]> {
+    const object = await this.send(`reading ${key}`, () => this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: key }), { abortSignal: options.signal }));
+    return parseTreeIndex(await object.Body!.transformToString('utf8'));
+  }
+
+  /**
+   * Deletes content objects no remaining set references: those `candidates` named (what a deleted
+   * set referenced), and any left unreferenced for more than a day (uploads of a run that failed
+   * before its seal). When any seal cannot be read, nothing is deleted (its references are unknown).
+   */
+  private async sweep(candidates: Set<string>, options: DestinationOperationOptions): Promise<void> {
+    const referenced = new Set<string>();
+    for (const set of await this.list(options)) {
+      for (const tree of set.trees ?? []) {
+        const entries = await this.sealEntries(this.key(set.id, treeSealName(tree.name)), options).catch((error: unknown) => {
+          this.log?.warn(`${this.describe()}: the seal of tree ${set.id}/${tree.name} cannot be read (${(error as Error).message}); unreferenced contents are kept for now`);
+          return undefined;
+        });
+        if (!entries) return;
+        for (const e of entries) referenced.add(e.sha256);
+      }
+    }
+    const dayAgo = Date.now() - 24 * 3600_000;
+    const doomed = [...(await this.contentObjects(options.signal))]
+      .filter(([sha, o]) => !referenced.has(sha) && (candidates.has(sha) || (o.modifiedAt !== undefined && o.modifiedAt.getTime() < dayAgo)))
+      .map(([sha]) => this.objectKey(sha));
+    for (let i = 0; i < doomed.length; i += 1000) {
+      const keys = doomed.slice(i, i + 1000);
+      const result = await this.send('deleting unreferenced contents', () =>
+        this.client.send(new DeleteObjectsCommand({ Bucket: this.options.bucket, Delete: { Objects: keys.map((Key) => ({ Key })), Quiet: true } }), { abortSignal: options.signal }),
+      );
+      if (result.Errors?.length) throw new PipelineError('DESTINATION_FAILED', `deleting unreferenced contents on ${this.describe()}: ${result.Errors.length} object(s) not deleted`);
+    }
+  }
+}
+
+/** Content objects live here, beside (never inside) the set prefixes; `list` never takes it for a set. */
+const OBJECTS_DIR = '.objects/sha256/';
+
+/** The trees a set's listing shows sealed (`NAME.tree`). */
+function treesOf(files: readonly StoredFile[]): { trees?: Array<{ name: string }> } {
+  const trees = files.filter((f) => f.name.endsWith('.tree') && f.name.length > '.tree'.length).map((f) => ({ name: f.name.slice(0, -'.tree'.length) }));
+  return trees.length > 0 ? { trees } : {};
 }
 
 export default definePlugin({
