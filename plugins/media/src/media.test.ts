@@ -10,7 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { lstat, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { ListObjectsCommand, S3Client } from '@aws-sdk/client-s3';
 import { createLogger, isPipelineError, resolveConfig, Runner, type PipelineError, type RunResult } from '@backup-pipeline/core';
 import { startS3Server, startSshd, type S3Server, type SshServer } from '@backup-pipeline/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -105,12 +105,14 @@ describe.each<Kind>(['local', 'rsync', 's3'])('media stage, destination %s', (ki
   const s3Objects = async (): Promise<Map<string, number>> => {
     const client = new S3Client({ endpoint: s3!.endpoint, region: s3!.region, forcePathStyle: true, credentials: { accessKeyId: s3!.accessKeyId, secretAccessKey: s3!.secretAccessKey } });
     const out = new Map<string, number>();
-    let token: string | undefined;
-    do {
-      const page = await client.send(new ListObjectsV2Command({ Bucket: s3!.bucket, Prefix: `${prefix}.objects/`, ContinuationToken: token }));
+    // ListObjects v1 paged by marker (s3rver's v2 continuation tokens need DES, which OpenSSL 3 refuses).
+    let marker: string | undefined;
+    for (;;) {
+      const page = await client.send(new ListObjectsCommand({ Bucket: s3!.bucket, Prefix: `${prefix}.objects/`, Marker: marker }));
       for (const o of page.Contents ?? []) out.set(o.Key!, o.Size ?? 0);
-      token = page.IsTruncated ? page.NextContinuationToken : undefined;
-    } while (token);
+      marker = page.Contents?.at(-1)?.Key;
+      if (!page.IsTruncated || !marker) break;
+    }
     client.destroy();
     return out;
   };
