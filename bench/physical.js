@@ -21,6 +21,7 @@
  * The restore drill is off for the timed runs (it is a restore + start, measured on its own here).
  */
 import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { chmod, chown, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -35,6 +36,37 @@ async function folderBytes(dir) {
     else if (entry.isFile()) total += (await stat(path)).size;
   }
   return total;
+}
+
+/**
+ * CPU ticks of a cluster's server processes: the postmaster (with its reaped children, cutime and
+ * cstime) and its live children. A difference of two readings is the server's CPU in between.
+ */
+function clusterCpuTicks(dataDir) {
+  let pid;
+  try {
+    pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  } catch {
+    return undefined;
+  }
+  const fields = (p) => {
+    try {
+      const text = readFileSync(`/proc/${p}/stat`, 'utf8');
+      return text.slice(text.lastIndexOf(')') + 2).split(' ');
+    } catch {
+      return undefined;
+    }
+  };
+  const own = fields(pid);
+  if (!own) return undefined;
+  // After ")": state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14)
+  let ticks = Number(own[11]) + Number(own[12]) + Number(own[13]) + Number(own[14]);
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === pid) continue;
+    const f = fields(entry);
+    if (f && Number(f[1]) === pid) ticks += Number(f[11]) + Number(f[12]);
+  }
+  return ticks;
 }
 
 const ids = (user) => ({ uid: Number(spawnSync('id', ['-u', user], { encoding: 'utf8' }).stdout.trim()), gid: Number(spawnSync('id', ['-g', user], { encoding: 'utf8' }).stdout.trim()) });
@@ -72,7 +104,14 @@ export async function run(ctx) {
   await writeFile(configFile, JSON.stringify({ workDir: join(dir, 'work'), pipelines: { full: { source: 'mastodon', stages: [stage('full')] }, incr: { source: 'mastodon', stages: [stage('incr')] } } }, null, 2));
   const pipeline = (args) => measure(['node', cli, '--config', configFile, '--log-level', 'warn', ...args], { stdout: 'capture' });
   const pgEnv = { PATH: `${c.pg.bindir}:${process.env.PATH}`, PGHOST: c.pg.socketDir, PGPORT: String(c.pg.port), PGUSER: c.pg.superuser, PGPASSWORD: '', PGPASSFILE: '/dev/null' };
-  const summary = (m) => ({ wallMs: Math.round(m.wallMs), cpuMs: Math.round(m.cpuMs), serverCpuMs: m.serverCpuMs == null ? null : Math.round(m.serverCpuMs), loadAvgAtStart: m.loadAvgAtStart });
+  // CPU of this suite's own cluster (measure's serverCpuMs is run.js's bench server, not this one).
+  const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+  const timed = async (fn) => {
+    const before = clusterCpuTicks(c.dataDir);
+    const m = await fn();
+    const after = clusterCpuTicks(c.dataDir);
+    return { wallMs: Math.round(m.wallMs), cpuMs: Math.round(m.cpuMs), serverCpuMs: before === undefined || after === undefined ? null : Math.round(((after - before) * 1000) / CLK_TCK), loadAvgAtStart: m.loadAvgAtStart };
+  };
 
   /** Starts a restored data dir (archiving off, socket only) until it has promoted; stops it. */
   const startUntilPromoted = async (dataDir) => {
@@ -98,7 +137,7 @@ export async function run(ctx) {
   for (let i = 0; i < runs; i++) {
     const s = {};
     console.error(`   run ${i + 1}/${runs}: full backup…`);
-    s.fullBackup = summary(await pipeline(['run', 'full']));
+    s.fullBackup = await timed(() => pipeline(['run', 'full']));
     s.repoBytesAfterFull = await folderBytes(join(c.repoPath, 'backup'));
 
     // ~1% of the rows of every table with an id and updated_at.
@@ -114,7 +153,7 @@ export async function run(ctx) {
     console.error(`   ${changed} rows changed (${tables.length} tables), ${round(Number(walBytes) / 2 ** 20)} MiB of WAL; incremental backup…`);
     s.rowsChanged = changed;
     s.walBytesFor1Percent = Number(walBytes);
-    s.incrBackup = summary(await pipeline(['run', 'incr']));
+    s.incrBackup = await timed(() => pipeline(['run', 'incr']));
     s.repoBytesAfterIncr = await folderBytes(join(c.repoPath, 'backup'));
 
     // The point in time: after the incr, with writes after it.
@@ -125,24 +164,24 @@ export async function run(ctx) {
 
     const restoreDir = join(dir, `restore-${i}`);
     console.error('   restore of the latest set…');
-    s.restore = summary(await pipeline(['restore', 'latest', '-p', 'incr', '--data-dir', restoreDir]));
+    s.restore = await timed(() => pipeline(['restore', 'latest', '-p', 'incr', '--data-dir', restoreDir]));
     s.restoreStart = await startUntilPromoted(restoreDir);
     s.restoredBytes = await folderBytes(restoreDir);
     await rm(restoreDir, { recursive: true, force: true });
 
     const pitrDir = join(dir, `pitr-${i}`);
     console.error(`   point-in-time restore to ${target}…`);
-    s.pitrRestore = summary(await pipeline(['restore', '-p', 'incr', '--to-time', target, '--data-dir', pitrDir]));
+    s.pitrRestore = await timed(() => pipeline(['restore', '-p', 'incr', '--to-time', target, '--data-dir', pitrDir]));
     s.pitrStart = await startUntilPromoted(pitrDir);
     await rm(pitrDir, { recursive: true, force: true });
 
     console.error('   pg_dump -Fc and pg_restore -j 2 of the same database…');
     const dump = join(dir, `dump-${i}.dump`);
-    s.pgDump = summary(await measure(['pg_dump', '-Fc', '-f', dump, db], { env: pgEnv }));
+    s.pgDump = await timed(() => measure(['pg_dump', '-Fc', '-f', dump, db], { env: pgEnv }));
     s.dumpBytes = (await stat(dump)).size;
     const into = `restored_${i}`;
     await c.pg.psql(`CREATE DATABASE ${into} TEMPLATE template0;`);
-    s.pgRestore = summary(await measure(['pg_restore', '-j', '2', '--no-owner', '-d', into, dump], { env: pgEnv }));
+    s.pgRestore = await timed(() => measure(['pg_restore', '-j', '2', '--no-owner', '-d', into, dump], { env: pgEnv }));
     await c.pg.psql(`DROP DATABASE ${into};`);
     await rm(dump, { force: true });
     samples.push(s);
@@ -160,8 +199,10 @@ export async function run(ctx) {
     medians: {
       fullBackupWallMs: med((s) => s.fullBackup.wallMs),
       fullBackupCpuMs: med((s) => s.fullBackup.cpuMs),
+      fullBackupServerCpuMs: med((s) => s.fullBackup.serverCpuMs),
       incrBackupWallMs: med((s) => s.incrBackup.wallMs),
       incrBackupCpuMs: med((s) => s.incrBackup.cpuMs),
+      incrBackupServerCpuMs: med((s) => s.incrBackup.serverCpuMs),
       restoreWallMs: med((s) => s.restore.wallMs),
       restoreCpuMs: med((s) => s.restore.cpuMs),
       restoreStartWallMs: med((s) => s.restoreStart.wallMs),
@@ -183,9 +224,9 @@ export async function run(ctx) {
   console.error(
     [
       `physical suite, ${round(Number(dbBytes) / 2 ** 20)} MiB database (median of ${runs}):`,
-      `  full backup ${s(m.fullBackupWallMs)} (CPU ${s(m.fullBackupCpuMs)}), repository ${round(m.repoBytesAfterFull / 2 ** 20)} MiB`,
-      `  incr after 1% changed ${s(m.incrBackupWallMs)} (CPU ${s(m.incrBackupCpuMs)}), +${round(m.incrRepoBytes / 2 ** 20)} MiB; WAL for the change ${round(m.walBytesFor1Percent / 2 ** 20)} MiB`,
-      `  restore ${s(m.restoreWallMs)} + start ${s(m.restoreStartWallMs)}; PITR restore ${s(m.pitrRestoreWallMs)} + recovery to T ${s(m.pitrStartWallMs)}`,
+      `  full backup ${s(m.fullBackupWallMs)} (CPU ${s(m.fullBackupCpuMs)} + server ${s(m.fullBackupServerCpuMs)}), repository ${round(m.repoBytesAfterFull / 2 ** 20)} MiB`,
+      `  incr after 1% changed ${s(m.incrBackupWallMs)} (CPU ${s(m.incrBackupCpuMs)} + server ${s(m.incrBackupServerCpuMs)}), +${round(m.incrRepoBytes / 2 ** 20)} MiB; WAL for the change ${round(m.walBytesFor1Percent / 2 ** 20)} MiB`,
+      `  restore ${s(m.restoreWallMs)} (CPU ${s(m.restoreCpuMs)}) + start ${s(m.restoreStartWallMs)}; PITR restore ${s(m.pitrRestoreWallMs)} + recovery to T ${s(m.pitrStartWallMs)}`,
       `  pg_dump -Fc ${s(m.pgDumpWallMs)} (CPU with server ${s(m.pgDumpCpuMs)}), ${round(m.dumpBytes / 2 ** 20)} MiB; pg_restore -j 2 ${s(m.pgRestoreWallMs)} (CPU with server ${s(m.pgRestoreCpuMs)})`,
     ].join('\n'),
   );

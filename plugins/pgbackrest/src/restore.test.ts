@@ -13,6 +13,8 @@ import { createLogger, exec, isPipelineError, resolveConfig, Runner, type Pipeli
 import { startArchivingCluster, type ArchivingCluster } from './test-support.js';
 
 const PLUGIN = join(import.meta.dirname, 'index.ts');
+/** The CLI, as an admin runs it (its built-in stages are the built packages). */
+const BIN = join(import.meta.dirname, '../../../packages/cli/bin/pipeline.js');
 const asRoot = process.getuid?.() === 0;
 
 async function freePort(): Promise<number> {
@@ -67,12 +69,18 @@ describe('pgbackrest restore and point-in-time recovery', () => {
     await c.pg.createRole('bp_dump', 'dump-secret', { inRoles: ['pg_read_all_data'] });
     const passwordFile = join(dir, 'dump-password');
     await writeFile(passwordFile, 'dump-secret\n', { mode: 0o600 });
+    const physicalStage = c.stageOptions({ socketDir: c.pg.socketDir, port: c.pg.port, pgUser: c.pg.superuser, drill: { enabled: false } });
+    // The same config on disk for the CLI, with the built stage (as a user's config names it).
+    await writeFile(
+      join(dir, 'cli.config.json'),
+      JSON.stringify({ workDir: join(dir, 'backups'), pipelines: { physical: { source: 'mastodon', stages: [{ use: 'pgbackrest', ...physicalStage }] } } }),
+    );
     const config = await resolveConfig(
       join(dir, 'pipeline.config.json'),
       {
         workDir: join(dir, 'backups'),
         pipelines: {
-          physical: { source: 'mastodon', stages: [{ use: PLUGIN, ...c.stageOptions({ socketDir: c.pg.socketDir, port: c.pg.port, pgUser: c.pg.superuser, drill: { enabled: false } }) }] },
+          physical: { source: 'mastodon', stages: [{ use: PLUGIN, ...physicalStage }] },
           dump: {
             source: 'mastodon',
             stages: [
@@ -116,10 +124,15 @@ describe('pgbackrest restore and point-in-time recovery', () => {
   const phases = async (psql: (sql: string, db?: string) => Promise<string>) =>
     (await psql("SELECT string_agg(phase || '=' || n, ',' ORDER BY phase) FROM (SELECT phase, count(*) n FROM statuses GROUP BY phase) s;", 'mastodon_production'));
 
-  it('--to-time T picks the set that ended before T and restores exactly the rows committed by T', async () => {
+  it('pipeline restore --to-time T picks the set that ended before T and restores exactly the rows committed by T', async () => {
     const dataDir = join(dir, 'pitr-time');
-    const result = await restore({ set: 'latest', dataDir, recoveryTarget: { time: marks.time! } });
-    if (isPipelineError(result)) throw result;
+    // Exit code checked by exec: a failed restore throws with its stderr.
+    const cli = await exec(process.execPath, [BIN, '--config', join(dir, 'cli.config.json'), '--json', 'restore', '--to-time', marks.time!, '--data-dir', dataDir, '-p', 'physical'], {
+      env: { NO_COLOR: '1', CI: 'true' },
+      label: 'pipeline restore',
+    });
+    const result = JSON.parse(cli.stdout) as RestoreResult & { ok: boolean };
+    expect(result.ok).toBe(true);
     // The newest set (the incr after B) ended after T: the full before it is the one to start from.
     expect(result.setId).toBe(marks.firstSet);
     const report = result.reports[0]!;
