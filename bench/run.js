@@ -1,16 +1,24 @@
 #!/usr/bin/env node
 /**
- * backup-pipeline benchmark: `pipeline run` against the common hand-written recipe and the
- * pg_dump floor, and `pipeline restore` against the recipe's manual restore, on one throwaway
- * Mastodon-shaped database per size, interleaved (recipe, pipeline, floor, restores; again…).
+ * backup-pipeline benchmark (issue 11): on one throwaway Mastodon-shaped database per size,
+ * interleaved rounds of `pipeline run` against the hand-built one-pass stream
+ * (`pg_dump -Fc -Z0 | zstd -T2 -3 | gpg -z 0 | tee` two folders), the common hand-written recipe
+ * and the pg_dump floor; `pipeline restore --jobs 2` against the hand-built restore; the restore
+ * drill (`pipeline verify latest --restore-test`) against the restore into the server; dump formats
+ * (directory -j 2 gzip vs custom + zstd -T0). Wall and CPU (tree, bench server, per process).
  *
- *   npm run bench -- --scale 0.2,1 --runs 3
+ *   npm run bench -- --scale 1,5 --runs 3,1
  *
- * Options: --scale GB[,GB…] (default 1), --runs N (default 3), --cold-runs N (default 10),
+ * Options: --scale GB[,GB…] (default 1), --runs N[,N…] (default 3; one per size), --cold-runs N (default 10),
  *          --profile (one extra pipeline run with --cpu-prof and /usr/bin/time -v, per size),
  *          --text realistic|simple (the generator's content; default realistic, see bench/README.md),
  *          --ratio-only (generate and report dumpRatio only: no timed contenders, no cold start),
- *          --out DIR (default bench/results).
+ *          --prepare-only (generate, or restore from the cache, and stop), --cache DIR
+ *          (default /var/tmp/bp-bench-cache), --no-cache, --only/--skip NAME[,NAME…] (contenders or
+ *          groups backup, restore, formats), --drill-server-option KEY=VALUE (adds the drill into the
+ *          server), --durability production|off (the bench server after loading; default production),
+ *          --suite db|physical|media|all (bench/physical.js, bench/media.js when they exist),
+ *          --tag NAME (suffix of the results files), --out DIR (default bench/results).
  * Everything it starts (cluster, gpg-agent, temp dirs, children) is removed on exit and on Ctrl-C.
  * Loopback only: the cluster listens on 127.0.0.1.
  */
@@ -47,14 +55,16 @@ const { values: flags } = parseArgs({
     suite: { type: 'string', default: 'db' },
     only: { type: 'string', default: '' },
     skip: { type: 'string', default: '' },
-    'drill-server-option': { type: 'string', default: '' },
+    'drill-server-option': { type: 'string', default: 'verify.restoreInto=server' },
     durability: { type: 'string', default: 'production' },
     tag: { type: 'string', default: '' },
     out: { type: 'string', default: join(ROOT, 'bench/results') },
   },
 });
 const scales = flags.scale.split(',').map(Number).filter((n) => n > 0);
-const RUNS = Math.max(1, Number(flags.runs));
+// --runs N, or one N per size (`--scale 1,5 --runs 3,1`)
+const RUNS_LIST = flags.runs.split(',').map((n) => Math.max(1, Number(n) || 1));
+const runsFor = (index) => RUNS_LIST[Math.min(index, RUNS_LIST.length - 1)];
 const COLD_RUNS = Math.max(0, Number(flags['cold-runs']));
 const TEXT = flags.text;
 const RATIO_ONLY = flags['ratio-only'];
@@ -291,6 +301,12 @@ const machine = {
     rsync: version('rsync'),
     time: '/usr/bin/time',
   },
+  // the code measured: HEAD, and the files other people had changed but not committed (the built
+  // dist/ the bench runs is whatever the last `tsc -b` in this shared tree compiled)
+  // (a bench/snapshot.sh copy has no .git: its .bench-rev names the commit, and nothing is uncommitted)
+  gitHead: existsSync(join(ROOT, '.bench-rev')) ? readFileSync(join(ROOT, '.bench-rev'), 'utf8').trim() : spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout?.trim(),
+  snapshot: existsSync(join(ROOT, '.bench-rev')),
+  gitUncommitted: existsSync(join(ROOT, '.bench-rev')) ? 0 : (spawnSync('git', ['status', '--short', '--untracked-files=no'], { cwd: ROOT, encoding: 'utf8' }).stdout ?? '').split('\n').filter(Boolean).length,
 };
 console.error(`machine: ${machine.cores} cores, ${machine.cpuModel}, Node ${machine.node}, ${machine.tools.pg_dump}, ${machine.tools.gpg}`);
 
@@ -435,7 +451,8 @@ async function prepareDatabase(db, scaleGB) {
     await pg.psql('ANALYZE;', db);
     await pg.psql('CHECKPOINT');
     console.error(`   restored in ${((Date.now() - started) / 1000).toFixed(0)} s`);
-    return { accounts: meta.accounts, generateMs: meta.generateMs, fromCache: cacheDump, cacheRestoreMs: Date.now() - started };
+    // a restored copy has no dead space: it is smaller on disk than the generated database (generatedBytes)
+    return { accounts: meta.accounts, generateMs: meta.generateMs, generatedBytes: meta.generatedBytes ?? null, fromCache: cacheDump, cacheRestoreMs: Date.now() - started };
   }
   await loadMastodonSchema(pg, db, { owner: 'mastodon' });
   console.error(`\n== ${scaleGB} GB: generating the Mastodon-shaped database (${TEXT} text)…`);
@@ -449,10 +466,11 @@ async function prepareDatabase(db, scaleGB) {
     const started = Date.now();
     await measure(['pg_dump', '-Fc', '-Z1', '-f', tmp, db], { env: superEnv });
     await rename(tmp, cacheDump);
-    await writeFile(cacheMeta, JSON.stringify({ accounts, generateMs, text: TEXT, scaleGB, generatedAt: new Date().toISOString() }) + '\n');
+    const [[generatedBytes]] = await pg.psql(`SELECT pg_database_size('${db}')`);
+    await writeFile(cacheMeta, JSON.stringify({ accounts, generateMs, generatedBytes: Number(generatedBytes), text: TEXT, scaleGB, generatedAt: new Date().toISOString() }) + '\n');
     console.error(`   cached as ${cacheDump} (${((Date.now() - started) / 1000).toFixed(0)} s)`);
   }
-  return { accounts, generateMs, fromCache: null };
+  return { accounts, generateMs, generatedBytes: null, fromCache: null };
 }
 
 /** Makes the bench server durable like a production one (the harness starts it with fsync off) once the data are in. */
@@ -461,7 +479,7 @@ async function productionDurability(on) {
   await pg.psql(`ALTER SYSTEM SET fsync = ${v};\nALTER SYSTEM SET full_page_writes = ${v};\nALTER SYSTEM SET synchronous_commit = ${v};\nSELECT pg_reload_conf();`);
 }
 
-async function benchScale(scaleGB) {
+async function benchScale(scaleGB, RUNS) {
   const db = 'mastodon_production';
   await productionDurability(false);
   const prepared = await prepareDatabase(db, scaleGB);
@@ -498,6 +516,7 @@ async function benchScale(scaleGB) {
     text: TEXT,
     generateMs,
     fromCache: prepared.fromCache,
+    generatedBytes: prepared.generatedBytes,
     dumpBytes,
     dumpRatio,
     dumpRatioDatabaseBytes: Number(dbBytes),
@@ -676,7 +695,8 @@ async function benchScale(scaleGB) {
     pipelineVsRecipe: ratio(w('pipeline'), w('recipe')),
     outputBytesVsIdeal: ratio(res.pipeline?.outputBytes, res.ideal?.outputBytes),
     restoreVsIdeal: ratio(w('pipelineRestore'), w('idealRestore')),
-    drillVsRestore: ratio(w('drill'), w('pipelineRestore')),
+    drillVsRestore: ratio(w('drill'), w('pipelineRestore')), // the drill (throwaway cluster by default) / pipeline restore into the server
+    drillVsDrillIntoServer: ratio(w('drill'), w('drillIntoServer')), // the same drill with restoreInto: server
     pipelinePeakRssMB: res.pipeline?.nodePeakRssMB ?? null,
     dumpRatio,
   };
@@ -686,6 +706,7 @@ async function benchScale(scaleGB) {
     pipelineVsRecipe: ratio(c('pipeline'), c('recipe')),
     restoreVsIdeal: ratio(c('pipelineRestore'), c('idealRestore')),
     drillVsRestore: ratio(t('drill'), t('pipelineRestore')), // the drill's server is in its tree (subreaper), the restore's is the bench server
+    drillVsDrillIntoServer: ratio(t('drill'), t('drillIntoServer')),
     pipelineVsIdealWithServer: ratio(t('pipeline'), t('ideal')),
     restoreVsIdealWithServer: ratio(t('pipelineRestore'), t('idealRestore')),
   };
@@ -832,8 +853,8 @@ try {
     const results = [];
     const startedAt = new Date().toISOString();
     const loadAvgAtStart = loadavg();
-    for (const scale of scales) {
-      const r = await benchScale(scale);
+    for (const [index, scale] of scales.entries()) {
+      const r = await benchScale(scale, runsFor(index));
       if (PREPARE_ONLY) continue;
       results.push(r);
       const file = join(flags.out, `${date}-${scale}${RATIO_ONLY ? '-ratio' : ''}${tag}.json`);
@@ -846,7 +867,7 @@ try {
       const vals = Object.values(rss).filter((x) => x != null);
       const flat = vals.length > 1 ? round(Math.max(...vals) / Math.min(...vals)) : null;
       const file = join(flags.out, `${date}-summary${tag}.json`);
-      await writeFile(file, JSON.stringify({ date: new Date().toISOString(), startedAt, loadAvgAtStart, machine, noise: NOISE, pipelinePeakRssMBBySize: rss, pipelinePeakRssLargestOverSmallest: flat, bySize: Object.fromEntries(results.map((r) => [`${r.scaleGB}GB`, { ...Object.fromEntries(Object.keys(r.targets).concat('dumpRatio').map((k) => [k, r[k]])), cpuRatios: r.cpuRatios, met: r.met, pipelineStages: r.pipelineStages, errors: r.errors.length }])) }, null, 2) + '\n');
+      await writeFile(file, JSON.stringify({ date: new Date().toISOString(), startedAt, loadAvgAtStart, machine, noise: NOISE, pipelinePeakRssMBBySize: rss, pipelinePeakRssLargestOverSmallest: flat, bySize: Object.fromEntries(results.map((r) => [`${r.scaleGB}GB`, { ...Object.fromEntries(Object.keys(r.targets).concat('dumpRatio', 'drillVsDrillIntoServer').map((k) => [k, r[k]])), cpuRatios: r.cpuRatios, met: r.met, pipelineStages: r.pipelineStages, errors: r.errors.length }])) }, null, 2) + '\n');
       console.error(`   wrote ${file}`);
       console.error(`   node peak RSS by size: ${JSON.stringify(rss)} (largest / smallest ${flat})`);
     }
