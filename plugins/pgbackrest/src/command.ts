@@ -3,10 +3,10 @@
  * 0600 file generated for the run in its scratch folder from the options) and `--stanza`, every
  * secret inside that file and never in argv. Shared by the backup side and the restore side.
  */
-import { readFile } from 'node:fs/promises';
+import { chown, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { displayCommand, PipelineError, writeFileAtomic, type ExecOptions, type ExecProcess, type PluginApi, type PgSource, type SecretRegistry } from '@backup-pipeline/core';
+import { displayCommand, PipelineError, scratchClusterParent, writeFileAtomic, type ExecOptions, type ExecProcess, type Logger, type PluginApi, type PgSource, type SecretRegistry } from '@backup-pipeline/core';
 import type { PgbackrestOptions, Repository } from './options.js';
 
 /** Never let pgBackRest expire on its own: the pipeline's retention decides (see retention.ts). */
@@ -78,7 +78,22 @@ export interface CommandContext {
   readonly tmpDir: string;
   readonly secrets: SecretRegistry;
   readonly signal: AbortSignal;
+  readonly log: Logger;
   exec(file: string, args?: readonly string[], options?: ExecOptions): ExecProcess;
+  defer(cleanup: () => unknown): void;
+}
+
+/** The OS user pgbackrest runs as: `runAs` when this process is root, else this process's own user (undefined). */
+export function pgbackrestUser(options: Pick<PgbackrestOptions, 'runAs'>): string | undefined {
+  const root = typeof process.getuid === 'function' && process.getuid() === 0;
+  return root && options.runAs !== 'root' ? options.runAs : undefined;
+}
+
+async function idsOf(ctx: CommandContext, user: string): Promise<{ uid: number; gid: number }> {
+  const u = await ctx.exec('id', ['-u', user], { label: 'id' }).catch(() => undefined);
+  const g = await ctx.exec('id', ['-g', user], { label: 'id' }).catch(() => undefined);
+  if (!u || !g) throw new PipelineError('PGBACKREST_CONFIG_INVALID', `runAs names the user ${user}, who does not exist on this host`, { hint: 'Set runAs to the owner of the pgBackRest repository (the PostgreSQL server\'s user, usually postgres).' });
+  return { uid: Number(u.stdout.trim()), gid: Number(g.stdout.trim()) };
 }
 
 export interface Pgbackrest {
@@ -89,6 +104,10 @@ export interface Pgbackrest {
   readonly repository: RepositoryDescription;
   /** Options every command gets: config, stanza, logging to stderr only. */
   readonly baseArgs: readonly string[];
+  /** The OS user the commands run as (through runuser), when it is not this process's. */
+  readonly user?: string;
+  /** The uid/gid of `user` (to hand it folders it must write, such as a drill's data dir). */
+  readonly ids?: { uid: number; gid: number };
   /** `pgbackrest <baseArgs> <args>`, stdin ignored, exit code checked. */
   run(args: readonly string[], options?: ExecOptions): ExecProcess;
   /** The masked command line of `pgbackrest <baseArgs> <args>` (for plans and hints). */
@@ -101,6 +120,8 @@ export interface Pgbackrest {
  */
 export async function preparePgbackrest(ctx: CommandContext, options: PgbackrestOptions, api: Pick<PluginApi, 'resolvePath'>): Promise<Pgbackrest> {
   const repository = describeRepository(options, api);
+  const user = pgbackrestUser(options);
+  const ids = user ? await idsOf(ctx, user) : undefined;
   let configFile: string;
   const generated = !options.configFile;
   if (options.configFile) {
@@ -123,21 +144,33 @@ export async function preparePgbackrest(ctx: CommandContext, options: Pgbackrest
       if (!cipherPass) throw new PipelineError('PGBACKREST_CIPHER_PASS_MISSING', `repoCipherPassFile ${file} is empty`, { hint: 'Put the repository passphrase in it.' });
       ctx.secrets.add(cipherPass);
     }
-    configFile = join(ctx.tmpDir, 'pgbackrest.conf');
+    // A private folder the pgbackrest user can read: the run's scratch dir, or (root running
+    // pgbackrest as postgres, and a work dir postgres cannot reach) a noted folder outside it.
+    const parent = user ? await scratchClusterParent(ctx.tmpDir, ctx.log) : ctx.tmpDir;
+    if (parent !== ctx.tmpDir) ctx.defer(() => rm(parent, { recursive: true, force: true }));
+    const folder = await mkdtemp(join(parent, 'pgbackrest-'));
+    configFile = join(folder, 'pgbackrest.conf');
     await writeFileAtomic(configFile, renderConfig(options, { resolvePath: api.resolvePath, cipherPass, processMax: options.processMax ?? availableParallelism() }), { signal: ctx.signal });
+    if (ids) {
+      await chown(folder, ids.uid, ids.gid);
+      await chown(configFile, ids.uid, ids.gid);
+    }
   }
   const baseArgs = [`--config=${configFile}`, `--stanza=${options.stanza}`, '--log-level-console=off', '--log-level-stderr=warn'];
-  if (!generated) {
-    if (options.processMax !== undefined) baseArgs.push(`--process-max=${options.processMax}`);
-  }
   return {
     configFile,
     generated,
     stanza: options.stanza,
     repository,
     baseArgs,
-    run: (args, execOptions = {}) => ctx.exec('pgbackrest', [...baseArgs, ...args], { label: `pgbackrest ${args.find((a) => !a.startsWith('-')) ?? ''}`.trim(), ...execOptions }),
-    display: (args) => displayCommand('pgbackrest', [...baseArgs, ...args], ctx.secrets),
+    ...(user ? { user, ids } : {}),
+    run: (args, execOptions = {}) => {
+      const label = `pgbackrest ${args.find((a) => !a.startsWith('-')) ?? ''}`.trim();
+      return user
+        ? ctx.exec('runuser', ['-u', user, '--', 'pgbackrest', ...baseArgs, ...args], { label, cwd: '/', ...execOptions })
+        : ctx.exec('pgbackrest', [...baseArgs, ...args], { label, ...execOptions });
+    },
+    display: (args) => displayCommand(user ? 'runuser' : 'pgbackrest', [...(user ? ['-u', user, '--', 'pgbackrest'] : []), ...baseArgs, ...args], ctx.secrets),
   };
 }
 

@@ -6,9 +6,9 @@
  * reached the end of the backup and the copy promoted, queried, its row counts compared with the
  * counts taken at backup time, then stopped and removed.
  */
-import { copyFile, chown, mkdir, rm } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { findServerBinaries, PipelineError, scratchClusterParent, startScratchCluster, type PluginApi, type RunContext, type ScratchCluster } from '@backup-pipeline/core';
+import { findServerBinaries, PipelineError, psql, scratchClusterParent, startScratchCluster, type PluginApi, type RunContext, type ScratchCluster } from '@backup-pipeline/core';
 import type { Pgbackrest } from './command.js';
 import type { PgbackrestOptions } from './options.js';
 import type { PhysicalBackupRecord } from './record.js';
@@ -46,54 +46,55 @@ export async function runDrill(ctx: RunContext, cmd: Pgbackrest, record: Physica
   // A folder the cluster's user can reach (the run's scratch dir, or a noted one outside it).
   const parent = await scratchClusterParent(ctx.tmpDir, ctx.log);
   const outside = parent !== ctx.tmpDir;
-  const work = join(parent, `drill-${record.label.replace(/[^A-Za-z0-9_-]/g, '_')}`);
+  // Short names: the copy's socket path (…/scratch-cluster-XXXXXX/sock/.s.PGSQL.5432) must stay under 108 bytes.
+  const work = await mkdtemp(join(parent, 'drill-'));
   const dataDir = join(work, 'data');
   let cluster: ScratchCluster | undefined;
   try {
-    await mkdir(work, { mode: 0o700 });
+    await chmod(work, 0o700);
     await mkdir(dataDir, { mode: 0o700 });
-    // The copy's restore_command (archive-get) runs as the cluster's user: give it its own private
-    // copy of the configuration, removed with the drill.
-    const conf = join(work, 'pgbackrest.conf');
-    await copyFile(cmd.configFile, conf);
-    const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
-    if (isRoot) {
-      const { uid, gid } = await postgresIds(ctx);
-      await chown(work, uid, gid);
-      await chown(conf, uid, gid);
-      await chown(dataDir, uid, gid);
+    // pgbackrest restore runs as the repository's owner (postgres when root): hand it the folders.
+    if (cmd.ids) {
+      await chown(work, cmd.ids.uid, cmd.ids.gid);
+      await chown(dataDir, cmd.ids.uid, cmd.ids.gid);
     }
-    const args = [
-      `--config=${conf}`,
-      `--stanza=${record.stanza}`,
-      '--log-level-console=off',
-      '--log-level-stderr=warn',
-      '--log-level-file=off',
-      `--pg1-path=${dataDir}`,
-      `--set=${record.label}`,
-      '--type=immediate',
-      '--target-action=promote',
-      '--archive-mode=off',
-      'restore',
-    ];
-    await ctx.exec('pgbackrest', args, { label: 'pgbackrest restore (drill)', writes: dataDir }).catch((error: unknown) => {
+    // The copy's restore_command (archive-get) reads the same config: only reading the repository.
+    const args = [`--pg1-path=${dataDir}`, `--set=${record.label}`, '--type=immediate', '--target-action=promote', '--archive-mode=off', 'restore'];
+    await cmd.run(args, { label: 'pgbackrest restore (drill)', writes: dataDir }).catch((error: unknown) => {
       throw fail(`pgbackrest restore of ${record.label} into ${dataDir} failed: ${(error as Error).message}`, error);
     });
     try {
-      cluster = await startScratchCluster({ bindir, parentDir: work, dataDir, settings: { archive_mode: false, archive_command: '' }, signal: ctx.signal, log: ctx.log });
+      // hot_standby off: no connections until recovery reached the end of the backup and promoted
+      // (and no "insufficient parameter settings" when the drill allows fewer connections than production).
+      cluster = await startScratchCluster({ bindir, parentDir: work, dataDir, settings: { archive_mode: false, archive_command: '', hot_standby: false }, signal: ctx.signal, log: ctx.log });
     } catch (error) {
-      throw fail(`the copy restored from ${record.label} did not start: ${(error as Error).message}`, error);
+      const log = String((error as { details?: { serverLog?: unknown } }).details?.serverLog ?? '');
+      const fatal = log.split('\n').filter((l) => /FATAL|PANIC|ERROR/.test(l)).join(' | ');
+      throw fail(`the copy restored from ${record.label} did not start: ${fatal || (error as Error).message}`, error);
     }
     // Recovery to the end of the backup, then promote: wait (bounded) until it is a primary.
+    // The restored copy has the production's roles: connect as its bootstrap superuser (recorded at
+    // backup time), over the copy's private socket (trust).
+    const sql = (text: string, database = 'postgres') =>
+      psql({ ...cluster!.source(database), user: record.superuser ?? cluster!.user }, text, { psqlPath: join(bindir, 'psql'), signal: ctx.signal });
+    // (pg_ctl start returns once the postmaster runs; with hot_standby off it accepts no connection
+    // before the promotion: "the database system is not accepting connections".)
     let promoted = false;
+    let gone = 0;
+    let last = '';
     for (let i = 0; i < 6000 && !promoted; i++) {
       ctx.signal.throwIfAborted();
-      const [[inRecovery]] = (await cluster.psql('SELECT pg_is_in_recovery();')) as [[string]];
-      promoted = inRecovery === 'f';
+      try {
+        const [[inRecovery]] = (await sql('SELECT pg_is_in_recovery();')) as [[string]];
+        promoted = inRecovery === 'f';
+      } catch (error) {
+        last = (error as Error).message;
+        if (!/not accepting connections|starting up|in recovery/.test(last) && ++gone > 50) break;
+      }
       if (!promoted) await new Promise((r) => setTimeout(r, 100));
     }
-    if (!promoted) throw fail(`the copy restored from ${record.label} was still in recovery after 10 minutes`);
-    const [[systemId]] = (await cluster.psql('SELECT system_identifier::text FROM pg_control_system();')) as [[string]];
+    if (!promoted) throw fail(`the copy restored from ${record.label} did not reach the end of the backup and promote${last ? `: ${last}` : ''}`);
+    const [[systemId]] = (await sql('SELECT system_identifier::text FROM pg_control_system();')) as [[string]];
     if (systemId !== record.systemId) throw fail(`the restored copy has system id ${systemId}, the backup record says ${record.systemId}`);
 
     const tables: DrillResult['tables'] = {};
@@ -101,14 +102,14 @@ export async function runDrill(ctx: RunContext, cmd: Pgbackrest, record: Physica
     if (record.rowCounts && Object.keys(record.rowCounts.tables).length > 0) {
       const db = record.rowCounts.database;
       const names = Object.keys(record.rowCounts.tables);
-      const rows = await cluster.psql(names.map((t) => `SELECT '${t.replace(/'/g, "''")}', count(*) FROM public."${t.replace(/"/g, '""')}"`).join(' UNION ALL ') + ';', db).catch((error: unknown) => {
+      const rows = await sql(names.map((t) => `SELECT '${t.replace(/'/g, "''")}', count(*) FROM public."${t.replace(/"/g, '""')}"`).join(' UNION ALL ') + ';', db).catch((error: unknown) => {
         throw fail(`the restored copy does not answer a count of ${names.join(', ')} in ${db}: ${(error as Error).message}`, error);
       });
       const restored = Object.fromEntries(rows.map((r) => [r[0]!, Number(r[1])]));
       for (const t of names) tables[t] = { expected: record.rowCounts.tables[t]!, restored: restored[t] ?? -1 };
       mismatches = compareCounts(record.rowCounts.tables, restored, options.drill.tolerance);
     } else {
-      await cluster.psql('SELECT count(*) FROM pg_database;');
+      await sql('SELECT count(*) FROM pg_database;');
     }
     if (mismatches.length > 0) throw fail(`the copy restored from ${record.label} differs from the server at backup time: ${mismatches.join('; ')}`);
     ctx.log.info({ label: record.label, tables, durationMs: Date.now() - started }, `drill: ${record.label} restored, reached consistency, promoted and answered (${Object.keys(tables).length} table counts match)`);
@@ -118,10 +119,4 @@ export async function runDrill(ctx: RunContext, cmd: Pgbackrest, record: Physica
     await rm(work, { recursive: true, force: true });
     if (outside) await rm(parent, { recursive: true, force: true });
   }
-}
-
-async function postgresIds(ctx: RunContext): Promise<{ uid: number; gid: number }> {
-  const u = await ctx.exec('id', ['-u', 'postgres'], { label: 'id' });
-  const g = await ctx.exec('id', ['-g', 'postgres'], { label: 'id' });
-  return { uid: Number(u.stdout.trim()), gid: Number(g.stdout.trim()) };
 }

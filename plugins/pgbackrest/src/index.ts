@@ -13,9 +13,9 @@
  * Restore side (restore and point in time through the declared `restore` hook): restore.ts.
  */
 import { join } from 'node:path';
-import { definePlugin, findPgBinary, isPipelineError, PipelineError, quoteLiteral, writeFileAtomic, type PluginApi, type RunContext, type TapOnlyHooks } from '@backup-pipeline/core';
+import { definePlugin, findPgBinary, isPipelineError, PipelineError, psql, quoteLiteral, writeFileAtomic, type PluginApi, type RunContext, type TapOnlyHooks } from '@backup-pipeline/core';
 import { backupTypeFor } from './backup-type.js';
-import { preparePgbackrest, repositoryText, serverSource, type Pgbackrest } from './command.js';
+import { preparePgbackrest, repositoryText, RETENTION_FULL_NEVER, serverSource, type Pgbackrest } from './command.js';
 import { runDrill } from './drill.js';
 import { parseInfo, STANZA_STATUS, type InfoStanza } from './info.js';
 import { optionsSchema, WEEKDAYS, type PgbackrestOptions } from './options.js';
@@ -233,7 +233,10 @@ function tapBackup(hooks: TapOnlyHooks, options: PgbackrestOptions, api: PluginA
     const cmd = await command(ctx);
     const type = backupTypeFor(options.type, ctx.startedAt, ctx.timezone);
     const before = new Set((await info(ctx, cmd)).backup.map((b) => b.label));
-    const args = [`--type=${type}`, ...(cmd.generated ? [] : [`--compress-type=${options.compression}`]), 'backup'];
+    // With an existing config, the options set here win over it (a generated one holds them already).
+    // pgBackRest's backup expires by its own retention at the end: never (the pipeline decides).
+    const own = cmd.generated ? [] : [`--repo1-retention-full=${RETENTION_FULL_NEVER}`, `--compress-type=${options.compression}`, ...(options.processMax !== undefined ? [`--process-max=${options.processMax}`] : []), ...(options.compressionLevel !== undefined ? [`--compress-level=${options.compressionLevel}`] : [])];
+    const args = [`--type=${type}`, ...own, 'backup'];
     ctx.log.info({ stanza: options.stanza, type }, `pgbackrest ${type} backup of stanza ${options.stanza}`);
     ctx.progress({ task: 'pgbackrest backup', message: `${type} backup of ${options.stanza}` });
     await cmd.run(args, { writes: cmd.repository.type === 'posix' ? cmd.repository.path : undefined }).catch((error: unknown) => wrapLock(error, 'PGBACKREST_BACKUP_FAILED', `pgbackrest ${type} backup`, cmd, args));
@@ -255,7 +258,11 @@ function tapBackup(hooks: TapOnlyHooks, options: PgbackrestOptions, api: PluginA
         ctx.log.warn({ database, err: (error as Error).message }, `cannot count rows in ${database} for the drill: ${(error as Error).message}`);
       }
     }
-    const record = buildRecord(after, backup, { repository: cmd.repository, pgbackrestVersion: version || 'unknown', rowCounts: counts });
+    const superuser = await psql(serverSource(options, ctx.pg, resolvePath, 'postgres'), 'SELECT rolname FROM pg_roles WHERE oid = 10;', await sqlOptions(ctx)).then(
+      (rows) => rows[0]?.[0],
+      () => undefined,
+    );
+    const record = buildRecord(after, backup, { repository: cmd.repository, pgbackrestVersion: version || 'unknown', superuser, rowCounts: counts });
     const path = join(ctx.setDir, RECORD_NAME);
     const digest = await writeFileAtomic(path, JSON.stringify(record, null, 2) + '\n', { signal: ctx.signal });
     ctx.addArtifact({ name: RECORD_NAME, path, kind: PHYSICAL_KIND, format: PGBACKREST_FORMAT, compression: 'none', meta: { ...record }, ...digest });

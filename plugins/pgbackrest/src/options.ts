@@ -93,6 +93,11 @@ export const optionsSchema = z
       .min(1)
       .optional()
       .describe('lock-path of a generated config (default pgBackRest\'s /tmp/pgbackrest). It must be writable by the server\'s user too: its archive-push takes locks there.'),
+    runAs: z
+      .string()
+      .regex(/^[a-z_][a-z0-9_-]*\$?$/i, 'a user name')
+      .default('postgres')
+      .describe('When the pipeline runs as root: the user pgbackrest runs as (through runuser) — the owner of the repository, the same user as the server\'s archive-push (every file of a pgBackRest repository must have one owner; a backup run as root would take archive.info away from the server). `root` runs it as root. Ignored when the pipeline does not run as root.'),
     createStanza: z.boolean().default(false).describe('Run `pgbackrest stanza-create` in preflight when the stanza does not exist yet (otherwise the run is refused with the command to run).'),
     expire: z
       .boolean()

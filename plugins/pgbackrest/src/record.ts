@@ -38,11 +38,13 @@ export interface PhysicalBackupRecord {
   repository: RepositoryDescription;
   cipher: string;
   pgbackrestVersion: string;
+  /** The cluster's bootstrap superuser (role oid 10): a restored copy is entered as it. */
+  superuser?: string;
   /** Row counts of the live server taken right after the backup ended (compared by the drill). */
   rowCounts?: { database: string; tables: Record<string, number>; takenAt: string };
 }
 
-export function buildRecord(stanza: InfoStanza, backup: InfoBackup, extra: { repository: RepositoryDescription; pgbackrestVersion: string; rowCounts?: PhysicalBackupRecord['rowCounts'] }): PhysicalBackupRecord {
+export function buildRecord(stanza: InfoStanza, backup: InfoBackup, extra: { repository: RepositoryDescription; pgbackrestVersion: string; superuser?: string; rowCounts?: PhysicalBackupRecord['rowCounts'] }): PhysicalBackupRecord {
   const db = stanza.db.find((d) => d.id === backup.database.id) ?? stanza.db[stanza.db.length - 1];
   if (!backup.lsn || !backup.archive.start || !backup.archive.stop || !db) {
     throw new PipelineError('PGBACKREST_INFO_UNREADABLE', `pgbackrest info does not give the LSNs, WAL range or database of backup ${backup.label}`, {
@@ -66,6 +68,7 @@ export function buildRecord(stanza: InfoStanza, backup: InfoBackup, extra: { rep
     repository: extra.repository,
     cipher: stanza.cipher ?? 'none',
     pgbackrestVersion: extra.pgbackrestVersion,
+    ...(extra.superuser ? { superuser: extra.superuser } : {}),
     ...(extra.rowCounts ? { rowCounts: extra.rowCounts } : {}),
   };
 }

@@ -16,7 +16,7 @@
  * When any listing fails, nothing is expired: a set that could not be seen may need a backup.
  */
 import { listSets, type RetainReport, type RunContext } from '@backup-pipeline/core';
-import type { Pgbackrest } from './command.js';
+import { RETENTION_FULL_NEVER, type Pgbackrest } from './command.js';
 import { dependencies, type InfoBackup, type InfoStanza } from './info.js';
 import type { PgbackrestOptions } from './options.js';
 import { recordOf } from './record.js';
@@ -92,7 +92,7 @@ export async function expireUnreferenced(ctx: RunContext, cmd: Pgbackrest, optio
       continue;
     }
     try {
-      await cmd.run([`--set=${id}`, 'expire']);
+      await cmd.run([`--repo1-retention-full=${RETENTION_FULL_NEVER}`, `--set=${id}`, 'expire']);
       deleted.push(id);
       ctx.log.info({ stanza: options.stanza, label: id }, `expired pgBackRest backup ${id}: ${reasons.join('; ')}`);
       // Its dependents went with it.
@@ -100,6 +100,20 @@ export async function expireUnreferenced(ctx: RunContext, cmd: Pgbackrest, optio
       gone = new Set(now.backup.map((b) => b.label).filter((l) => !left.has(l)));
     } catch (error) {
       failed.push({ id, error: (error as Error).message });
+    }
+  }
+  // WAL: with repo1-retention-full never reached, pgBackRest expires no WAL on its own. Keep the
+  // WAL of every remaining full backup and after it (archive retention = the number of fulls);
+  // what each backup needs to be consistent is always kept by pgBackRest, and no backup is
+  // expired by this (repo1-retention-full stays "never").
+  if (!dryRun && deleted.length > 0 && failed.length === 0) {
+    const fulls = (await info(ctx)).backup.filter((b) => b.type === 'full').length;
+    if (fulls > 0) {
+      try {
+        await cmd.run([`--repo1-retention-full=${RETENTION_FULL_NEVER}`, `--repo1-retention-archive=${fulls}`, '--repo1-retention-archive-type=full', 'expire']);
+      } catch (error) {
+        failed.push({ id: 'WAL archive', error: (error as Error).message });
+      }
     }
   }
   return { destination, dryRun, keep: plan.keep, delete: plan.expire, deleted, failed };
