@@ -344,9 +344,10 @@ ${connection}
           method: zstd
         lockWaitTimeout: 5min
 
-      # Prove the dump restores: pg_restore into a scratch database (created and always dropped),
-      # then compare every table's row count. Needs CREATEDB for ${f.user} (Mastodon's install
-      # guide creates the user with it); set restoreTest: false otherwise.
+      # Prove the dump restores: pg_restore into a throwaway PostgreSQL cluster the run starts
+      # itself (socket only, in workDir, always removed; needs the postgresql-<major> server
+      # package, no CREATEDB, no load on the server), then compare every table's row count.
+      # restoreInto: server restores into a scratch database on the server instead (CREATEDB).
       - use: verify
         restoreTest: true
 
