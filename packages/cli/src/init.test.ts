@@ -197,6 +197,8 @@ describe('pipeline init --physical', () => {
     const text = await readFile(file, 'utf8');
     // Both pipelines: the dump (portable across majors) and the physical one, pgbackrest after retention.
     expect(text).toContain('  nightly:');
+    // Its own source: the two pipelines' retention never judges the other's sets.
+    expect(text).toMatch(/ {2}physical:\n[^]*source: mastodon-physical\n/);
     expect(text).toMatch(/ {2}physical:\n[^]*- use: retention\n[^]*- use: pgbackrest\n\s+stanza: big\n[^]*configFile: "\/etc\/pgbackrest\/pgbackrest.conf"\n\s+type: \{ full: sunday, otherwise: incr \}/);
     // The server side, in order: the repository, the shared pgbackrest.conf, the settings, a restart, the stanza.
     const lines = out.stdout.split('\n').map((l) => l.trim());

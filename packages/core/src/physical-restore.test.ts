@@ -11,7 +11,7 @@ import { hashFile } from './atomic-file.js';
 import { isPipelineError, type PipelineError } from './errors.js';
 import { LocalFolderDestination } from './local-folder.js';
 import { serializeManifest, type Manifest, type ManifestArtifact } from './manifest.js';
-import { checkDataDirTarget, compareLsn, parseRecoveryTarget, pickSetForRecovery, recoveryTime, type DataDirFormats } from './physical-restore.js';
+import { checkDataDirTarget, compareLsn, parseRecoveryTarget, pickLatestForDataDir, pickSetForRecovery, recoveryTime, type DataDirFormats } from './physical-restore.js';
 import type { DataDirFormat } from './plugin.js';
 import { sampleManifest, silentLogger, tempDir } from './test-fixtures.js';
 
@@ -114,6 +114,12 @@ describe('picking the set for a recovery target', () => {
     ['1/0', '20261201T120000Z-mastodon'],
   ])('LSN %s: only formats that take LSN targets and say their stop LSN, so %s', async (lsn, expected) => {
     expect(await pickSetForRecovery(await sets(), { lsn }, formats, await ctx())).toBe(expected);
+  });
+
+  it('latest for a data dir is the newest set of a data-dir format, not a newer dump', async () => {
+    expect(await pickLatestForDataDir(await sets(), formats, await ctx())).toBe('20261201T120000Z-mastodon');
+    const none = await pickLatestForDataDir(await sets(), new Map(), await ctx()).catch((e: PipelineError) => e);
+    expect(isPipelineError(none) && none.code).toBe('SET_NOT_FOUND');
   });
 
   it('a target before every backup ended, and formats that declare nothing, are SET_NOT_FOUND with the reason', async () => {

@@ -158,6 +158,27 @@ export async function pickSetForRecovery(sources: readonly NamedDestination[], t
   });
 }
 
+/**
+ * `latest` for a data dir: the newest complete set holding an artifact that restores into one (a
+ * dump set made after it, by another pipeline shipping to the same places, is not a candidate).
+ */
+export async function pickLatestForDataDir(sources: readonly NamedDestination[], formats: DataDirFormats, ctx: Pick<RunContext, 'log' | 'tmpDir'>): Promise<string> {
+  let newest: string | undefined;
+  for (const from of sources) {
+    const sets = await listSets(from.destination, { scratchDir: ctx.tmpDir }).catch((error: unknown) => {
+      ctx.log.warn({ destination: from.name }, `cannot list the sets of ${from.name}: ${(error as Error).message}`);
+      return [];
+    });
+    for (const set of sets) if (set.complete && set.manifest && physicalEntries(set.manifest, formats).length > 0 && (!newest || set.id > newest)) newest = set.id;
+  }
+  if (!newest) {
+    throw new PipelineError('SET_NOT_FOUND', `no complete set in ${sources.map((d) => d.name).join(', ')} holds a backup that restores into a data dir`, {
+      hint: `Physical backup sets are made by a stage that declares a data-dir format (loaded here: ${[...formats.keys()].join(', ') || 'none'}); a dump restores into a database (--to DB).`,
+    });
+  }
+  return newest;
+}
+
 /** postmaster.pid's process, if it is alive, and the port it names, if something answers there. */
 async function runningServer(dataDir: string): Promise<string | undefined> {
   const text = await readFile(join(dataDir, 'postmaster.pid'), 'utf8').catch(() => undefined);

@@ -28,7 +28,7 @@ import { shipTree, type TreeShipResult } from './tree-ship.js';
 import { locateSet, restoreStoredSet, verifyStoredSet, type RestoreCapabilities, type RestoreRequestOptions, type RestoreResult } from './restore.js';
 import type { RestoreContext, RestoreRequest } from './restore-context.js';
 import { drillOf } from './restore-drill.js';
-import { pickSetForRecovery, restoreIntoDataDir, type DataDirFormats, type DataDirRequestOptions } from './physical-restore.js';
+import { pickLatestForDataDir, pickSetForRecovery, restoreIntoDataDir, type DataDirFormats, type DataDirRequestOptions } from './physical-restore.js';
 import type { DataDirFormat } from './plugin.js';
 import type { SecretRegistry } from './secrets.js';
 
@@ -427,7 +427,10 @@ export class Runner {
     try {
       // A recovery target without a set: the newest set whose backup ended before the target.
       const target = request.recoveryTarget;
-      const located = await locate(target && request.set === 'latest' ? (sources) => pickSetForRecovery(sources, target, formats, ctx) : undefined);
+      const latest = request.set === 'latest' && request.dataDir !== undefined;
+      const located = await locate(
+        latest ? (sources) => (target ? pickSetForRecovery(sources, target, formats, ctx) : pickLatestForDataDir(sources, formats, ctx)) : undefined,
+      );
       const result = request.dataDir ? await restoreIntoDataDir(opened.hooks, located, request, formats, ctx) : await restoreStoredSet(opened.hooks, located, request, ctx);
       await opened.hooks.restored.promise({ pipeline: pipeline.name, setId: result.setId, from: result.from, ok: true, reports: result.reports, durationMs: result.durationMs }, ctx);
       return result;

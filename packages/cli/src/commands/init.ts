@@ -245,7 +245,8 @@ function renderPhysicalPipeline(f: InstanceFacts, p: PhysicalChoices): string {
   # Keep the nightly dump too (weekly is enough): it restores into any PostgreSQL major version.
   physical:
     description: pgBackRest backups of the whole cluster (full weekly, incremental daily) with WAL archived continuously.
-    source: mastodon
+    # A source of its own: retention judges these sets apart from the dump's in the same folders.
+    source: mastodon-physical
     stages:
       - use: credentials
         from: mastodon
