@@ -202,6 +202,15 @@ export default definePlugin({
   name: 'bucket-copy',
   description: "Copies Mastodon's media bucket (S3_ENABLED=true) to a bucket in another account or provider, incrementally by ETag and size; server-side where it can.",
   options: optionsSchema,
+  errors: {
+    BUCKET_COPY_NO_BUCKET: 'The env file does not say S3_ENABLED=true with an S3_BUCKET: back up public/system instead, or give the bucket with from: options.',
+    BUCKET_COPY_CONFIG_UNREADABLE: 'Fix envFile or run as the user that can read it.',
+    BUCKET_COPY_ACCESS_DENIED: 'Check the credentials: the source\'s must list and read, the target\'s list, read and write.',
+    BUCKET_COPY_FAILED: 'Check the endpoint and bucket are reachable; objects already copied stay copied and are not copied again.',
+    BUCKET_COPY_SAME_BUCKET: 'Copy to another bucket, better in another account or provider.',
+    BUCKET_COPY_INDEX_INVALID: 'The copy index of this set is damaged: run the copy again.',
+    BUCKET_COPY_TARGET_INCOMPLETE: 'Objects were deleted or overwritten at the target since the set was made: run the copy again, keep deleteExtraneous off.',
+  },
   apply(hooks, options, { log, resolvePath, secrets }) {
     let src: Side | undefined;
     const dst = side(options.target, 'stage options (target)');

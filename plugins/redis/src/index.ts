@@ -237,6 +237,18 @@ export default definePlugin({
   name: 'redis',
   description: "A consistent snapshot of Mastodon's Redis (redis-cli --rdb, the password in REDISCLI_AUTH), checked with redis-check-rdb, restorable and drilled.",
   options: optionsSchema,
+  errors: {
+    REDIS_CONFIG_INVALID: 'Fix REDIS_URL / REDIS_PORT in the env file or url / port in the options (redis://[USER:PASSWORD@]HOST:PORT[/DB], rediss://…, unix:///PATH).',
+    REDIS_CONFIG_UNREADABLE: 'Run as a user that can read the env file or password file (for Mastodon: the mastodon user), or fix the path.',
+    REDIS_AUTH_FAILED: 'Check REDIS_PASSWORD and REDIS_USER (or passwordFile and user); the password itself is never shown.',
+    REDIS_PERMISSION_DENIED: 'The snapshot needs PING, INFO and SYNC/PSYNC (ACL: +ping +info +sync +psync +replconf).',
+    REDIS_UNREACHABLE: 'Check that redis-server runs and the host, port or socket are right.',
+    REDIS_FAILED: 'See the Redis server log.',
+    REDIS_SNAPSHOT_FAILED: 'Check the Redis server log (a failed fork, memory) and that replication commands are allowed.',
+    REDIS_RDB_INVALID: 'Do not restore this file; take a new snapshot.',
+    REDIS_DRILL_FAILED: 'The throwaway redis-server could not load the snapshot: a newer Redis made it, or it is damaged; or raise loadTimeoutSeconds.',
+    REDIS_DRILL_MISMATCH: 'The restored key counts differ from the snapshot: do not rely on it; take a new one.',
+  },
   apply(hooks, options, { log, resolvePath }) {
     let conn: RedisConnection | undefined;
     const connection = () => {
