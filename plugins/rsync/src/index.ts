@@ -410,26 +410,36 @@ export class RsyncDestination implements Destination {
       .filter((s) => s.id !== setId && s.trees?.some((t) => t.name === name))
       .map((s) => s.id)
       .at(-1);
+    // Unchanged = same path, size and sha256 as in the previous tree's seal: hard-linked, never sent.
+    const before = new Map((previous ? await this.treeEntries(previous, name, options).catch(() => []) : []).map((e) => [e.path, e]));
+    const same = (e: TreeEntry) => before.get(e.path)?.sha256 === e.sha256 && before.get(e.path)?.bytes === e.bytes;
     const work = await mkdtemp(join(tmpdir(), 'rsync-tree-'));
     try {
-      const listFile = join(work, 'files');
-      await writeFile(listFile, source.entries.map((e) => `${e.path}\0`).join(''), { mode: 0o600 });
       // A seal left by an earlier attempt goes first: the tree is complete again only once this one ends.
       await this.deleteFile(setId, treeSealName(name), options);
-      const common = [...this.baseArgs(), '--from0', `--files-from=${listFile}`, '--times', '--perms', '--chmod=D700,F600', '--mkpath'];
-      // The link base is relative to the tree folder: root/<set>/<name>/ → root/<previous>/<name>/.
-      const linkDest = previous ? [`--link-dest=../../${previous}/${name}`] : [];
-      const out = await this.run('rsync', [...common, ...linkDest, '--stats', '--itemize-changes', '--', source.dir + '/', this.loc(this.root(setId, name)) + '/'], `uploading tree ${setId}/${name}`, options);
-      const number = (label: string) => Number((new RegExp(`${label}: ([\\d,.]+)`).exec(out.stdout)?.[1] ?? '0').replace(/[,.]/g, ''));
-      const sent = out.stdout.split('\n').filter((l) => /^[<>]f/.test(l)).map((l) => l.slice(l.indexOf(' ') + 1));
-      const byPath = new Map(source.entries.map((e) => [e.path, e]));
-      await this.verifyTreeFiles(setId, name, sent.map((p) => byPath.get(p)).filter((e): e is TreeEntry => e !== undefined), source, common, options);
+      const to = this.loc(this.root(setId, name)) + '/';
+      const pass = async (label: string, entries: TreeEntry[], extra: string[]) => {
+        const listFile = join(work, label);
+        await writeFile(listFile, entries.map((e) => `${e.path}\0`).join(''), { mode: 0o600 });
+        const common = [...this.baseArgs(), '--from0', `--files-from=${listFile}`, '--perms', '--chmod=D700,F600', '--mkpath', ...extra];
+        const out = await this.run('rsync', [...common, '--stats', '--itemize-changes', '--', source.dir + '/', to], `uploading tree ${setId}/${name} (${label})`, options);
+        const number = (what: string) => Number((new RegExp(`${what}: ([\\d,.]+)`).exec(out.stdout)?.[1] ?? '0').replace(/[,.]/g, ''));
+        const sent = out.stdout.split('\n').filter((l) => /^[<>]f/.test(l)).map((l) => l.slice(l.indexOf(' ') + 1));
+        const byPath = new Map(entries.map((e) => [e.path, e]));
+        await this.verifyTreeFiles(setId, name, sent.map((p) => byPath.get(p)).filter((e): e is TreeEntry => e !== undefined), source, common, options);
+        return { files: number('Number of regular files transferred'), bytes: number('Total transferred file size') };
+      };
+      const linked = source.entries.filter(same);
+      const changed = source.entries.filter((e) => !same(e));
+      // Linked by size alone (their content is known equal), without comparing times, so rsync links rather than copies.
+      const a = linked.length > 0 ? await pass('linked', linked, ['--size-only', `--link-dest=../../${previous}/${name}`]) : { files: 0, bytes: 0 };
+      const b = changed.length > 0 ? await pass('changed', changed, ['--times', '--ignore-times']) : { files: 0, bytes: 0 };
       const bytes = source.entries.reduce((n, e) => n + e.bytes, 0);
       options.onBytes?.(bytes);
       const seal = join(work, 'seal');
       const digest = await writeTreeIndex(seal, source.entries);
       await this.upload(setId, treeSealName(name), { path: seal, ...digest }, options);
-      return { files: source.entries.length, bytes, filesWritten: number('Number of regular files transferred'), bytesWritten: number('Total transferred file size') };
+      return { files: source.entries.length, bytes, filesWritten: a.files + b.files, bytesWritten: a.bytes + b.bytes };
     } finally {
       await rm(work, { recursive: true, force: true });
     }
