@@ -18,7 +18,8 @@
  * complete, and listing keeps it; deleting a missing set is no error; malformed set ids
  * are refused with SET_NOT_FOUND; put reports progress through onBytes up to the file's size; names with spaces, quotes and unicode survive; a get of a missing file rejects with
  * SET_NOT_FOUND and writes nothing; list returns ids in time order; a 64 MiB file (generated as a
- * stream) round-trips. A destination that declares the optional `read` streams files back byte for
+ * stream) round-trips. A destination with the tree capability (`putTree`, `getTree`,
+ * `treeEntries`) also passes the tree cases of tree-conformance.ts. A destination that declares the optional `read` streams files back byte for
  * byte (the large one too), fails a missing one with SET_NOT_FOUND, and stops when its reader goes
  * away; one without it skips those cases (restore then fetches with `get`).
  */
@@ -31,6 +32,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashFile, listSets, MANIFEST_FORMAT, MANIFEST_NAME, makeSetId, type Destination, type PutSource } from '@backup-pipeline/core';
+import { describeTreeConformance } from './tree-conformance.js';
 
 export interface ConformanceSetup {
   destination: Destination;
@@ -344,6 +346,9 @@ export function describeDestinationConformance(name: string, setup: () => Promis
       expect(listed).toEqual(ids);
       for (const id of ids) await d.delete(id);
     });
+
+    // The optional tree capability (putTree/getTree/treeEntries): checked when the destination declares it.
+    describeTreeConformance(() => ({ d, dir, newSetId }));
 
     it(`round-trips a large file (${Math.round(largeBytes / 1024 / 1024)} MiB) streamed`, async () => {
       const setId = newSetId();
