@@ -18,7 +18,8 @@
  *          groups backup, restore, formats), --drill-server-option KEY=VALUE (adds the drill into the
  *          server), --durability production|off (the bench server after loading; default production),
  *          --suite db|physical|media|all (bench/physical.js, bench/media.js when they exist),
- *          --tag NAME (suffix of the results files), --out DIR (default bench/results).
+ *          --tag NAME (suffix of the results files), --out DIR (default bench/results),
+ *          --summarize A.json,B.json (the by-size summary of results files from separate runs).
  * Everything it starts (cluster, gpg-agent, temp dirs, children) is removed on exit and on Ctrl-C.
  * Loopback only: the cluster listens on 127.0.0.1.
  */
@@ -58,6 +59,7 @@ const { values: flags } = parseArgs({
     'drill-server-option': { type: 'string', default: 'verify.restoreInto=server' },
     durability: { type: 'string', default: 'production' },
     tag: { type: 'string', default: '' },
+    summarize: { type: 'string', default: '' },
     out: { type: 'string', default: join(ROOT, 'bench/results') },
   },
 });
@@ -823,8 +825,32 @@ async function runSuite(name) {
   return fn({ argv: process.argv.slice(2), flags, measure, median, round, tmpRoot, pg, gpgHome, password, machine, outDir: flags.out, root: ROOT, cleanups, loadavg });
 }
 
+/** The keys by size, and whether node's peak RSS stayed flat from the smallest size to the largest. */
+async function writeSummary(results, file, extra = {}) {
+  const rss = Object.fromEntries(results.map((r) => [`${r.scaleGB}GB`, r.pipelinePeakRssMB]));
+  const vals = Object.values(rss).filter((x) => x != null);
+  const flat = vals.length > 1 ? round(Math.max(...vals) / Math.min(...vals)) : null;
+  const bySize = Object.fromEntries(
+    results.map((r) => [
+      `${r.scaleGB}GB`,
+      { ...Object.fromEntries(Object.keys(r.targets).concat('dumpRatio', 'drillVsDrillIntoServer').map((k) => [k, r[k]])), cpuRatios: r.cpuRatios, met: r.met, pipelineStages: r.pipelineStages, runs: r.runs, gitHead: r.machine?.gitHead ?? machine.gitHead, errors: r.errors.length },
+    ]),
+  );
+  await writeFile(file, JSON.stringify({ date: new Date().toISOString(), ...extra, machine, noise: NOISE, pipelinePeakRssMBBySize: rss, pipelinePeakRssLargestOverSmallest: flat, bySize }, null, 2) + '\n');
+  console.error(`   wrote ${file}`);
+  console.error(`   node peak RSS by size: ${JSON.stringify(rss)} (largest / smallest ${flat})`);
+}
+
 // ---------------------------------------------------------------- main
 try {
+  if (flags.summarize) {
+    // --summarize A.json,B.json: the summary of per-size results files written by separate runs
+    const files = flags.summarize.split(',');
+    const results = await Promise.all(files.map(async (f) => JSON.parse(await readFile(f, 'utf8'))));
+    await writeSummary(results, join(flags.out, `${new Date().toISOString().slice(0, 10)}-summary${flags.tag ? `-${flags.tag}` : ''}.json`), { from: files.map((f) => f.replace(`${ROOT}/`, '')) });
+    await cleanupAll();
+    process.exit(0);
+  }
   await mkdir(flags.out, { recursive: true });
   const date = new Date().toISOString().slice(0, 10);
   const tag = flags.tag ? `-${flags.tag}` : '';
@@ -861,16 +887,7 @@ try {
       await writeFile(file, JSON.stringify({ date: new Date().toISOString(), startedAt, loadAvgAtStart, machine, noise: NOISE, coldStart: cold, loadAvg: loadavg(), ...r }, null, 2) + '\n');
       console.error(`   wrote ${file}`);
     }
-    if (results.length > 1 && !RATIO_ONLY) {
-      // node peak RSS should be flat from the smallest to the largest size
-      const rss = Object.fromEntries(results.map((r) => [`${r.scaleGB}GB`, r.pipelinePeakRssMB]));
-      const vals = Object.values(rss).filter((x) => x != null);
-      const flat = vals.length > 1 ? round(Math.max(...vals) / Math.min(...vals)) : null;
-      const file = join(flags.out, `${date}-summary${tag}.json`);
-      await writeFile(file, JSON.stringify({ date: new Date().toISOString(), startedAt, loadAvgAtStart, machine, noise: NOISE, pipelinePeakRssMBBySize: rss, pipelinePeakRssLargestOverSmallest: flat, bySize: Object.fromEntries(results.map((r) => [`${r.scaleGB}GB`, { ...Object.fromEntries(Object.keys(r.targets).concat('dumpRatio', 'drillVsDrillIntoServer').map((k) => [k, r[k]])), cpuRatios: r.cpuRatios, met: r.met, pipelineStages: r.pipelineStages, errors: r.errors.length }])) }, null, 2) + '\n');
-      console.error(`   wrote ${file}`);
-      console.error(`   node peak RSS by size: ${JSON.stringify(rss)} (largest / smallest ${flat})`);
-    }
+    if (results.length > 1 && !RATIO_ONLY) await writeSummary(results, join(flags.out, `${date}-summary${tag}.json`), { startedAt, loadAvgAtStart });
     if (results.length) printTable(results, cold);
   }
 } catch (error) {
