@@ -91,6 +91,26 @@ describe('redis stage (real redis-server, password from .env.production)', () =>
     expect(all).toContain(`snapshot of Redis at 127.0.0.1:${redis.port}: redis.rdb`);
   }, 120_000);
 
+  it('the password reaches redis-cli only in REDISCLI_AUTH, never in its argv (a recording redis-cli on PATH)', async () => {
+    const bin = join(dir, 'bin');
+    const record = join(dir, 'argv.log');
+    await mkdir(bin);
+    await writeFile(join(bin, 'redis-cli'), `#!/bin/sh\nprintf 'argv: %s\\n' "$*" >> '${record}'\n[ -n "$REDISCLI_AUTH" ] && echo 'REDISCLI_AUTH set' >> '${record}'\nexec ${execFileSync('sh', ['-c', 'command -v redis-cli'], { encoding: 'utf8' }).trim()} "$@"\n`, { mode: 0o755 });
+    const path = process.env.PATH;
+    process.env.PATH = `${bin}:${path}`;
+    try {
+      const { runner } = await runnerFor(envOf(redis.port));
+      await runner.run('nightly');
+    } finally {
+      process.env.PATH = path;
+    }
+    const seen = await readFile(record, 'utf8');
+    expect(seen).toMatch(/^argv: -h 127\.0\.0\.1 -p \d+ --no-auth-warning --rdb /m);
+    expect(seen).toContain('REDISCLI_AUTH set');
+    expect(seen).not.toContain(PASSWORD);
+    expect(seen).not.toContain('-a ');
+  }, 60_000);
+
   it('the drill compares with the snapshot: a set whose recorded key counts differ fails REDIS_DRILL_MISMATCH', async () => {
     const { runner, workDir } = await runnerFor(envOf(redis.port));
     const { summary } = await runner.run('nightly');
