@@ -164,6 +164,24 @@ describe('pgbackrest restore and point-in-time recovery', () => {
     }
   });
 
+  it('--delta restores the latest set over a stopped copy; without a target every archived WAL segment is replayed', async () => {
+    const dataDir = join(dir, 'delta');
+    const first = await restore({ set: 'latest', dataDir, recoveryTarget: { lsn: marks.lsn! } });
+    if (isPipelineError(first)) throw first;
+    const refused = await restore({ set: 'latest', dataDir });
+    expect(isPipelineError(refused) && refused.code).toBe('RESTORE_TARGET_NOT_EMPTY');
+    const result = await restore({ set: 'latest', dataDir, delta: true });
+    if (isPipelineError(result)) throw result;
+    expect(result.setId).toBe(marks.secondSet);
+    expect(result.reports[0]!.physical?.recoveryTarget).toBeUndefined();
+    const server = await startRestored(dataDir, c.pg.bindir, dir);
+    try {
+      expect(await phases(server.psql)).toBe('A=100,B=100,base=1000');
+    } finally {
+      await server.stop();
+    }
+  });
+
   it('a set named with a target before its backup ended is refused before anything is written', async () => {
     const dataDir = join(dir, 'too-early');
     const result = await restore({ set: marks.secondSet!, dataDir, recoveryTarget: { time: marks.time! } });
