@@ -19,10 +19,14 @@ export interface RedisConnection {
   db: number;
   /** Where the settings came from, for messages (never the password). */
   origin: string;
+  /** With `from: mastodon`: Mastodon's other Redis servers the env file names (`sidekiq`, `cache`). */
+  separate?: string[];
 }
 
 export interface ConnectionOptions {
   from: 'mastodon' | 'options';
+  /** Which of Mastodon's Redis servers (`from: mastodon`): the main one, Sidekiq's, the cache's. */
+  instance: 'main' | 'sidekiq' | 'cache';
   envFile: string;
   url?: string;
   host?: string;
@@ -105,17 +109,26 @@ export async function resolveRedisConnection(
     const env = ctx.env ?? process.env;
     const vars = parseEnvFile(await readPrivate(file, 'the env file'), file, (name) => env[name]);
     const get = (k: string) => vars.get(k)?.value;
-    ctx.secrets.add(get('REDIS_PASSWORD'));
-    ctx.secrets.add(get('REDIS_URL'));
-    const url = get('REDIS_URL');
-    if (url) return { ...parseRedisUrl(url, `REDIS_URL in ${file}`, ctx.secrets), origin: `REDIS_URL in ${file}` };
+    for (const p of ['', 'SIDEKIQ_', 'CACHE_']) {
+      ctx.secrets.add(get(`${p}REDIS_PASSWORD`));
+      ctx.secrets.add(get(`${p}REDIS_URL`));
+    }
+    // Mastodon's RedisConfiguration: SIDEKIQ_REDIS_* and CACHE_REDIS_* name other servers; when
+    // none of them is set, Sidekiq and the cache use the main one.
+    const prefix = options.instance === 'main' ? '' : `${options.instance.toUpperCase()}_`;
+    const own = prefix !== '' && ['URL', 'HOST', 'PORT', 'PASSWORD', 'USER', 'DB'].some((k) => get(`${prefix}REDIS_${k}`));
+    const P = own ? `${prefix}REDIS_` : 'REDIS_';
+    const separate = (['sidekiq', 'cache'] as const).filter((i) => i !== options.instance && ['URL', 'HOST', 'PORT'].some((k) => get(`${i.toUpperCase()}_REDIS_${k}`)));
+    const url = get(`${P}URL`);
+    if (url) return { ...parseRedisUrl(url, `${P}URL in ${file}`, ctx.secrets), origin: `${P}URL in ${file}`, separate };
     return {
-      host: get('REDIS_HOST') || 'localhost',
-      port: portOf(get('REDIS_PORT'), `REDIS_PORT in ${file}`),
-      user: get('REDIS_USER') || undefined,
-      password: get('REDIS_PASSWORD') || undefined,
+      separate,
+      host: get(`${P}HOST`) || 'localhost',
+      port: portOf(get(`${P}PORT`), `${P}PORT in ${file}`),
+      user: get(`${P}USER`) || undefined,
+      password: get(`${P}PASSWORD`) || undefined,
       tls: false,
-      db: dbOf(get('REDIS_DB'), `REDIS_DB in ${file}`),
+      db: dbOf(get(`${P}DB`), `${P}DB in ${file}`),
       origin: file,
     };
   }

@@ -42,6 +42,10 @@ export const optionsSchema = z
       .default('mastodon')
       .describe("Where the connection comes from: Mastodon's .env.production (`mastodon`: REDIS_URL, or REDIS_HOST, REDIS_PORT, REDIS_USER, REDIS_PASSWORD) or these options (`options`)."),
     envFile: z.string().min(1).default('~/live/.env.production').describe('Mastodon env file read with `from: mastodon`.'),
+    instance: z
+      .enum(['main', 'sidekiq', 'cache'])
+      .default('main')
+      .describe('Which of Mastodon\'s Redis servers (`from: mastodon`): `main` (REDIS_*: feeds, and Sidekiq\'s queues unless SIDEKIQ_REDIS_* is set), `sidekiq` (SIDEKIQ_REDIS_*, else the main one), `cache` (CACHE_REDIS_*). The artifact is named after it unless `name` is set.'),
     url: z.string().min(1).optional().describe('`redis://[USER@]HOST:PORT`, `rediss://…` (TLS) or `unix:///PATH` (`from: options`); give the password with passwordFile, not in the URL.'),
     host: z.string().min(1).optional().describe('Host (`from: options`; default localhost).'),
     port: z.number().int().min(1).max(65535).optional().describe('TCP port (`from: options`; default 6379).'),
@@ -53,13 +57,14 @@ export const optionsSchema = z
     name: z
       .string()
       .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/)
-      .default('redis.rdb')
-      .describe('File name of the snapshot in the set.'),
+      .optional()
+      .describe('File name of the snapshot in the set (default `redis.rdb`, `redis-sidekiq.rdb` or `redis-cache.rdb` after `instance`).'),
     restoreTest: z.boolean().default(false).describe('Also run the restore drill (throwaway redis-server, key counts compared) during every backup, not only with `verify --restore-test`.'),
     loadTimeoutSeconds: z.number().int().min(1).max(86400).default(600).describe('How long the restore drill waits for the throwaway redis-server to load the snapshot.'),
   })
   .strict()
   .superRefine((o, ctx) => {
+    if (o.instance !== 'main' && o.from !== 'mastodon') ctx.addIssue({ code: 'custom', path: ['instance'], message: `only used with from: mastodon (from is ${o.from})` });
     for (const key of ['url', 'host', 'port', 'socket', 'user', 'password', 'passwordFile'] as const) {
       if (o[key] !== undefined && o.from !== 'options') ctx.addIssue({ code: 'custom', path: [key], message: `only used with from: options (from is ${o.from})` });
     }
@@ -250,6 +255,7 @@ export default definePlugin({
     REDIS_DRILL_MISMATCH: 'The restored key counts differ from the snapshot: do not rely on it; take a new one.',
   },
   apply(hooks, options, { log, resolvePath }) {
+    const name = options.name ?? (options.instance === 'main' ? 'redis.rdb' : `redis-${options.instance}.rdb`);
     let conn: RedisConnection | undefined;
     const connection = () => {
       if (!conn) throw new PipelineError('REDIS_CONFIG_INVALID', 'the Redis connection was not resolved', { hint: 'This is a bug: the connect hook of the redis stage did not run.' });
@@ -273,6 +279,9 @@ export default definePlugin({
       const server = await redisCli(ctx, c, ['INFO', 'server'], 'the preflight check');
       const v = /redis_version:(\S+)/.exec(server)?.[1];
       if (v) ctx.facts.redisVersion = v;
+      if (options.instance === 'main' && c.separate?.includes('sidekiq')) {
+        log.warn({ envFile: c.origin }, `Mastodon keeps Sidekiq's queues in another Redis (SIDEKIQ_REDIS_* in ${c.origin}): add a redis stage with instance: sidekiq to snapshot them too`);
+      }
       log.info({ redis: describeRedis(c), version: v }, `Redis at ${describeRedis(c)} answers (Redis ${v ?? 'unknown version'}, settings from ${c.origin})`);
     });
 
@@ -281,7 +290,7 @@ export default definePlugin({
       plan.add({
         plugin: 'redis',
         hook: 'produce',
-        description: `snapshot Redis${c ? ` at ${describeRedis(c)}` : ''} with redis-cli --rdb into ${options.name}${c?.password ? ' (password in REDISCLI_AUTH)' : ''}, check it with redis-check-rdb${options.restoreTest ? ', then load it into a throwaway redis-server' : ''}`,
+        description: `snapshot Redis${c ? ` at ${describeRedis(c)}` : ''} with redis-cli --rdb into ${name}${c?.password ? ' (password in REDISCLI_AUTH)' : ''}, check it with redis-check-rdb${options.restoreTest ? ', then load it into a throwaway redis-server' : ''}`,
       });
     });
 
@@ -294,10 +303,10 @@ export default definePlugin({
         const size = (await stat(tmp).catch(() => undefined))?.size ?? 0;
         if (size === 0) throw new PipelineError('REDIS_SNAPSHOT_FAILED', `redis-cli --rdb wrote nothing from ${describeRedis(c)}`, { hint: 'Check the Redis server log (a fork that failed, out of memory).' });
         const rdb = await checkRdb(tmp, ctx);
-        const target = join(ctx.setDir, options.name);
+        const target = join(ctx.setDir, name);
         const digest = await writeFileAtomic(target, createReadStream(tmp), { signal: ctx.signal });
         const artifact: Artifact = {
-          name: options.name,
+          name,
           path: target,
           kind: 'redis',
           format: RDB_FORMAT,
@@ -307,7 +316,7 @@ export default definePlugin({
           meta: { server: describeRedis(c), ...(ctx.facts.redisVersion ? { redisVersion: ctx.facts.redisVersion } : {}), db: c.db, keyspace, keys: total(keyspace), rdb },
         };
         ctx.addArtifact(artifact);
-        log.info({ artifact: options.name, bytes: digest.bytes, keys: rdb.keys }, `snapshot of Redis at ${describeRedis(c)}: ${options.name} (${digest.bytes} bytes, ${rdb.keys} keys)`);
+        log.info({ artifact: name, bytes: digest.bytes, keys: rdb.keys }, `snapshot of Redis at ${describeRedis(c)}: ${name} (${digest.bytes} bytes, ${rdb.keys} keys)`);
       } catch (error) {
         if (isPipelineError(error) && error.code === 'EXEC_FAILED' && /--rdb/.test(String(error.details?.command ?? ''))) {
           throw new PipelineError('REDIS_SNAPSHOT_FAILED', `redis-cli --rdb failed against ${describeRedis(c)}: ${error.message}`, {

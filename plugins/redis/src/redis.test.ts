@@ -164,6 +164,26 @@ describe('redis stage (real redis-server, password from .env.production)', () =>
     expect(lines.join('\n')).not.toContain(PASSWORD);
   }, 60_000);
 
+  it("Sidekiq's own Redis (SIDEKIQ_REDIS_URL): the main stage says so; instance: sidekiq snapshots that server", async () => {
+    const sidekiq = await startRedis({ password: 'sidekiq-pass-93kd' });
+    try {
+      await sidekiq.cli(['RPUSH', 'queue:default', 'a', 'b']);
+      await sidekiq.cli(['SET', 'schedule', 'x']);
+      const env = envOf(redis.port) + `SIDEKIQ_REDIS_URL=redis://:sidekiq-pass-93kd@127.0.0.1:${sidekiq.port}\n`;
+      const main = await runnerFor(env);
+      const first = await main.runner.run('nightly');
+      expect(first.manifest!.artifacts[0]).toMatchObject({ name: 'redis.rdb', meta: { keys: 125 } });
+      expect(main.lines.some((l) => l.includes("Mastodon keeps Sidekiq's queues in another Redis (SIDEKIQ_REDIS_*"))).toBe(true);
+      await rm(join(dir, 'work'), { recursive: true, force: true });
+      const queues = await runnerFor(env, { instance: 'sidekiq' });
+      const second = await queues.runner.run('nightly');
+      expect(second.manifest!.artifacts[0]).toMatchObject({ name: 'redis-sidekiq.rdb', meta: { keys: 2, server: `127.0.0.1:${sidekiq.port}` } });
+      expect(queues.lines.join('\n')).not.toContain('sidekiq-pass-93kd');
+    } finally {
+      await sidekiq.stop();
+    }
+  }, 60_000);
+
   it('from: options with a password file and a redis:// URL', async () => {
     const passwordFile = join(dir, 'redis-pass');
     await writeFile(passwordFile, PASSWORD + '\n', { mode: 0o600 });
