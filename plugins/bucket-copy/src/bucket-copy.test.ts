@@ -129,6 +129,26 @@ describe('bucket-copy, one provider: server-side CopyObject', () => {
   }, 120_000);
 });
 
+describe('bucket-copy, multipart server-side copy', () => {
+  it('an object over the threshold goes through UploadPartCopy; a server without it (s3rver) gets that object streamed instead, said once', async () => {
+    const src = `psrc-${++n}`;
+    const dst = `pdst-${n}`;
+    await clientOf(a).send(new CreateBucketCommand({ Bucket: src }));
+    await clientOf(a).send(new CreateBucketCommand({ Bucket: dst }));
+    const big = Buffer.alloc(6 * 1024 * 1024 + 17, 3);
+    big.write('header', 0);
+    await put(a, src, 'media_attachments/files/112/original/big.mp4', big);
+    await put(a, src, 'small.png', 'small');
+    const cred = { endpoint: a.endpoint, accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey };
+    const r = await runner({ from: 'options', source: { bucket: src, ...cred }, target: { bucket: dst, ...cred }, multipartCopyThresholdMB: 5, partSizeMB: 5 });
+    const first = await r.run();
+    expect(first.summary).toMatchObject({ method: 'server-side', copied: 2, bytesCopied: big.length + 5 });
+    expect((await contents(a, dst))['media_attachments/files/112/original/big.mp4']).toBe(`${big.length} bytes ${big.subarray(0, 8).toString('hex')}`);
+    expect(r.lines.filter((l) => l.includes('does not implement UploadPartCopy'))).toHaveLength(1);
+    expect((await r.run()).summary).toMatchObject({ copied: 0, skipped: 2 });
+  }, 120_000);
+});
+
 describe('bucket-copy, two providers: streamed, source from .env.production', () => {
   it('streams every object (multipart for the large one), then copies nothing; credentials never logged', async () => {
     const src = `msrc-${++n}`;

@@ -154,6 +154,13 @@ export interface Listed {
 
 const unquote = (etag: string | undefined) => (etag ?? '').replace(/^"|"$/g, '');
 
+/** The server answered NotImplemented to UploadPartCopy. */
+class PartCopyUnsupported extends Error {}
+const notImplemented = (error: unknown) => {
+  const e = error as { name?: string; Code?: string; $metadata?: { httpStatusCode?: number } };
+  return e?.name === 'NotImplemented' || e?.Code === 'NotImplemented' || e?.$metadata?.httpStatusCode === 501;
+};
+
 export type Action = 'copied' | 'unchanged' | 'deleted';
 export interface IndexEntry {
   key: string;
@@ -264,6 +271,7 @@ export default definePlugin({
       }
     }
 
+    let partCopyWarned = false;
     const copySource = (key: string) => `${src!.bucket}/${(src!.prefix + key).split('/').map(encodeURIComponent).join('/')}`;
 
     async function copyServerSide(o: Listed, signal: AbortSignal): Promise<string> {
@@ -279,16 +287,22 @@ export default definePlugin({
         const parts: Array<{ ETag: string; PartNumber: number }> = [];
         for (let start = 0, n = 1; start < o.size; start += part, n++) {
           const end = Math.min(start + part, o.size) - 1;
-          const r = await send(`copying part ${n} of ${o.key}`, dst, () =>
-            client(dst).send(new UploadPartCopyCommand({ Bucket: dst.bucket, Key, UploadId, PartNumber: n, CopySource: copySource(o.key), CopySourceRange: `bytes=${start}-${end}` }), { abortSignal: signal }),
-          );
+          const r = await client(dst)
+            .send(new UploadPartCopyCommand({ Bucket: dst.bucket, Key, UploadId, PartNumber: n, CopySource: copySource(o.key), CopySourceRange: `bytes=${start}-${end}` }), { abortSignal: signal })
+            .catch((error: unknown) => {
+              throw notImplemented(error) ? new PartCopyUnsupported() : fail(`copying part ${n} of ${o.key}`, dst, error);
+            });
           parts.push({ ETag: r.CopyPartResult!.ETag!, PartNumber: n });
         }
         const done = await send(`completing the multipart copy of ${o.key}`, dst, () => client(dst).send(new CompleteMultipartUploadCommand({ Bucket: dst.bucket, Key, UploadId, MultipartUpload: { Parts: parts } }), { abortSignal: signal }));
         return unquote(done.ETag);
       } catch (error) {
         await client(dst).send(new AbortMultipartUploadCommand({ Bucket: dst.bucket, Key, UploadId })).catch(() => {});
-        throw error;
+        if (!(error instanceof PartCopyUnsupported)) throw error;
+        // Some S3-compatible servers have CopyObject but not UploadPartCopy: stream this one instead.
+        if (!partCopyWarned) log.warn({ target: describeSide(dst) }, `${describeSide(dst)} does not implement UploadPartCopy: objects over ${options.multipartCopyThresholdMB} MiB are streamed instead`);
+        partCopyWarned = true;
+        return copyStreaming(o, signal);
       }
     }
 
