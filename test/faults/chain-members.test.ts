@@ -2,7 +2,7 @@
  * A member of a chain of processes dies (`kill -9` from outside, as the OOM killer would): the run
  * must end every other member and fail at once naming the one that died — zstd in
  * pg_dump → zstd → file (pg_dump held by a table lock, so it would otherwise wait for good), and
- * gpg in file → gpg → file. Afterwards: no child left, no set added, the lock and scratch clean,
+ * gpg in tar → gpg → file (spliced into the files stage's stream). Afterwards: no child left, no set added, the lock and scratch clean,
  * and the next run green.
  */
 import { mkdir } from 'node:fs/promises';
@@ -101,6 +101,7 @@ describe('a member of a chain dies', () => {
   });
 
   it('gpg killed while it encrypts: the run fails naming gpg and SIGKILL', async () => {
-    await killMember(media, 'gpg', (argv) => argv.includes('--encrypt'), 'GPG_ENCRYPT_FAILED', ['[gpg → transform]', 'gpg', 'SIGKILL']);
+    // files streams its tar through the core, so gpg is a filter spliced into that stream.
+    await killMember(media, 'gpg', (argv) => argv.includes('--encrypt'), 'GPG_ENCRYPT_FAILED', ['[gpg → transformFilter]', 'gpg', 'SIGKILL']);
   });
 });

@@ -276,7 +276,7 @@ export class Runner {
         const rest = transformers.slice(filters.length);
         if (rest.length > 0) {
           const why = unclaimed.length > 0 ? ` (${unclaimed.join(', ')} verifies the staged file, so nothing is transformed before it has)` : '';
-          log.info({ artifact: artifact.name, plugins: rest }, `${rest.join(', ')} will transform ${artifact.name} from the staged file: a second pass over it${why}`);
+          log.info({ artifact: artifact.name, plugins: rest }, `${rest.join(', ')} will transform ${artifact.name} from the staged file after the stream (for a transform that reads it, a second pass over the data)${why}`);
         }
         const result = await runArtifactStream(request, { consumers, filters }, ctx);
         streamed.set(result.artifact.name, await recordStream(result.artifact, claimed, filters.map((f) => f.plugin)));

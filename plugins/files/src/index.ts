@@ -1,7 +1,8 @@
 /**
  * The `files` stage: archives Mastodon's `.env.production` (the secrets a restored database needs)
  * and/or its local media (`public/system`) as tar artifacts, streamed from the system `tar`
- * (through `zstd -T0` or `gzip`) straight into the set — never held in memory.
+ * (through `zstd -T0` or `gzip`) straight into the set — never held in memory — in one pass
+ * through the core (`ctx.streamArtifact`: an encryptor that offers a filter is spliced in).
  *
  * The secrets must only ever leave the host encrypted: a late `transform` tap refuses an
  * unencrypted secrets artifact (FILES_UNENCRYPTED_SECRETS) unless `allowUnencrypted: true`, so put
@@ -10,7 +11,7 @@
 import { parseEnvFile } from '@backup-pipeline/plugin-credentials';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { definePlugin, describeObjectStorage, mastodonObjectStorage, PipelineError, recordDrill, settleChain, writeFileAtomic, z, type Artifact, type ExecProcess, type RestoreContext, type RunContext } from '@backup-pipeline/core';
+import { definePlugin, describeObjectStorage, mastodonObjectStorage, PipelineError, recordDrill, z, type Artifact, type ExecProcess, type RestoreContext, type RunContext } from '@backup-pipeline/core';
 
 export const FilesOptions = z
   .object({
@@ -64,31 +65,28 @@ interface TarJob {
   okExitCodes: number[];
 }
 
-/** tar → (zstd|gzip) → atomic file, all streamed; every process's exit status is checked. */
-export async function streamTar(ctx: Pick<RunContext, 'exec' | 'signal'>, job: TarJob): Promise<{ bytes: number; sha256: string; tarExitCode: number }> {
+/**
+ * tar → (zstd|gzip) → file in one pass through the core (`ctx.streamArtifact`): verifiers may read
+ * the tar stream, the transforms' filters (gpg, age) are spliced after the compressor, and the file
+ * is written and hashed once; every process's exit status is checked, nothing is left on failure.
+ * Returns the artifact (named after the filters) and tar's exit code.
+ */
+export async function streamTar(
+  ctx: Pick<RunContext, 'exec' | 'signal' | 'setDir' | 'streamArtifact'>,
+  job: TarJob,
+  planned: { name: string; kind: string; meta: Record<string, unknown> },
+): Promise<{ artifact: Artifact; tarExitCode: number }> {
   const excludes = (job.excludes ?? []).map((e) => `--exclude=${e}`);
-  const tar = ctx.exec('tar', ['-C', job.cwd, '--sort=name', '--anchored', ...excludes, '-cf', '-', '--', ...job.members], {
-    stdout: 'stream',
-    okExitCodes: job.okExitCodes,
+  let tar: ExecProcess | undefined;
+  const compressor = job.compression === 'zstd' ? { command: 'zstd', args: ['-T0', '-q', '-c'] } : job.compression === 'gzip' ? { command: 'gzip', args: ['-c'] } : undefined;
+  const made = await ctx.streamArtifact({
+    artifact: { ...planned, format: 'tar', compression: COMPRESSION[job.compression] },
+    dir: dirname(job.target),
+    start: (stdout) => (tar = ctx.exec('tar', ['-C', job.cwd, '--sort=name', '--anchored', ...excludes, '-cf', '-', '--', ...job.members], { stdout, okExitCodes: job.okExitCodes })),
+    compressor,
+    task: planned.kind,
   });
-  const procs: ExecProcess[] = [tar];
-  let out = tar.stdout!;
-  if (job.compression !== 'none') {
-    const compressor = job.compression === 'zstd' ? ctx.exec('zstd', ['-T0', '-q', '-c'], { stdin: out, stdout: 'stream' }) : ctx.exec('gzip', ['-c'], { stdin: out, stdout: 'stream' });
-    procs.push(compressor);
-    out = compressor.stdout!;
-  }
-  try {
-    // Any member failing stops the others; the cause reported is the real one (a full disk's
-    // NO_SPACE, not the compressor that was stopped because of it).
-    const [digest, tarResult] = await settleChain([writeFileAtomic(job.target, out, { signal: ctx.signal }), ...procs] as const, () => {
-      for (const p of procs) p.kill();
-    });
-    return { ...digest, tarExitCode: tarResult.exitCode };
-  } catch (error) {
-    await rm(job.target, { force: true });
-    throw error;
-  }
+  return { artifact: made.artifact, tarExitCode: (await tar!).exitCode };
 }
 
 export default definePlugin({
@@ -130,15 +128,14 @@ export default definePlugin({
 
     hooks.produce.tapPromise('files', async (ctx) => {
       const env = await readEnv();
-      const add = (name: string, kind: string, digest: { bytes: number; sha256: string }, meta: Record<string, unknown>) => {
-        const artifact: Artifact = { name, path: join(ctx.setDir, name), kind, format: 'tar', compression: COMPRESSION[options.compression], bytes: digest.bytes, sha256: digest.sha256, meta };
+      const add = (artifact: Artifact) => {
         ctx.addArtifact(artifact);
-        log.info({ artifact: name, bytes: digest.bytes }, `archived ${name} (${digest.bytes} bytes)`);
+        log.info({ artifact: artifact.name, bytes: artifact.bytes }, `archived ${artifact.name} (${artifact.bytes} bytes)`);
       };
       if (envFile) {
         const name = `secrets${ext}`;
-        const digest = await streamTar(ctx, { cwd: dirname(envFile), members: [basename(envFile)], target: join(ctx.setDir, name), compression: options.compression, okExitCodes: [0] });
-        add(name, 'secrets', digest, { file: basename(envFile) });
+        const made = await streamTar(ctx, { cwd: dirname(envFile), members: [basename(envFile)], target: join(ctx.setDir, name), compression: options.compression, okExitCodes: [0] }, { name, kind: 'secrets', meta: { file: basename(envFile) } });
+        add(made.artifact);
       }
       if (mediaDir) {
         if (mastodonObjectStorage(env)) {
@@ -146,16 +143,20 @@ export default definePlugin({
           return;
         }
         const name = `media${ext}`;
-        const digest = await streamTar(ctx, {
-          cwd: mediaDir,
-          members: ['.'],
-          excludes: options.excludeCache ? ['./cache'] : [],
-          target: join(ctx.setDir, name),
-          compression: options.compression,
-          okExitCodes: [0, 1],
-        });
+        const digest = await streamTar(
+          ctx,
+          {
+            cwd: mediaDir,
+            members: ['.'],
+            excludes: options.excludeCache ? ['./cache'] : [],
+            target: join(ctx.setDir, name),
+            compression: options.compression,
+            okExitCodes: [0, 1],
+          },
+          { name, kind: 'files', meta: { folder: basename(mediaDir), excludeCache: options.excludeCache } },
+        );
         if (digest.tarExitCode === 1) log.warn({ mediaDir }, 'some media files changed while they were archived (tar exit 1); the archive is still usable');
-        add(name, 'files', digest, { folder: basename(mediaDir), excludeCache: options.excludeCache });
+        add(digest.artifact);
       }
     });
 
@@ -183,6 +184,9 @@ export default definePlugin({
     // `pipeline verify SET --restore-test`: unpack each archive into a throwaway folder through the
     // restore step above (as `restore --files-to` does), count what came out, and for the secrets
     // check the env file parses and holds the keys a restored database needs.
+    // During a run that verify tap checks nothing (it drills stored sets only): say so on every
+    // stream, so an encryptor's filter can be spliced into it (see the `verifyStream` hook).
+    hooks.verifyStream.tapPromise('files', async (request) => request.claim());
     hooks.verify.tapPromise('files', async (artifact, ctx) => {
       if (artifact.format !== 'tar' || !('request' in ctx) || !(ctx as RestoreContext).request.restoreTest) return;
       const started = Date.now();
