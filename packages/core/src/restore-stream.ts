@@ -157,9 +157,10 @@ export function checkedChain(o: CheckedChainOptions): CheckedChain {
   let stopped = false;
 
   o.source.on('error', (error) => {
-    const e = error instanceof PipelineError ? error : new PipelineError('DESTINATION_FAILED', `reading ${o.copy} failed: ${error.message}`, { cause: error });
-    if (e.details) e.details.fetching = true;
-    else (e as { details?: Record<string, unknown> }).details = { fetching: true };
+    const aborted = error.name === 'AbortError' || (error instanceof PipelineError && error.code === 'ABORTED');
+    const e = error instanceof PipelineError ? error : aborted ? new PipelineError('ABORTED', `reading ${o.copy} was stopped because the run was interrupted`, { cause: error }) : new PipelineError('DESTINATION_FAILED', `reading ${o.copy} failed: ${error.message}`, { cause: error });
+    // A transfer that failed: another copy may do better (an interruption is not the copy's fault).
+    if (!aborted) e.details = { ...e.details, fetching: true };
     storedHash.fail(e);
     storedHash.destroy();
     // With a program, its end (stdin closed) ends the output, held back by the checks; without, no stage is left to end it.
