@@ -1,5 +1,6 @@
 /** The types of the restore half of the lifecycle: what restore, verify and their taps receive. */
 import type { Artifact, RunContext } from './context.js';
+import type { Destination } from './destination.js';
 import type { Manifest } from './manifest.js';
 import type { RestoreDrill } from './restore-drill.js';
 import type { PgSource } from './postgres.js';
@@ -87,6 +88,8 @@ export interface StoredSetRef {
   manifest: Manifest;
   /** Config name of the destination the artifacts were fetched from (`work` for the work dir). */
   from: string;
+  /** That destination itself, for stages that read more than artifact files from it (a tree's files, through `getTree`). */
+  destination?: Destination;
 }
 
 /** What `restore` / `verifyStored` was asked to do. */

@@ -239,6 +239,7 @@ async function fromFirstGoodCopy<T>(located: LocatedSet, ctx: RestoreContext, ho
     const dir = join(ctx.tmpDir, `fetch-${i}-${randomBytes(3).toString('hex')}`);
     await mkdir(dir, { recursive: true, mode: 0o700 });
     (ctx.stored as { from: string }).from = from.name;
+    (ctx.stored as { destination?: unknown }).destination = from.destination;
     try {
       const value = await attempt(from, dir);
       if (failures.length > 0) ctx.log.warn({ destination: from.name, setId: located.id }, `using the copy of ${located.id} in ${from.name} (${failures.length} other cop${failures.length === 1 ? 'y was' : 'ies were'} bad)`);

@@ -401,7 +401,7 @@ export class Runner {
       if (connect) await opened.hooks.connect.promise(ctx);
       const sources = await this.sources(ctx, from);
       const located = await locateSet(sources, choose ? await choose(sources) : request.set, ctx);
-      Object.assign(ctx, { setId: located.id, setDir: ctx.tmpDir, stored: { id: located.id, manifest: located.manifest, from: located.holders[0]!.name } });
+      Object.assign(ctx, { setId: located.id, setDir: ctx.tmpDir, stored: { id: located.id, manifest: located.manifest, from: located.holders[0]!.name, destination: located.holders[0]!.destination } });
       return located;
     } };
   }

@@ -143,7 +143,7 @@ export function sample<T>(items: readonly T[], n: number): T[] {
 /** The destination a stored set is being read from (restore, verify). */
 function storedDestination(ctx: RestoreContext): NamedDestination {
   const from = ctx.stored.from;
-  const d = [ctx.work, ...ctx.destinations].find((x) => x.name === from);
+  const d = ctx.stored.destination ? { name: from, plugin: '', destination: ctx.stored.destination } : [ctx.work, ...ctx.destinations].find((x) => x.name === from);
   if (!d) throw new PipelineError('MEDIA_DESTINATION_UNSUPPORTED', `the media tree of ${ctx.stored.id} is in "${from}", which is not the work dir or a destination of pipeline ${ctx.pipeline}`, { hint: 'Add that destination to the pipeline, or restore --from one of its destinations.' });
   if (!storesTrees(d.destination)) throw new PipelineError('MEDIA_DESTINATION_UNSUPPORTED', `destination "${d.name}" (${d.destination.describe()}) cannot read trees back (no getTree)`);
   return d;
