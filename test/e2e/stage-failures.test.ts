@@ -30,7 +30,7 @@ const credentials = () => ({ use: 'credentials', envFile: host.envFile });
 const cases: Array<[string, () => Array<Record<string, unknown>>, string, (() => Record<string, unknown>)?]> = [
   ['credentials', () => [{ use: 'credentials', envFile: join(host.dir, 'wrong.env') }, { use: 'pg-dump' }], '[credentials → preflight] CREDENTIALS_REJECTED'],
   ['pg-dump', () => [credentials(), { use: 'pg-dump', binDir: join(host.dir, 'oldbin') }], '[pg-dump → preflight] PG_VERSION_MISMATCH'],
-  ['verify', () => [credentials(), { use: 'pg-dump' }, { use: 'verify', expectTables: ['accounts', 'no_such_table'] }], '[verify → verify] VERIFY_FAILED'],
+  ['verify', () => [credentials(), { use: 'pg-dump' }, { use: 'verify', expectTables: ['accounts', 'no_such_table'] }], '[verify → verifyStream] VERIFY_FAILED'], // checked on pg-dump's stream (one pass)
   ['gpg', () => [credentials(), { use: 'pg-dump' }, { use: 'gpg', gnupgHome: gpg.home, recipients: ['nobody@example.invalid'] }], '[gpg → preflight] GPG_RECIPIENT_UNKNOWN'],
   ['files', () => [{ use: 'files', envFile: host.envFile }], '[files → transform] FILES_UNENCRYPTED_SECRETS'],
   ['rake', () => [{ use: 'rake', command: ['rake'], task: 'backup', appDir: host.dir, outputs: ['*.dump'] }], '[rake → produce] EXEC_FAILED'],
