@@ -52,7 +52,7 @@ describe('pgbackrest restore and point-in-time recovery', () => {
   let c: ArchivingCluster;
   let dir: string;
   let runner: Runner;
-  const marks: { time?: string; lsn?: string; firstSet?: string; secondSet?: string } = {};
+  const marks: { time?: string; lsn?: string; firstSet?: string; secondSet?: string; secondLabel?: string } = {};
 
   const restore = async (request: Parameters<Runner['restore']>[1]): Promise<RestoreResult | PipelineError> =>
     runner.restore('physical', request).catch((error: unknown) => {
@@ -113,6 +113,7 @@ describe('pgbackrest restore and point-in-time recovery', () => {
     const second = await runner.run('physical');
     expect(second.summary.ok, JSON.stringify(second.summary.error)).toBe(true);
     marks.secondSet = second.summary.setId;
+    marks.secondLabel = second.manifest!.artifacts[0]!.meta.label as string;
     expect(marks.secondSet > marks.firstSet!).toBe(true);
   }, 300_000);
 
@@ -217,5 +218,24 @@ describe('pgbackrest restore and point-in-time recovery', () => {
     const picked = await runner.restore('dump', { set: 'latest', dataDir, recoveryTarget: { time: marks.time! } }).catch((error: PipelineError) => error);
     expect(isPipelineError(picked) && picked.code).toBe('SET_NOT_FOUND');
     await expect(stat(dataDir)).rejects.toThrow();
+  });
+
+  // Last: it damages the repository.
+  it('a restore that fails midway (a file missing from the repository) leaves the folder empty, never a half cluster', async () => {
+    const files: Array<{ path: string; size: number }> = [];
+    const walk = async (d: string): Promise<void> => {
+      for (const e of await readdir(d, { withFileTypes: true })) {
+        if (e.isDirectory()) await walk(join(d, e.name));
+        else files.push({ path: join(d, e.name), size: (await stat(join(d, e.name))).size });
+      }
+    };
+    await walk(join(c.repoPath, 'backup', c.stanza, marks.secondLabel!, 'pg_data', 'base'));
+    const victim = files.sort((a, b) => b.size - a.size)[0]!;
+    await rm(victim.path);
+    const dataDir = join(dir, 'damaged');
+    const result = await restore({ set: marks.secondSet!, dataDir });
+    expect(isPipelineError(result) && result.code).toBe('RESTORE_FAILED');
+    expect((result as PipelineError).hint).toContain('is empty again');
+    expect(await readdir(dataDir)).toEqual([]);
   });
 });

@@ -12,7 +12,7 @@
  * restored folder is 0700 and owned by the server's user; secrets stay in the config file.
  */
 import { spawnSync } from 'node:child_process';
-import { chmod, chown, lchown, lstat, mkdir, readdir, readFile, stat } from 'node:fs/promises';
+import { chmod, chown, lchown, lstat, mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import {
   checkDataDirTarget,
@@ -144,8 +144,19 @@ export async function restorePhysical(artifact: Artifact, target: RestoreTarget,
     await pgbr.run(restoreArgs(record, { dataDir, delta: target.delta, recoveryTarget: target.recoveryTarget, restoreCommand }), { writes: dataDir });
   } catch (caught) {
     const error = caught as PipelineError;
+    // A partial copy must never look like a restored cluster: what this restore wrote into a
+    // folder that was empty goes; a --delta target over a cluster's files is left for a person.
+    let cleared = false;
+    if (before.empty) {
+      cleared = await Promise.all((await readdir(dataDir).catch(() => [])).map((name) => rm(join(dataDir, name), { recursive: true, force: true }))).then(
+        () => true,
+        () => false,
+      );
+    }
     throw new PipelineError(error.code === 'NO_SPACE' ? 'NO_SPACE' : 'RESTORE_FAILED', `pgbackrest restore of ${record.label} into ${dataDir} failed: ${error.message}`, {
-      hint: `${dataDir} holds a partial copy: do not start it. Free what is needed, then run the restore again with --delta (or into an empty folder).`,
+      hint: cleared
+        ? `What it had written was removed (${dataDir} is empty again). Fix the cause, then run the restore again.`
+        : `${dataDir} holds a partial copy: do not start it. Fix the cause, then run the restore again with --delta.`,
       cause: caught,
     });
   }
