@@ -76,7 +76,9 @@ export const createHooks = () =>
     /**
      * An artifact was fetched and its size and sha256 match the manifest (checked by the core).
      * Extra checks of the stored copy go here; throwing rejects this copy, and the core tries the
-     * same set from the next destination that holds it.
+     * same set from the next destination that holds it. In a one-pass restore (the destination
+     * streams) it runs as the copy starts streaming: `artifact.path` is empty and the core's
+     * checksums end the stream.
      */
     fetched: new AsyncSeriesHook<[Artifact, RestoreContext]>(['artifact', 'ctx']),
     /**
@@ -169,7 +171,7 @@ export const HOOK_DESCRIPTIONS: Readonly<Record<HookName, HookDescription>> = Ob
   retain: { half: 'backup', kind: 'AsyncSeriesHook', args: '(ctx)', dryRun: 'no', advisory: false, after: '`shipped` (run); `connect` under the lock (prune)', before: '`succeeded`' },
   succeeded: { half: 'backup', kind: 'AsyncSeriesHook', args: '(summary, ctx)', dryRun: 'no', advisory: true, after: '`retain`', before: 'end' },
   failed: { half: 'backup', kind: 'AsyncSeriesHook', args: '(error, summary, ctx)', dryRun: 'no', advisory: true, after: 'any failing step', before: 'end' },
-  fetched: { half: 'restore', kind: 'AsyncSeriesHook', args: '(artifact, restoreCtx)', dryRun: 'no', advisory: false, after: 'the core fetched the artifact and checked its sha256', before: '`decrypt`' },
+  fetched: { half: 'restore', kind: 'AsyncSeriesHook', args: '(artifact, restoreCtx)', dryRun: 'no', advisory: false, after: 'the core fetched the artifact and checked its sha256 (one pass: as it starts streaming, `path` empty)', before: '`decrypt` (one pass: `decryptFilter`)' },
   decrypt: { half: 'restore', kind: 'HookMap<AsyncSeriesBailHook>', args: '(artifact, restoreCtx) → artifact | undefined', keyedBy: '`artifact.encryption.method`', dryRun: 'no', advisory: false, after: '`fetched`', before: 'the core checks the plaintext sha256, then `restore` or `verify`' },
   decryptFilter: { half: 'restore', kind: 'HookMap<AsyncSeriesBailHook>', args: '(artifact, restoreCtx) → streamFilter | undefined', keyedBy: '`artifact.encryption.method`', dryRun: 'no', advisory: false, after: 'the core opened the stored copy as a stream', before: 'the core checks both sha256 at the end of the stream; `restoreStream` or a plaintext file' },
   decompress: { half: 'both', kind: 'HookMap<AsyncSeriesBailHook>', args: '(artifact, ctx) → artifact | undefined', keyedBy: '`artifact.compression`', dryRun: 'no', advisory: false, after: '`decrypt`; called by `ctx.decompress()`', before: 'whatever asked for it' },

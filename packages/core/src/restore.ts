@@ -157,8 +157,7 @@ export async function openArtifact(hooks: PipelineHooks, from: NamedDestination,
   const stored: Artifact = { ...entry, path: '', meta: entry.meta ?? {} } as Artifact;
   const filter = method ? await hooks.decryptFilter.get(method)?.promise(stored, ctx) : undefined;
   const read = from.destination.read?.bind(from.destination);
-  // A `fetched` tap checks the stored copy as a file, and a plugin that decrypts only into files needs one.
-  const streams = !!read && !hooks.fetched.taps.length;
+  const streams = !!read;
   if (method && !filter) {
     ctx.log.info({ destination: from.name, setId, artifact: entry.name }, `${entry.name}: fetched and decrypted through files (the "${method}" plugin has no decryptFilter: one more pass over the data)`);
     let fetched: Artifact;
@@ -179,13 +178,20 @@ export async function openArtifact(hooks: PipelineHooks, from: NamedDestination,
       throw markFetching(error);
     });
   } else {
-    ctx.log.info({ destination: from.name, setId, artifact: entry.name }, `${entry.name}: fetched into a file first (${read ? 'a fetched check needs the file' : `${from.name} cannot stream`})`);
+    ctx.log.info({ destination: from.name, setId, artifact: entry.name }, `${entry.name}: fetched into a file first (${from.name} cannot stream)`);
     try {
       fetchedFile = (await fetchOne(hooks, from, setId, entry, dir, ctx)).path;
     } catch (error) {
       throw markFetching(error);
     }
     source = createReadStream(fetchedFile, { highWaterMark: 1024 * 1024 });
+  }
+  // One pass: `fetched` runs as the copy starts streaming (no file: `path` is empty; the checks end the stream).
+  try {
+    await hooks.fetched.promise(stored, ctx);
+  } catch (error) {
+    source.destroy();
+    throw markFetching(error);
   }
   const copy = `${from.name}/${setId}/${entry.name}`;
   const chain = checkedChain({ source, stored: entry, plain: method ? entry.plain : undefined, filter, copy, name: entry.name, exec: ctx.exec });
