@@ -90,6 +90,7 @@ export function buildProgram(): Command {
     .option('--from <destination>', 'destination to fetch from (default: the work dir, then each destination in order)')
     .option('-p, --pipeline <name>', 'pipeline whose credentials and destinations to use')
     .option('--restore-test', 'restore it (a drill) and compare row counts, then remove what was restored')
+    .option('--full', 'read back every file of a tree artifact (media) by content, not a sample: short for -o verifyAll=true')
     .option('--restore-into <where>', "where --restore-test restores a database: scratch-cluster (a throwaway PostgreSQL cluster of the dump's major; no CREATEDB, no load on the server), server (a scratch database on the source server; needs CREATEDB), or auto (default: the cluster when the server binaries are installed); short for -o restoreInto=WHERE")
     .option('-o, --option <key=value>', 'restore-time option of the stages (e.g. identityFile=~/age.key); repeatable', collect)
     .option('--gnupg-home <dir>', 'short for -o gnupgHome=DIR: GNUPGHOME holding the private key for decryption')

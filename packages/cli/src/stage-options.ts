@@ -14,6 +14,8 @@ export interface StageOptionFlags {
   passphraseFile?: string;
   /** `pipeline verify --restore-into`: the verify stage's `restoreInto`. */
   restoreInto?: string;
+  /** `pipeline verify --full`: every file of a tree artifact read back (`verifyAll`). */
+  full?: boolean;
 }
 
 /** Collects a repeatable commander option. */
@@ -39,5 +41,6 @@ export function stageOptionsFrom(flags: StageOptionFlags): Record<string, unknow
   if (flags.gnupgHome) out.gnupgHome = resolve(flags.gnupgHome);
   if (flags.passphraseFile) out.passphraseFile = resolve(flags.passphraseFile);
   if (flags.restoreInto) out.restoreInto = flags.restoreInto;
+  if (flags.full) out.verifyAll = true;
   return Object.keys(out).length > 0 ? out : undefined;
 }

@@ -21,10 +21,12 @@ import {
   definePlugin,
   eachLimited,
   hashFile,
+  isPipelineError,
   listSets,
   pathInTree,
   PipelineError,
   readTreeIndex,
+  recordDamage,
   storesTrees,
   treePathProblem,
   writeTreeIndex,
@@ -149,6 +151,18 @@ function storedDestination(ctx: RestoreContext): NamedDestination {
   return d;
 }
 
+/** Reads tree files back through `getTree`; a file that does not match its sha256 is recorded in the set (damaged.json), as the core does for artifacts. */
+async function readBack(ctx: RestoreContext, d: NamedDestination, name: string, entries: readonly TreeEntry[], toDir: string, onBytes?: (b: number) => void): Promise<void> {
+  try {
+    await d.destination.getTree!(ctx.stored.id, name, entries, toDir, { signal: ctx.signal, onBytes });
+  } catch (error) {
+    if (isPipelineError(error) && error.code === 'CHECKSUM_MISMATCH') {
+      await recordDamage(d.destination, ctx.stored.id, error.message, { scratchDir: ctx.tmpDir, signal: ctx.signal, log: ctx.log });
+    }
+    throw error;
+  }
+}
+
 const isStored = (ctx: RunContext): ctx is RestoreContext => 'stored' in ctx && !!(ctx as RestoreContext).stored?.manifest;
 
 export default definePlugin({
@@ -253,7 +267,7 @@ export default definePlugin({
         const d = storedDestination(ctx);
         const dir = join(ctx.tmpDir, `verify-${artifact.tree.name}`);
         try {
-          await d.destination.getTree!(ctx.stored.id, artifact.tree.name, chosen, dir, { signal: ctx.signal });
+          await readBack(ctx, d, artifact.tree.name, chosen, dir);
         } finally {
           await rm(dir, { recursive: true, force: true });
         }
@@ -281,7 +295,7 @@ export default definePlugin({
       const entries = await readTreeIndex(artifact.path);
       const d = storedDestination(ctx);
       await mkdir(into, { recursive: true, mode: 0o755 });
-      await d.destination.getTree!(ctx.stored.id, artifact.tree.name, entries, into, { signal: ctx.signal, onBytes: (b) => ctx.progress({ task: 'restore', bytes: b, totalBytes: artifact.tree!.bytes }) });
+      await readBack(ctx, d, artifact.tree.name, entries, into, (b) => ctx.progress({ task: 'restore', bytes: b, totalBytes: artifact.tree!.bytes }));
       // Back to what the source had: each file's mode and mtime; folders readable by the web server (0755).
       const dirs = new Set<string>();
       await eachLimited(entries, 8, async (e) => {

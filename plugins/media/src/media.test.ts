@@ -6,12 +6,13 @@
  * the bucket's content objects); every set restores a tree identical to the source at its time;
  * retention deletes only what no kept set references.
  */
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { lstat, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ListObjectsCommand, S3Client } from '@aws-sdk/client-s3';
-import { createLogger, isPipelineError, resolveConfig, Runner, type PipelineError, type RunResult } from '@backup-pipeline/core';
+import { createLogger, isPipelineError, listSets, LocalFolderDestination, resolveConfig, Runner, type PipelineError, type RunResult } from '@backup-pipeline/core';
 import { startS3Server, startSshd, type S3Server, type SshServer } from '@backup-pipeline/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
@@ -214,12 +215,21 @@ describe.each<Kind>(['local', 'rsync', 's3'])('media stage, destination %s', (ki
       const victim = changedPaths[0]!;
       // The stored copy is a hard link shared by no other set now; alter it in place.
       await writeFile(join(storeRoot, setId, 'media', victim), randomBytes(FILE_BYTES));
+      // Through the CLI: `pipeline verify SET --full` reads every file back and exits 1 (the config samples none).
+      const configFile = join(dir, 'cli.config.json');
+      await writeFile(configFile, JSON.stringify({ workDir: join(dir, 'work'), destinations: { remote: destination() }, pipelines: { media: { source: 'mastodon', destinations: ['remote'], stages: [{ use: 'media', path: source, verifySample: 0 }] } } }));
+      const cli = spawnSync(process.execPath, [join(repo, 'packages/cli/bin/pipeline.js'), 'verify', setId, '--full', '--from', 'remote', '--config', configFile], { encoding: 'utf8', env: { ...process.env, CI: 'true' } });
+      expect(cli.status).toBe(1);
+      expect(cli.stderr).toContain('CHECKSUM_MISMATCH');
+      expect(cli.stderr).toContain(victim);
+      // The finding is recorded in the set: from now on it is listed damaged (kept, never counted).
+      const [listed] = (await listSets(new LocalFolderDestination(storeRoot), { scratchDir: dir })).filter((x) => x.id === setId);
+      expect(listed).toMatchObject({ state: 'damaged' });
       const error = await (await runner(5))
         .verifyStored('media', { set: setId, from: 'remote' }, { stageOptions: { 'media.verifyAll': true } })
         .then(() => undefined, (e: unknown) => e as PipelineError);
       expect(isPipelineError(error)).toBe(true);
-      expect(error).toMatchObject({ code: 'CHECKSUM_MISMATCH' });
-      expect(error!.message).toContain(victim);
+      expect(error).toMatchObject({ code: 'SET_INCOMPLETE' });
     }, 120_000);
 
     it('refuses in preflight a destination that cannot store trees', async () => {
