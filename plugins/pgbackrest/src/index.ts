@@ -120,6 +120,15 @@ function pgbackrestFacts(info: InfoStanza | undefined, s: ArchiverState | undefi
   return facts;
 }
 
+/** The problems `pgbackrest verify --output=text` reports (empty when every stanza is `status: ok`). */
+export function verifyProblems(text: string): string[] {
+  if (!/^\s*status: error/m.test(text)) return [];
+  return text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => /status: (invalid|error)|invalid: \d+|missing: \d+|checksum|size invalid/.test(l) && !/^status: error$/.test(l));
+}
+
 export default definePlugin({
   name: 'pgbackrest',
   description: 'Physical backups, WAL archiving and point-in-time recovery driven through pgBackRest.',
@@ -157,10 +166,11 @@ function tapBackup(hooks: TapOnlyHooks, options: PgbackrestOptions, api: PluginA
     throw new PipelineError(code, `${what} failed: ${text}`, { hint: `${ERRORS[code]} (${cmd.display(args)})`, cause: error });
   };
 
-  const stanzaCreateCommand = (cmd: Pgbackrest) => {
-    if (!cmd.generated) return `sudo -u postgres ${cmd.display(['stanza-create']).replace(/ --log-level-console=off --log-level-stderr=warn/, '')}`;
-    const archive = archiveCommandFor(options, resolvePath);
-    return archive ? `sudo -u postgres ${archive.replace(' archive-push %p', ' stanza-create')}` : undefined;
+  // The command an admin runs once (as the repository's owner). A generated config lives only for
+  // the run, so its repository is spelled out (possible for a posix repository without a key).
+  const stanzaCreateCommand = () => {
+    const push = archiveCommandFor(options, resolvePath);
+    return push ? `sudo -u ${options.runAs === 'root' ? 'postgres' : options.runAs} ${push.replace(/ archive-push %p$/, ' stanza-create')}` : undefined;
   };
 
   hooks.preflight.tapPromise(api.name, async (ctx) => {
@@ -179,7 +189,7 @@ function tapBackup(hooks: TapOnlyHooks, options: PgbackrestOptions, api: PluginA
         stanzaInfo = await info(ctx, cmd);
         created = true;
       } else if (!options.createStanza) {
-        const run = stanzaCreateCommand(cmd);
+        const run = stanzaCreateCommand();
         throw new PipelineError('PGBACKREST_STANZA_MISSING', `stanza ${options.stanza} does not exist in ${repositoryText(cmd.repository)} (${stanzaInfo.status.message})`, {
           hint: run ? `Create it once: ${run}   (or set createStanza: true)` : 'Set createStanza: true, or run `pgbackrest --stanza=… stanza-create` with the repository settings in /etc/pgbackrest/pgbackrest.conf.',
           details: { stanza: options.stanza, command: run },
@@ -276,7 +286,12 @@ function tapBackup(hooks: TapOnlyHooks, options: PgbackrestOptions, api: PluginA
     const record = parseRecord(await readFile(artifact.path, 'utf8'));
     if (record.stanza !== options.stanza) return; // another stage's stanza
     const cmd = await command(ctx);
-    await cmd.run(['verify']).catch((error: unknown) => wrapLock(error, 'PGBACKREST_VERIFY_FAILED', 'pgbackrest verify', cmd, ['verify']));
+    // pgBackRest 2.45's verify exits 0 even when it finds invalid files: read its text report.
+    const verified = await cmd.run(['--output=text', 'verify']).catch((error: unknown) => wrapLock(error, 'PGBACKREST_VERIFY_FAILED', 'pgbackrest verify', cmd, ['verify']));
+    const report = verifyProblems(verified.stdout);
+    if (report.length > 0) {
+      throw new PipelineError('PGBACKREST_VERIFY_FAILED', `pgbackrest verify found invalid files in ${repositoryText(cmd.repository)}: ${report.join('; ')}`, { hint: ERRORS.PGBACKREST_VERIFY_FAILED });
+    }
     const now = await info(ctx, cmd);
     if (!now.backup.some((b) => b.label === record.label)) {
       throw new PipelineError('PGBACKREST_VERIFY_FAILED', `backup ${record.label} of ${artifact.name} is not in the repository (${repositoryText(cmd.repository)})`, { hint: 'It was expired or the repository was changed: use another set.' });

@@ -45,7 +45,7 @@ export interface StartArchivingClusterOptions {
   settings?: StartPostgresOptions['settings'];
   /** Create the stanza (default true). */
   createStanza?: boolean;
-  /** Leave archiving off (archive_mode off): for the preflight error test. */
+  /** Leave archiving off (archive_mode off; the stanza is still created): for the preflight error test. */
   archiving?: boolean;
 }
 
@@ -149,7 +149,7 @@ export async function startArchivingCluster(options: StartArchivingClusterOption
     },
   };
   try {
-    if (options.createStanza !== false && archiving) await pgbackrest(['stanza-create']);
+    if (options.createStanza !== false) await pgbackrest(['stanza-create']);
   } catch (error) {
     await cluster.stop();
     throw error;
