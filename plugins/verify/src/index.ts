@@ -6,10 +6,10 @@
  */
 import { definePlugin, PipelineError, psql, quoteIdent, recordDrill, z, type RestoreContext, type RunContext } from '@backup-pipeline/core';
 import { attachStreamVerification, verifyDatabaseArtifact, type VerifyOptions } from './verify.js';
-import { drillTarget, dumpServerMajor, RESTORE_INTO, type DrillTarget } from './restore-test.js';
+import { drillTarget, dumpServerMajor, RESTORE_INTO, startClusterEarly, type DrillTarget } from './restore-test.js';
 
 export { attachStreamVerification, tableDataEntries, verifyDatabaseArtifact, type Verification, type VerifyOptions } from './verify.js';
-export { dropLeftoverScratchDatabases, drillTarget, RESTORE_INTO, restoreTest, type DrillTarget, type RestoreInto } from './restore-test.js';
+export { dropLeftoverScratchDatabases, drillTarget, RESTORE_INTO, restoreTest, startClusterEarly, type DrillTarget, type RestoreInto } from './restore-test.js';
 
 const isStored = (ctx: RunContext): ctx is RestoreContext => 'request' in ctx && 'stored' in ctx;
 
@@ -66,6 +66,8 @@ export default definePlugin({
     hooks.preflight.tapPromise('verify', async (ctx) => {
       if (!options.restoreTest) return;
       planned = await drillTarget(options.restoreInto, await dumpServerMajor(undefined, ctx), ctx.signal);
+      // The throwaway cluster starts now, while the dump is made (it is idle until the drill).
+      if (planned.into === 'scratch-cluster' && !ctx.dryRun) startClusterEarly(planned.bindir, ctx);
       if (planned.into !== 'server' || !ctx.pg) return;
       const [row] = await psql(ctx.pg, `SELECT current_user, coalesce((SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user), false)`, { signal: ctx.signal, secrets: ctx.secrets });
       if (row?.[1] !== 't') {
@@ -73,6 +75,17 @@ export default definePlugin({
         throw new PipelineError('VERIFY_RESTORE_UNAVAILABLE', `${user} cannot create the scratch database for the restore test (no CREATEDB); refused before any data moved`, {
           hint: `Allow it (as a superuser: ALTER ROLE ${quoteIdent(user)} CREATEDB;), or let the test restore into a throwaway cluster instead (${planned.why === 'restoreInto: server' ? 'restoreInto: auto, with' : 'install'} the server binaries of the server's major), or set restoreTest: false.`,
         });
+      }
+    });
+
+    // `pipeline verify --restore-test`: start the drill's cluster while the set is decrypted.
+    hooks.fetched.tapPromise('verify', async (artifact, ctx) => {
+      if (artifact.kind !== 'database' || ctx.request.restoreTest !== true) return;
+      try {
+        const target = await drillTarget(options.restoreInto, await dumpServerMajor(artifact, { ...ctx, pg: undefined }), ctx.signal);
+        if (target.into === 'scratch-cluster') startClusterEarly(target.bindir, ctx);
+      } catch {
+        // Reported by the drill itself (a fetched copy is never rejected for this).
       }
     });
 

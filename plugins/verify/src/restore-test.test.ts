@@ -81,6 +81,8 @@ describe('restore test against a real server', () => {
       expect(existsSync(join(out.workDir, '.runs'))).toBe(false);
       expect(await drillProcesses()).toEqual([]);
       expect(out.logs.join('\n')).toContain('into a throwaway PostgreSQL');
+      // Started once, in preflight (while the dump is made), and used by the drill.
+      expect(out.logs.filter((l) => l.includes('started a throwaway PostgreSQL'))).toHaveLength(1);
     } finally {
       await out.cleanup();
     }

@@ -95,10 +95,35 @@ export async function restoreTest(artifact: Artifact, options: VerifyOptions, ct
   return { ...result, durationMs: Date.now() - started };
 }
 
+/** Clusters started ahead of the drill (while the dump is made, or the set fetched and decrypted), per run context. */
+const early = new WeakMap<object, { bindir: string; cluster: Promise<ScratchCluster> }>();
+
+/**
+ * Starts the drill's throwaway cluster ahead of time, so that initdb and the server's start
+ * overlap with the dump (a run) or with fetching and decrypting the set (`pipeline verify`). The
+ * drill takes it when its binaries are the ones it needs; it is stopped when the run ends in any
+ * case. Never throws: a failure to start is reported by the drill that needs the cluster.
+ */
+export function startClusterEarly(bindir: string, ctx: Pick<Ctx, 'tmpDir' | 'signal' | 'log' | 'defer'>): void {
+  if (early.has(ctx)) return;
+  const cluster = startScratchCluster({ bindir, parentDir: ctx.tmpDir, signal: ctx.signal, log: ctx.log });
+  cluster.catch(() => undefined); // handled here; the drill awaits the same promise and reports it
+  early.set(ctx, { bindir, cluster });
+  ctx.defer(async () => (await cluster.catch(() => undefined))?.stop());
+}
+
 async function intoScratchCluster(artifact: Artifact, options: VerifyOptions, bindir: string, ctx: Ctx): Promise<Omit<NonNullable<Verification['restoreTest']>, 'durationMs'>> {
   const setupStarted = Date.now();
-  const cluster = await startScratchCluster({ bindir, parentDir: ctx.tmpDir, signal: ctx.signal, log: ctx.log });
-  ctx.defer(() => cluster.stop());
+  const ahead = early.get(ctx);
+  early.delete(ctx); // one drill per early cluster
+  let cluster: ScratchCluster;
+  if (ahead && ahead.bindir === bindir) {
+    cluster = await ahead.cluster;
+  } else {
+    if (ahead) void ahead.cluster.then((c) => c.stop(), () => undefined); // of another major: not this dump's
+    cluster = await startScratchCluster({ bindir, parentDir: ctx.tmpDir, signal: ctx.signal, log: ctx.log });
+    ctx.defer(() => cluster.stop());
+  }
   try {
     await cluster.psql(`CREATE DATABASE ${quoteIdent(CLUSTER_DRILL_DATABASE)} TEMPLATE template0 ENCODING 'UTF8'`);
     // Plain SQL sets owners and grants by role name (pg_restore's --no-owner --no-acl cannot apply).
