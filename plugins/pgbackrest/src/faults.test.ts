@@ -72,6 +72,11 @@ describe('pgbackrest stage faults', () => {
       const exited = new Promise((r) => holder?.once('exit', r));
       if (holder?.pid) process.kill(-holder.pid, 'SIGTERM');
       await exited;
+      // Its sleep may outlive it by a moment: wait until the lock is free.
+      for (let i = 0; i < 300; i++) {
+        if ((await exec('flock', ['--nonblock', lockFile, 'true'], { okExitCodes: [0, 1] })).exitCode === 0) break;
+        await sleep(100);
+      }
     }
     const after = await run([stage()]);
     expect(after.error).toBeUndefined();
@@ -141,16 +146,17 @@ describe('pgbackrest stage faults', () => {
     expect(text).toMatch(/backup_pipeline_source_fact\{fact="pgbackrest\.repositoryBytes",pipeline="test"\} [1-9]\d*/);
   }, 300_000);
 
-  // Not passing yet: with zstd level 19 on one process the copy outlasted the 10-minute limit on this
-  // 2-core machine (pgBackRest copies from disk; it needs the server only at start and stop). Needs
-  // a smaller table and a lower level; skipped rather than left to time out.
+  // Not passing yet: with zstd level 19 (and 15) on one process the test did not finish in time on
+  // this 2-core machine (pgBackRest copies from disk; it needs the server only at start and stop;
+  // whether it then waits out its db/protocol timeouts was not found out). Skipped rather than left
+  // to time out.
   it.skip('the server stopped in the middle of a backup fails the run and leaves no set; the next run works', async () => {
     // Enough data, compressed hard by one process, that the backup is still copying when the server stops.
-    await c.pg.psql(`CREATE TABLE big AS SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) AS pad FROM generate_series(1, 1500000) g;`);
+    await c.pg.psql(`CREATE TABLE big AS SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) AS pad FROM generate_series(1, 800000) g;`);
     await c.switchWal();
     const before = await info();
     const sets = await completeSets();
-    const running = run([stage({ type: 'full', processMax: 1, compressionLevel: 19 })]);
+    const running = run([stage({ type: 'full', processMax: 1, compressionLevel: 15 })]);
     // Wait until pgBackRest is copying files of the new backup, then stop the server at once.
     const backupDir = join(c.repoPath, 'backup', c.stanza);
     let copying = false;
@@ -169,7 +175,7 @@ describe('pgbackrest stage faults', () => {
     const again = await run([stage({ type: 'incr' })]);
     expect(again.error).toBeUndefined();
     expect((await completeSets()).length).toBe(sets.length + 1);
-  }, 600_000);
+  }, 400_000);
 
   it('refuses a server that does not archive, printing the ALTER SYSTEM lines and the restart', async () => {
     const plain = await startArchivingCluster({ archiving: false });
