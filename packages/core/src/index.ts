@@ -25,7 +25,7 @@ export * from './runner.js';
 export * from './restore.js';
 export * from './restore-context.js';
 export * from './restore-stream.js';
-export * from './restore-drill.js';
 export * from './physical-restore.js';
+export * from './restore-drill.js';
 export * from './format.js';
 export { z } from 'zod';

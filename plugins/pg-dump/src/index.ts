@@ -108,7 +108,7 @@ export default definePlugin({
         const readable = (PG_COMPRESSIONS as readonly string[]).includes(outerCompression(artifact)) || outerCompression(artifact) === 'none' ? artifact : await ctx.decompress(artifact);
         if (artifact.kind === 'globals') return target.globals ? restoreGlobals(readable, ctx) : undefined;
         if (!target.database) return undefined;
-        return restoreArtifact(readable, { database: target.database, jobs: target.jobs, clean: target.clean }, ctx);
+        return restoreArtifact(readable, { database: target.database, jobs: target.jobs, clean: target.clean, server: target.server }, ctx);
       });
     }
     // One pass: from the core's checked stream into pg_restore, or into the one file `pg_restore -j` needs.

@@ -162,17 +162,19 @@ export const RESTORE_PGOPTIONS = '-c maintenance_work_mem=256MB -c synchronous_c
  */
 export async function restoreArtifact(
   artifact: Artifact,
-  target: { database: string; jobs: number; clean?: boolean; dir?: string },
+  target: { database: string; jobs: number; clean?: boolean; dir?: string; server?: PgSource },
   ctx: Ctx,
 ): Promise<RestoreReport> {
-  const source = ctx.pg;
+  // A drill's throwaway cluster, or the server of the credentials stage.
+  const source = target.server ?? ctx.pg;
   if (!source) throw new PipelineError('CREDENTIALS_MISSING', 'restoring needs the database connection of a credentials stage', { hint: 'Add a credentials stage to the pipeline.' });
   const started = Date.now();
   const database = target.database;
   // Index builds dominate a restore: give them memory (PostgreSQL's default maintenance_work_mem
   // is 64MB), and do not wait for WAL flushes of a database that is being rebuilt anyway.
   // Both are per-session (USERSET) settings any role may use; pg_restore -j opens one session per job.
-  const env = { ...pgEnv(source, database), PGOPTIONS: RESTORE_PGOPTIONS };
+  // A drill's throwaway cluster is configured for this already (and with more memory): none there.
+  const env = { ...pgEnv(source, database), PGOPTIONS: target.server ? undefined : RESTORE_PGOPTIONS };
   const pgRestore = artifact.format === 'pg-plain' ? '' : await pgRestoreFor(artifact);
   const restoreArgs = ['--no-owner', '--no-acl', '--exit-on-error', `--dbname=${database}`, ...(target.clean ? ['--clean', '--if-exists'] : [])];
   let dir = target.dir;
@@ -204,12 +206,11 @@ export async function restoreArtifact(
   } finally {
     if (extracted && dir) await rm(dir, { recursive: true, force: true });
   }
-  return countRestored(artifact, database, started, ctx);
+  return countRestored(artifact, database, started, ctx, source);
 }
 
 /** Counts each table's rows in the restored database and compares them with the dump's snapshot. */
-async function countRestored(artifact: Artifact, database: string, started: number, ctx: Ctx): Promise<RestoreReport> {
-  const source = ctx.pg!;
+async function countRestored(artifact: Artifact, database: string, started: number, ctx: Ctx, source: PgSource = ctx.pg!): Promise<RestoreReport> {
   const q = { signal: ctx.signal, secrets: ctx.secrets };
   const expected = (artifact.meta.rowCounts ?? {}) as Record<string, number>;
   const names = Object.keys(expected);
