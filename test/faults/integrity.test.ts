@@ -233,11 +233,11 @@ describe('preflight refuses before any data moves', () => {
 
   const pgDumpRan = async () => (await shimRecords(sb)).some((r) => r.tool === 'pg_dump' && !r.argv.includes('--version'));
 
-  it('a restore test with a role that may not create databases fails in preflight with VERIFY_RESTORE_UNAVAILABLE', async () => {
+  it('a restore test with a role that may not create databases restoring into the server (restoreInto: server) fails in preflight with VERIFY_RESTORE_UNAVAILABLE', async () => {
     const envFile = await limitedRole('no_createdb', `GRANT pg_read_all_data TO no_createdb`);
     const p = await project(sb, 'no-createdb', {
       destinations: { folder: { use: 'local', path: './backups' } },
-      pipelines: { nightly: { source: 'mastodon', stages: [{ use: 'credentials', envFile }, { use: 'pg-dump' }, { use: 'verify', restoreTest: true }], destinations: ['folder'] } },
+      pipelines: { nightly: { source: 'mastodon', stages: [{ use: 'credentials', envFile }, { use: 'pg-dump' }, { use: 'verify', restoreTest: true, restoreInto: 'server' }], destinations: ['folder'] } },
     });
     await rm(sb.shimLog, { recursive: true, force: true }).then(() => mkdir(sb.shimLog));
     const out = await p.run();

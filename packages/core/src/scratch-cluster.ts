@@ -205,15 +205,23 @@ async function canReach(dir: string, user: RunAs): Promise<boolean> {
 /**
  * Where a scratch cluster (or a data dir to start as one) can live: `parentDir` itself, unless this
  * process is root and the `postgres` user cannot reach it (a 0700 work dir). Then a folder
- * `bp-scratch-…` in `$TMPDIR` (default /var/tmp, on disk rather than a tmpfs /tmp) that the
- * postgres user can reach, noted in `parentDir` so crash recovery removes it with the run's folder.
+ * `bp-scratch-…` in the first of `$TMPDIR`, /var/tmp (on disk rather than a tmpfs /tmp) and /tmp
+ * that the postgres user can reach, noted in `parentDir` so crash recovery removes it with the run's folder.
  * Callers that restore a physical backup call this first, restore into the folder it returns, and
  * pass it as `parentDir` (and the data dir inside it as `dataDir`).
  */
 export async function scratchClusterParent(parentDir: string, log?: Logger): Promise<string> {
   const user = await clusterUser();
   if (!user.viaRunuser || (await canReach(parentDir, user))) return parentDir;
-  const base = process.env.TMPDIR || (existsSync('/var/tmp') ? '/var/tmp' : '/tmp');
+  // $TMPDIR first, unless the postgres user cannot reach it either (a private TMPDIR), then /var/tmp.
+  const candidates = [process.env.TMPDIR, '/var/tmp', '/tmp'].filter((d): d is string => Boolean(d) && existsSync(d!));
+  let base: string | undefined;
+  for (const d of candidates) if (await canReach(d, user)) { base = d; break; }
+  if (!base) {
+    throw new PipelineError('SCRATCH_CLUSTER_FAILED', `the postgres user can reach none of ${[parentDir, ...candidates].join(', ')} for the throwaway cluster`, {
+      hint: 'Set TMPDIR to a folder the postgres user may traverse, or restore into the server instead (restoreInto: server).',
+    });
+  }
   const dir = await mkdtemp(join(base, OUTSIDE_PREFIX));
   await chmod(dir, 0o711); // only traversal: what is inside is the postgres user's, 0700
   await noteOutsideFolder(parentDir, dir);
