@@ -255,18 +255,29 @@ async function restoreFullAt(free: number, database: string, args: string[], exp
 }
 
 describe('disk full during restore', () => {
-  it('while fetching the encrypted dump into the scratch folder: NO_SPACE naming the file being fetched', async () => {
-    await restoreFullAt(Math.floor(dumpGpgBytes / 2), 'restored_fetch', [], { path: /\.runs\/\d+-\w+\/\S*mastodon_production\.dump\.zst\.gpg/, stage: 'fetching mastodon_production.dump.zst.gpg from folder' });
+  // One pass: the stored copy is read as a stream (no ciphertext file, no plaintext file); the only
+  // file a restore writes is the seekable copy `pg_restore -j` needs, and with --jobs 1 not even that.
+  it('--jobs 1 streams straight into pg_restore: a nearly full work dir does not stop it', async () => {
+    const filler = await leaveFree(p.workDir, SLACK);
+    try {
+      const out = await p.cli(['restore', 'latest', '--from', 'folder', '--to', 'restored_stream', '--gnupg-home', gpg.home, '--jobs', '1']);
+      expect(out.timedOut, 'the restore hung').toBeFalsy();
+      expect(out.exitCode, out.stderr).toBe(0);
+      expect(await databaseExists('restored_stream')).toBe(true);
+      await assertNoScratch(p);
+    } finally {
+      await rm(filler, { force: true });
+    }
   });
 
-  it('while gpg decrypts (its output has nowhere to go): NO_SPACE naming the plaintext file, gpg stopped', async () => {
-    await restoreFullAt(dumpGpgBytes + Math.floor(dumpBytes / 2), 'restored_decrypt', [], { path: /\.runs\/\d+-\w+\/\S*mastodon_production\.dump\.zst/, stage: '[gpg → decrypt' });
+  it('while the decrypted stream is decompressed into the seekable copy with room for half of it: NO_SPACE naming it, never "corrupt"', async () => {
+    await restoreFullAt(Math.floor(dumpPlainBytes / 2), 'restored_half', ['--jobs', '2'], { path: /\.runs\/\d+-\w+\/restore-\w+/, stage: '[pg-dump → restoreStream]' });
   });
 
   it('while zstd -d writes the seekable copy for a parallel pg_restore: NO_SPACE naming it, never "corrupt"', async () => {
-    // Room for the ciphertext and the plaintext side by side (decrypting), not for the uncompressed dump.
+    // Room for the ciphertext and the compressed dump, not for the uncompressed dump.
     expect(dumpPlainBytes).toBeGreaterThan(dumpGpgBytes + 2 * SLACK);
-    await restoreFullAt(dumpGpgBytes + dumpBytes + SLACK, 'restored_decompress', ['--jobs', '2'], { path: /\.runs\/\d+-\w+\/restore-\w+\.dump/ });
+    await restoreFullAt(dumpGpgBytes + dumpBytes + SLACK, 'restored_decompress', ['--jobs', '2'], { path: /\.runs\/\d+-\w+\/restore-\w+/ });
   });
 
   it('with a full $TMPDIR: the restore does not need it (its scratch is in the work dir) and succeeds', async () => {

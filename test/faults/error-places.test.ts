@@ -61,7 +61,7 @@ describe('a PostgreSQL client that fails shows the server\'s ERROR line', () => 
     await host.pg.psql(`CREATE DATABASE ${target} TEMPLATE template0`);
     const seen = await recordedPids(sb);
     const out = await p.cli(['restore', 'latest', '--to', target, '--jobs', String(jobs), '--log-format', 'json']);
-    const line = assertFailed(out, jobs === 1 ? 'RESTORE_FAILED' : 'EXEC_FAILED', ['[pg-dump → restore]', 'pg_restore', 'ERROR:  permission denied for schema public']);
+    const line = assertFailed(out, jobs === 1 ? 'RESTORE_FAILED' : 'EXEC_FAILED', ['[pg-dump → restoreStream]', 'pg_restore', 'ERROR:  permission denied for schema public']);
     if (process.env.BP_SHOW) console.log(line);
     // Not the tail of the statement text pg_restore printed after it.
     expect(line).not.toMatch(/NOT NULL|bigint|character varying/);

@@ -240,12 +240,17 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     // The cause of a PostgreSQL client's failure is in its ERROR/FATAL lines, often far from the
     // end (the end can be the middle of a function body); other programs end with it.
     const shown = mask(errorLines.length > 0 ? errorLines.slice(0, 3).join(' | ') : stderrTail(stderr, 3)).trim();
-    const fs = FS_FAILURES.find(([pattern]) => pattern.test(stderrTail(stderr, 6)));
-    if (fs && (fs[1] === 'ENOSPC' || fs[1] === 'EDQUOT')) {
-      throw new PipelineError('NO_SPACE', `${label} ran out of disk space${options.writes ? ` writing ${options.writes}` : ''} (${fs[1]}): ${shown}`, { details: { ...details, path: options.writes, errno: fs[1] } });
+    // The program's own words, or the error of the file its stdout was written to (`stdout: { file }`:
+    // a full disk there ends the program with SIGPIPE, which is not the cause).
+    const ownWords = FS_FAILURES.find(([pattern]) => pattern.test(stderrTail(stderr, 6)))?.[1];
+    const causeCode = (r.cause as NodeJS.ErrnoException | undefined)?.code;
+    const errno = ownWords ?? FS_FAILURES.map(([, code]) => code).find((code) => code === causeCode);
+    const said = shown || (r.cause as Error | undefined)?.message || why;
+    if (errno === 'ENOSPC' || errno === 'EDQUOT') {
+      throw new PipelineError('NO_SPACE', `${label} ran out of disk space${options.writes ? ` writing ${options.writes}` : ''} (${errno}): ${said}`, { details: { ...details, path: options.writes, errno } });
     }
-    if (fs && options.writes) {
-      throw new PipelineError('ACCESS_DENIED', `${label} cannot write ${options.writes} (${fs[1]}): ${shown}`, { details: { ...details, path: options.writes, errno: fs[1] } });
+    if (errno && options.writes) {
+      throw new PipelineError('ACCESS_DENIED', `${label} cannot write ${options.writes} (${errno}): ${said}`, { details: { ...details, path: options.writes, errno } });
     }
     throw new PipelineError('EXEC_FAILED', `${label} ${why}${shown ? `: ${shown}` : ''}`, { details });
   });
