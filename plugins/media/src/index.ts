@@ -258,6 +258,10 @@ export default definePlugin({
       );
     });
 
+    // Other stages' streamed artifacts are nothing for this verify tap: say so, so they stay one pass.
+    hooks.verifyStream.tapPromise(api.name, async (request) => {
+      if (request.artifact.format !== FORMAT) request.claim();
+    });
     hooks.verify.tapPromise(api.name, async (artifact, ctx) => {
       if (artifact.format !== FORMAT || !artifact.tree) return;
       const entries = await readTreeIndex(artifact.path);

@@ -330,6 +330,10 @@ export default definePlugin({
       }
     });
 
+    // Other stages' streamed artifacts are nothing for this verify tap: say so, so they stay one pass.
+    hooks.verifyStream.tapPromise('redis', async (request) => {
+      if (request.artifact.format !== RDB_FORMAT) request.claim();
+    });
     hooks.verify.tapPromise('redis', async (artifact, ctx) => {
       if (artifact.format !== RDB_FORMAT) return;
       const check = await checkRdb(artifact.path, ctx);
