@@ -18,7 +18,7 @@ export interface CompressionOptions {
 
 /** Default levels: zstd 3 (fast, good ratio), lz4 1, gzip 6. */
 export function defaultLevel(method: KnownCompression): number | undefined {
-  return { zstd: 1, lz4: 1, gzip: 6, none: undefined }[method];
+  return { zstd: 3, lz4: 1, gzip: 6, none: undefined }[method];
 }
 
 /** The command that compresses stdin to stdout, or undefined for `none`. */

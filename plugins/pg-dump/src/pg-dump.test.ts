@@ -191,7 +191,7 @@ describe('pg-dump against a real server', () => {
     const out = await runStages({ stages: [credentials(), { use: 'pg-dump' }], dryRun: true });
     expect(out.error).toBeUndefined();
     const step = out.result!.plan!.steps.find((s) => s.plugin === 'pg-dump')!;
-    expect(step.command).toMatch(/pg_dump --format=c --no-password --lock-wait-timeout=5min --compress=0 --snapshot=SNAPSHOT \| zstd -q -c -T0 -1 > .*mastodon_test\.dump\.zst$/);
+    expect(step.command).toMatch(/pg_dump --format=c --no-password --lock-wait-timeout=5min --compress=0 --snapshot=SNAPSHOT \| zstd -q -c -T0 -3 > .*mastodon_test\.dump\.zst$/);
     expect(JSON.stringify(out.result)).not.toContain(PASSWORD);
   });
 });
