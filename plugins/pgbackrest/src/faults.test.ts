@@ -51,15 +51,22 @@ describe('pgbackrest stage faults', () => {
 
   it('refuses a second backup while another pgBackRest process holds the stanza lock', async () => {
     const lockFile = join(c.lockPath, `${c.stanza}-backup.lock`);
+    // Everything that touches the lock file runs as the repository's user: a probe run as root
+    // before the holder made the file would create it root-owned and lock pgBackRest out for good.
+    const asServer = (argv: string[]) => (c.serverUser ? ['runuser', '-u', c.serverUser, '--', ...argv] : argv);
+    const probeLock = () => {
+      const [file, ...args] = asServer(['flock', '--nonblock', lockFile, 'true']);
+      return exec(file!, args, { okExitCodes: [0, 1] });
+    };
     let holder: ChildProcess | undefined;
     try {
       // Held as the repository's user (a lock file made by root would lock pgBackRest out for good),
       // in its own process group so that it and its sleep end together.
-      const argv = ['flock', '--exclusive', lockFile, 'sleep', '600'];
-      holder = c.serverUser ? spawn('runuser', ['-u', c.serverUser, '--', ...argv], { stdio: 'ignore', detached: true }) : spawn(argv[0]!, argv.slice(1), { stdio: 'ignore', detached: true });
+      const [file, ...args] = asServer(['flock', '--exclusive', lockFile, 'sleep', '600']);
+      holder = spawn(file!, args, { stdio: 'ignore', detached: true });
       // Wait until the lock is held (flock --nonblock fails while the holder has it).
       for (let i = 0; i < 300; i++) {
-        const probe = await exec('flock', ['--nonblock', lockFile, 'true'], { okExitCodes: [0, 1] });
+        const probe = await probeLock();
         if (probe.exitCode === 1) break;
         await sleep(100);
       }
@@ -74,7 +81,7 @@ describe('pgbackrest stage faults', () => {
       await exited;
       // Its sleep may outlive it by a moment: wait until the lock is free.
       for (let i = 0; i < 300; i++) {
-        if ((await exec('flock', ['--nonblock', lockFile, 'true'], { okExitCodes: [0, 1] })).exitCode === 0) break;
+        if ((await probeLock()).exitCode === 0) break;
         await sleep(100);
       }
     }
