@@ -117,6 +117,10 @@ describe('full-instance restore drill', () => {
     // The files stage's media tar is drilled (unpacked, files counted, cache/ left out).
     const tar = byPart('media').find((p) => p.artifact.startsWith('media.tar'));
     expect(tar).toMatchObject({ restored: true, detail: expect.stringMatching(/^3 files \(\d+ bytes\) unpacked$/) });
+    // The media stage's tree is rebuilt whole from the destination, every file checked.
+    const tree = byPart('media').find((p) => !p.artifact.startsWith('media.tar'));
+    expect(tree).toMatchObject({ restored: true, detail: expect.stringMatching(/^3 files rebuilt from folder into a throwaway folder, every sha256 matches$/) });
+    expect(tree!.bytes).toBeGreaterThan(0);
     expect(report.drill.totalMs).toBe(report.drill.parts.reduce((n, p) => n + (p.durationMs ?? 0), 0));
 
     const text = await pipeline(['verify', 'latest', '--pipeline', 'nightly', '--from', 'folder', '--restore-test', '--gnupg-home', gpg.home], host.dir);

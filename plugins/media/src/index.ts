@@ -27,6 +27,7 @@ import {
   PipelineError,
   readTreeIndex,
   recordDamage,
+  recordDrill,
   storesTrees,
   treePathProblem,
   writeTreeIndex,
@@ -265,15 +266,22 @@ export default definePlugin({
     hooks.verify.tapPromise(api.name, async (artifact, ctx) => {
       if (artifact.format !== FORMAT || !artifact.tree) return;
       const entries = await readTreeIndex(artifact.path);
-      const all = options.verifyAll;
+      // A restore drill (`pipeline verify --restore-test`) rebuilds the whole tree in a throwaway folder.
+      const drill = isStored(ctx) && ctx.request.restoreTest === true;
+      const all = options.verifyAll || drill;
       const chosen = all ? entries : sample(entries, options.verifySample);
       if (isStored(ctx)) {
         const d = storedDestination(ctx);
         const dir = join(ctx.tmpDir, `verify-${artifact.tree.name}`);
+        const started = Date.now();
         try {
           await readBack(ctx, d, artifact.tree.name, chosen, dir);
         } finally {
           await rm(dir, { recursive: true, force: true });
+        }
+        if (drill) {
+          const bytes = entries.reduce((sum, e) => sum + e.bytes, 0);
+          recordDrill(artifact, { part: 'media', bytes, durationMs: Date.now() - started, detail: `${entries.length} files rebuilt from ${d.name} into a throwaway folder, every sha256 matches` });
         }
       } else {
         const dir = artifact.tree.dir ?? join(ctx.setDir, artifact.tree.name);
