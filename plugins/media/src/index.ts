@@ -23,6 +23,7 @@ import {
   hashFile,
   isPipelineError,
   listSets,
+  objectStorageNotice,
   pathInTree,
   PipelineError,
   readTreeIndex,
@@ -177,8 +178,11 @@ export default definePlugin({
     const indexName = `${options.name}.index.jsonl`;
 
     hooks.preflight.tapPromise(api.name, async (ctx) => {
+      // S3_ENABLED=true in the .env.production beside public/system: said, never an empty tree in silence.
+      const notice = await objectStorageNotice(root);
+      if (notice) ctx.log.warn(notice);
       if (!(await stat(root).catch(() => undefined))?.isDirectory()) {
-        throw new PipelineError('MEDIA_MISSING', `media folder ${root} does not exist or is not a folder`, { hint: MEDIA_ERRORS.MEDIA_MISSING });
+        throw new PipelineError('MEDIA_MISSING', `media folder ${root} does not exist or is not a folder`, { hint: notice ? `${notice[0]!.toUpperCase()}${notice.slice(1)}.` : MEDIA_ERRORS.MEDIA_MISSING });
       }
       const unable = [ctx.work, ...ctx.destinations].filter((d) => !storesTrees(d.destination));
       if (unable.length > 0) {

@@ -258,5 +258,23 @@ export default definePlugin({ name: 'no-trees', destination: { options: z.object
       expect(error!.message).toContain('"plain" (no trees)');
       await expect(readdir(join(dir, 'plain'))).rejects.toThrow();
     }, 60_000);
+
+    it('says media is in object storage (S3_ENABLED=true in the .env.production beside public/system) instead of backing up nothing in silence', async () => {
+      const live = join(dir, 's3-live');
+      await mkdir(live, { recursive: true });
+      await writeFile(join(live, '.env.production'), 'S3_ENABLED=true\nS3_BUCKET=instance-files\n');
+      const content = {
+        workDir: join(dir, 'work-s3'),
+        destinations: { folder: { use: 'local', path: join(dir, 'folder-s3') } },
+        pipelines: { media: { source: 'mastodon', destinations: ['folder'], stages: [{ use: 'media', path: join(live, 'public', 'system') }] } },
+      };
+      const config = await resolveConfig(join(dir, 'pipeline.config.json'), content, { env: process.env, cwd: dir, pluginSearchDirs: [repo] });
+      const error = await new Runner(config, await createLogger({ secrets: config.secrets, level: 'silent' }))
+        .run('media')
+        .then(() => undefined, (e: unknown) => e as PipelineError);
+      expect(error).toMatchObject({ code: 'MEDIA_MISSING', plugin: 'media', hook: 'preflight' });
+      expect(error!.hint).toContain('S3_ENABLED=true');
+      expect(error!.hint).toContain('bucket-to-bucket copy stage');
+    }, 60_000);
   }
 });
