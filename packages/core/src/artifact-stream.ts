@@ -226,8 +226,19 @@ export async function runArtifactStream(request: StreamArtifactRequest, plan: St
     }
     if (filterProcs.length > 0) {
       const into = filterProcs[0]!.stdin!;
-      into.on('error', () => {}); // a filter that died is reported by its own exit
-      toWrite.pipe(into);
+      const feed = toWrite;
+      // A filter that died is reported by its own exit. What still comes to it is read and dropped:
+      // left unread, it would fill the pipes behind it, and the members before it (killed by then)
+      // could never finish their output, so their promises would never settle.
+      const drain = () => {
+        feed.unpipe(into);
+        feed.resume();
+      };
+      into.on('error', drain);
+      into.on('close', () => {
+        if (!into.writableFinished) drain();
+      });
+      feed.pipe(into);
       toWrite = filterProcs[last]!.stdout!;
     }
     let lastProgress = 0;
