@@ -536,11 +536,20 @@ export class RsyncDestination implements Destination {
     const empty = await mkdtemp(join(tmpdir(), 'rsync-empty-'));
     try {
       const args = [...this.baseArgs(), '-r', '--delete', `--include=${pattern}`, '--exclude=*', '--', empty + '/', this.loc(dir) + '/'];
-      await this.run('rsync', args, what, options).catch((error: unknown) => {
+      const absent = (error: unknown) => {
         const stderr = String((isPipelineError(error) && error.details?.stderr) || '');
         // Nothing to delete when the folder is not there.
-        if (/(mkdir|change_dir|chdir)[^\n]*No such file or directory/.test(stderr)) return;
-        throw error;
+        if (/(mkdir|change_dir|chdir)[^\n]*No such file or directory/.test(stderr)) return true;
+        return stderr === '' ? undefined : false;
+      };
+      await this.run('rsync', args, what, options).catch(async (error: unknown) => {
+        const gone = absent(error);
+        if (gone) return;
+        if (gone === false || options.signal?.aborted) throw error;
+        // rsync failed without a word (seen under load): deleting is idempotent, so ask once more.
+        await this.run('rsync', args, what, options).catch((again: unknown) => {
+          if (!absent(again)) throw again;
+        });
       });
     } finally {
       await rm(empty, { recursive: true, force: true });
