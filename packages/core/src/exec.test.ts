@@ -50,6 +50,18 @@ describe('settleChain', () => {
     await expect(settleChain([later(5, a), later(10, new Error('EPIPE'))] as const, () => {})).rejects.toBe(a);
     await expect(settleChain([later(5), later(1)] as const, () => {})).resolves.toEqual(['ok', 'ok']);
   });
+
+  it('names every member an interrupted run stopped, in the chain\'s order, whichever noticed first', async () => {
+    for (let round = 0; round < 3; round++) {
+      const abort = new AbortController();
+      const tar = exec('sleep', ['30'], { label: 'tar', signal: abort.signal });
+      const gpg = exec('sleep', ['30'], { label: 'gpg', signal: abort.signal });
+      setTimeout(() => abort.abort(), 50);
+      const error = await settleChain([tar, gpg] as const, () => {}).catch((e: unknown) => e);
+      expect(isPipelineError(error) && error.code).toBe('ABORTED');
+      expect((error as Error).message).toBe('tar | gpg were stopped because the run was interrupted');
+    }
+  });
 });
 
 describe('exec errors name the cause', () => {

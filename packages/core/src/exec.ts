@@ -8,7 +8,7 @@
  */
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { execa } from 'execa';
-import { PipelineError } from './errors.js';
+import { isPipelineError, PipelineError } from './errors.js';
 import type { SecretRegistry } from './secrets.js';
 
 /** Variables that must never reach a child: passwords go through a private PGPASSFILE instead. */
@@ -116,8 +116,13 @@ export async function settleChain<T extends readonly unknown[]>(members: { [K in
       }),
     ),
   );
-  if (failures.length > 0) throw failures.find((e) => !isChainConsequence(e)) ?? failures[0];
-  return results.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
+  if (failures.length === 0) return results.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
+  // An interrupted run stops every member at once, and which one notices first is chance: the
+  // line names them all, in the chain's order.
+  const stopped = results.flatMap((r) => (r.status === 'rejected' && isPipelineError(r.reason) && r.reason.code === 'ABORTED' ? [r.reason] : []));
+  const labels = [...new Set(stopped.map((e) => e.details?.label).filter((l): l is string => typeof l === 'string'))];
+  if (labels.length > 1) throw new PipelineError('ABORTED', `${labels.join(' | ')} were stopped because the run was interrupted`, { details: { label: labels.join(' | ') }, cause: stopped[0] });
+  throw failures.find((e) => !isChainConsequence(e)) ?? failures[0];
 }
 
 /** The command line as it may be shown: quoted where needed, secrets masked. */
@@ -226,7 +231,7 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
       throw new PipelineError('EXEC_NOT_FOUND', `${label}: program not found (${file})`, { details });
     }
     if (r.isCanceled || options.signal?.aborted) {
-      throw new PipelineError('ABORTED', `${label} was stopped because the run was interrupted`, { details });
+      throw new PipelineError('ABORTED', `${label} was stopped because the run was interrupted`, { details: { ...details, label } });
     }
     if (r.timedOut) {
       throw new PipelineError('EXEC_FAILED', `${label} timed out after ${options.timeoutMs} ms`, { details });
