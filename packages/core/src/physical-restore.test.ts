@@ -149,8 +149,9 @@ describe('the data dir a physical restore writes', () => {
 
   it('refuses a folder whose postmaster.pid names a live process, even with delta; a stale one is only "not empty"', async () => {
     const root = await tempDir('bp-datadir-');
-    // A live process whose command line says postgres (exec -a names it so).
-    const child = spawn('bash', ['-c', 'exec -a postgres sleep 60'], { stdio: 'ignore' });
+    // A live process whose command line says postgres from its exec on (a shell's `exec -a`
+    // left a moment where it read empty).
+    const child = spawn('sleep', ['60'], { argv0: 'postgres', stdio: 'ignore' });
     try {
       await new Promise((r) => child.once('spawn', r));
       await mkdir(join(root, 'live'));

@@ -195,9 +195,10 @@ async function runningServer(dataDir: string): Promise<string | undefined> {
       alive = (error as NodeJS.ErrnoException).code === 'EPERM';
     }
     if (alive) {
-      // A pid reused by something else after a crash is not a server.
-      const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => undefined);
-      if (cmdline === undefined || /postgres|postmaster/.test(cmdline)) return `process ${pid} (postmaster.pid) is running`;
+      // A pid reused by something else after a crash is not a server; one whose command line
+      // cannot be read (or reads empty, as during an exec) may be, and is refused.
+      const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+      if (cmdline === '' || /postgres|postmaster/.test(cmdline)) return `process ${pid} (postmaster.pid) is running`;
     }
   }
   if (Number.isInteger(port) && port > 0) {
