@@ -58,6 +58,7 @@ import {
   type TreePutResult,
   type TreeSource,
 } from '@backup-pipeline/core';
+import { nextPage } from './paging.js';
 
 export const S3Options = z
   .object({
@@ -96,6 +97,7 @@ function isNotFound(error: unknown): boolean {
   const e = error as { name?: string; $metadata?: { httpStatusCode?: number } };
   return e?.name === 'NoSuchKey' || e?.name === 'NotFound' || e?.$metadata?.httpStatusCode === 404;
 }
+
 
 export class S3Destination implements Destination {
   readonly client: S3Client;
@@ -229,7 +231,7 @@ export class S3Destination implements Destination {
         this.client.send(new ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: prefix, ContinuationToken: token }), { abortSignal: signal }),
       );
       yield* page.Contents ?? [];
-      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+      token = nextPage(page, `listing ${prefix || '/'} on ${this.describe()}`);
     } while (token);
   }
 
@@ -244,7 +246,7 @@ export class S3Destination implements Destination {
         const id = cp.Prefix?.slice(this.prefix.length, -1);
         if (id && parseSetId(id) && !id.endsWith(PARTIAL_SUFFIX)) ids.push(id);
       }
-      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+      token = nextPage(page, `listing sets on ${this.describe()}`);
     } while (token);
 
     const describeSet = async (id: string): Promise<StoredSet> => {
