@@ -9,34 +9,26 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tableChecksums } from '@backup-pipeline/testing';
-import { mastodonHost, pipeline, writeConfig, type MastodonHost } from './support.js';
+import { mastodonHost, pipeline, writeConfig, writeMastodonConfig, type MastodonHost } from './support.js';
 
 let host: MastodonHost;
 let publicKey: string;
 const NO_GPG = { GNUPGHOME: '/nonexistent/no-gpg-here' };
+/** The stages the config starts with (a test takes some away, a later one puts them back). */
+const stages = () => [
+  { use: 'credentials', envFile: host.envFile },
+  { use: 'pg-dump' },
+  { use: 'files', envFile: host.envFile },
+  { use: 'verify', expectTables: ['accounts', 'statuses'] },
+  { use: 'age', recipients: [publicKey], identityFile: './age.key' },
+  { use: 'retention', keepLast: 2 },
+];
 
 beforeAll(async () => {
   host = await mastodonHost();
   await execa('age-keygen', ['-o', join(host.dir, 'age.key')]);
   publicKey = (await execa('age-keygen', ['-y', join(host.dir, 'age.key')])).stdout.trim();
-  await writeConfig(host.dir, {
-    workDir: './work',
-    destinations: { folder: { use: 'local', path: './folder' } },
-    pipelines: {
-      nightly: {
-        source: 'mastodon',
-        stages: [
-          { use: 'credentials', envFile: host.envFile },
-          { use: 'pg-dump' },
-          { use: 'files', envFile: host.envFile },
-          { use: 'verify', expectTables: ['accounts', 'statuses'] },
-          { use: 'age', recipients: [publicKey], identityFile: './age.key' },
-          { use: 'retention', keepLast: 2 },
-        ],
-        destinations: ['folder'],
-      },
-    },
-  });
+  await writeMastodonConfig(host.dir, { nightly: stages() });
 });
 
 afterAll(async () => {
@@ -101,14 +93,7 @@ describe('the age plugin, end to end without gpg', () => {
 
   it('survives retention like any other set', async () => {
     const config = JSON.parse(await readFile(join(host.dir, 'pipeline.config.json'), 'utf8'));
-    config.pipelines.nightly.stages = [
-      { use: 'credentials', envFile: host.envFile },
-      { use: 'pg-dump' },
-      { use: 'files', envFile: host.envFile },
-      { use: 'verify', expectTables: ['accounts', 'statuses'] },
-      { use: 'age', recipients: [publicKey], identityFile: './age.key' },
-      { use: 'retention', keepLast: 2 },
-    ];
+    config.pipelines.nightly.stages = stages();
     await writeConfig(host.dir, config);
     for (let i = 0; i < 2; i++) {
       await new Promise((r) => setTimeout(r, 1100));

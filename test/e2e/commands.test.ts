@@ -3,7 +3,7 @@ import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createGpgHome, type GpgHome } from '@backup-pipeline/testing';
-import { mastodonHost, pipeline, writeConfig, type MastodonHost } from './support.js';
+import { mastodonHost, pipeline, writeMastodonConfig, type MastodonHost } from './support.js';
 
 let host: MastodonHost;
 let gpg: GpgHome;
@@ -11,22 +11,14 @@ let gpg: GpgHome;
 beforeAll(async () => {
   [host, gpg] = await Promise.all([mastodonHost(), createGpgHome()]);
   await host.pg.createRole('mastodon_admin', undefined, { login: false });
-  await writeConfig(host.dir, {
-    workDir: './work',
-    destinations: { folder: { use: 'local', path: './folder' } },
-    pipelines: {
-      nightly: {
-        source: 'mastodon',
-        stages: [
-          { use: 'credentials', envFile: host.envFile },
-          { use: 'pg-dump', globals: true },
-          { use: 'files', envFile: host.envFile },
-          { use: 'gpg', gnupgHome: gpg.home, recipients: [gpg.fingerprint] },
-          { use: 'retention', keepLast: 5 },
-        ],
-        destinations: ['folder'],
-      },
-    },
+  await writeMastodonConfig(host.dir, {
+    nightly: [
+      { use: 'credentials', envFile: host.envFile },
+      { use: 'pg-dump', globals: true },
+      { use: 'files', envFile: host.envFile },
+      { use: 'gpg', gnupgHome: gpg.home, recipients: [gpg.fingerprint] },
+      { use: 'retention', keepLast: 5 },
+    ],
   });
 });
 afterAll(async () => {
@@ -110,21 +102,13 @@ describe('pipeline verify --restore-test', () => {
   it('drills in a throwaway cluster by default (no CREATEDB needed); --restore-into server uses a scratch database on the server', async () => {
     const dir = join(host.dir, 'drill');
     await mkdir(dir, { mode: 0o700 });
-    await writeConfig(dir, {
-      workDir: './work',
-      destinations: { folder: { use: 'local', path: './folder' } },
-      pipelines: {
-        nightly: {
-          source: 'mastodon',
-          stages: [
-            { use: 'credentials', envFile: host.envFile },
-            { use: 'pg-dump' },
-            { use: 'verify' },
-            { use: 'gpg', gnupgHome: gpg.home, recipients: [gpg.fingerprint] },
-          ],
-          destinations: ['folder'],
-        },
-      },
+    await writeMastodonConfig(dir, {
+      nightly: [
+        { use: 'credentials', envFile: host.envFile },
+        { use: 'pg-dump' },
+        { use: 'verify' },
+        { use: 'gpg', gnupgHome: gpg.home, recipients: [gpg.fingerprint] },
+      ],
     });
     const run = await pipeline(['run'], dir);
     expect(run.exitCode, run.stderr).toBe(0);

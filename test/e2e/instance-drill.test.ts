@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { createGpgHome, dotenvQuote, startRedis, startS3Server, type GpgHome, type RedisServer, type S3Server } from '@backup-pipeline/testing';
-import { HOSTILE_PASSWORD, mastodonHost, pipeline, writeConfig, type MastodonHost } from './support.js';
+import { HOSTILE_PASSWORD, mastodonHost, pipeline, writeMastodonConfig, type MastodonHost } from './support.js';
 
 const REDIS_PASSWORD = 'redis pässword-e2e-4d1c';
 
@@ -47,37 +47,25 @@ beforeAll(async () => {
     (await readFile(host.envFile, 'utf8')).replace('S3_ENABLED=false', `S3_ENABLED=true\nS3_BUCKET=instance-media\nS3_ENDPOINT=${s3.endpoint}\nAWS_ACCESS_KEY_ID=${s3.accessKeyId}\nAWS_SECRET_ACCESS_KEY=${s3.secretAccessKey}`),
     { mode: 0o600 },
   );
-  await writeConfig(host.dir, {
-    workDir: './work',
-    destinations: { folder: { use: 'local', path: './folder' } },
-    pipelines: {
-      nightly: {
-        source: 'mastodon',
-        stages: [
-          { use: 'credentials', envFile: host.envFile },
-          { use: 'pg-dump', globals: false },
-          { use: 'verify' },
-          { use: 'files', envFile: host.envFile, mediaDir: media },
-          { use: 'media', path: media },
-          { use: 'redis', envFile: host.envFile },
-          { use: 'gpg', gnupgHome: gpg.home, recipients: [gpg.fingerprint] },
-        ],
-        destinations: ['folder'],
-      },
-      bucketed: {
-        source: 'mastodon',
-        stages: [
-          { use: 'credentials', envFile: s3EnvFile },
-          { use: 'pg-dump', globals: false },
-          { use: 'verify' },
-          { use: 'files', envFile: s3EnvFile, mediaDir: media },
-          { use: 'bucket-copy', envFile: s3EnvFile, target: { bucket: 'instance-media-copy', endpoint: s3.endpoint, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } },
-          { use: 'redis', envFile: s3EnvFile },
-          { use: 'gpg', gnupgHome: gpg.home, recipients: [gpg.fingerprint] },
-        ],
-        destinations: ['folder'],
-      },
-    },
+  await writeMastodonConfig(host.dir, {
+    nightly: [
+      { use: 'credentials', envFile: host.envFile },
+      { use: 'pg-dump', globals: false },
+      { use: 'verify' },
+      { use: 'files', envFile: host.envFile, mediaDir: media },
+      { use: 'media', path: media },
+      { use: 'redis', envFile: host.envFile },
+      { use: 'gpg', gnupgHome: gpg.home, recipients: [gpg.fingerprint] },
+    ],
+    bucketed: [
+      { use: 'credentials', envFile: s3EnvFile },
+      { use: 'pg-dump', globals: false },
+      { use: 'verify' },
+      { use: 'files', envFile: s3EnvFile, mediaDir: media },
+      { use: 'bucket-copy', envFile: s3EnvFile, target: { bucket: 'instance-media-copy', endpoint: s3.endpoint, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } },
+      { use: 'redis', envFile: s3EnvFile },
+      { use: 'gpg', gnupgHome: gpg.home, recipients: [gpg.fingerprint] },
+    ],
   });
 }, 180_000);
 

@@ -13,7 +13,7 @@ import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createGpgHome, startS3Server, startSshd, tableChecksums, type GpgHome, type S3Server, type SshServer } from '@backup-pipeline/testing';
-import { mastodonHost, pipeline, writeConfig, type MastodonHost } from './support.js';
+import { mastodonHost, pipeline, writeMastodonConfig, type MastodonHost } from './support.js';
 
 let host: MastodonHost;
 let gpg: GpgHome;
@@ -27,27 +27,23 @@ beforeAll(async () => {
   [host, gpg, sshd, s3] = await Promise.all([mastodonHost(), createGpgHome(), startSshd(), startS3Server()]);
   const remoteDir = join(host.dir, 'remote');
   await mkdir(remoteDir, { mode: 0o700 });
-  await writeConfig(host.dir, {
-    workDir: './work',
-    destinations: {
+  await writeMastodonConfig(
+    host.dir,
+    {
+      nightly: [
+        { use: 'credentials', envFile: host.envFile },
+        { use: 'pg-dump' },
+        { use: 'verify', expectTables: ['accounts'] },
+        { use: 'gpg', gnupgHome: gpg.home, recipients: [gpg.fingerprint] },
+        { use: 'retention', keepLast: 3 },
+      ],
+    },
+    {
       folder: { use: 'local', path: './folder' },
       offsite: { use: 'rsync', target: `${sshd.user}@${sshd.host}:${remoteDir}`, port: sshd.port, identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile },
       bucket: { use: 's3', bucket: s3.bucket, prefix: 'mastodon/', region: s3.region, endpoint: s3.endpoint, forcePathStyle: true, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
     },
-    pipelines: {
-      nightly: {
-        source: 'mastodon',
-        stages: [
-          { use: 'credentials', envFile: host.envFile },
-          { use: 'pg-dump' },
-          { use: 'verify', expectTables: ['accounts'] },
-          { use: 'gpg', gnupgHome: gpg.home, recipients: [gpg.fingerprint] },
-          { use: 'retention', keepLast: 3 },
-        ],
-        destinations: ['folder', 'offsite', 'bucket'],
-      },
-    },
-  });
+  );
   const run = await pipeline(['run'], host.dir);
   expect(run.exitCode, run.stderr).toBe(0);
 });

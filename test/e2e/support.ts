@@ -46,3 +46,20 @@ export async function writeConfig(dir: string, config: unknown): Promise<string>
   await writeFile(file, JSON.stringify(config, null, 2));
   return file;
 }
+
+/** Where most end-to-end tests keep their sets: one local folder beside the config. */
+const LOCAL_FOLDER: Record<string, unknown> = { folder: { use: 'local', path: './folder' } };
+
+/**
+ * Writes the config most end-to-end tests share: the work folder `./work`, and each named pipeline
+ * backing up the Mastodon source through its stages into every destination of the config (the local
+ * `./folder` unless others are given).
+ */
+export function writeMastodonConfig(dir: string, pipelines: Record<string, unknown[]>, destinations = LOCAL_FOLDER): Promise<string> {
+  const names = Object.keys(destinations);
+  return writeConfig(dir, {
+    workDir: './work',
+    destinations,
+    pipelines: Object.fromEntries(Object.entries(pipelines).map(([name, stages]) => [name, { source: 'mastodon', stages, destinations: names }])),
+  });
+}

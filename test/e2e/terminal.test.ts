@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, HOSTILE_PASSWORD, mastodonHost, pipeline, writeConfig, type MastodonHost } from './support.js';
+import { BIN, HOSTILE_PASSWORD, mastodonHost, pipeline, writeMastodonConfig, type MastodonHost } from './support.js';
 
 const quote = (word: string) => `'${word.replace(/'/g, `'\\''`)}'`;
 
@@ -71,21 +71,13 @@ function expectReadable(out: { exitCode: number; raw: string; screen: string[] }
 let host: MastodonHost;
 beforeAll(async () => {
   host = await mastodonHost({ scale: 'small' });
-  await writeConfig(host.dir, {
-    workDir: './work',
-    destinations: { folder: { use: 'local', path: './folder' } },
-    pipelines: {
-      nightly: {
-        source: 'mastodon',
-        stages: [
-          { use: 'credentials', envFile: host.envFile },
-          { use: 'pg-dump' },
-          { use: 'verify', restoreTest: true },
-          { use: 'retention', keepLast: 5 },
-        ],
-        destinations: ['folder'],
-      },
-    },
+  await writeMastodonConfig(host.dir, {
+    nightly: [
+      { use: 'credentials', envFile: host.envFile },
+      { use: 'pg-dump' },
+      { use: 'verify', restoreTest: true },
+      { use: 'retention', keepLast: 5 },
+    ],
   });
 });
 afterAll(async () => {

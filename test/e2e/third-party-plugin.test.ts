@@ -9,7 +9,7 @@ import { mkdir, readdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tableChecksums } from '@backup-pipeline/testing';
-import { mastodonHost, pipeline, ROOT, writeConfig, type MastodonHost } from './support.js';
+import { mastodonHost, pipeline, ROOT, writeConfig, writeMastodonConfig, type MastodonHost } from './support.js';
 
 /** The whole plugin, as its author would publish it. */
 export const OPENSSL_PLUGIN = `import { dirname, join } from 'node:path';
@@ -82,22 +82,14 @@ beforeAll(async () => {
   await mkdir(join(modules, '@backup-pipeline'), { recursive: true });
   await symlink(join(ROOT, 'packages', 'core'), join(modules, '@backup-pipeline', 'core'));
   await writeFile(join(host.dir, 'openssl.key'), 'a long random key, kept in a file\n', { mode: 0o600 });
-  await writeConfig(host.dir, {
-    workDir: './work',
-    destinations: { folder: { use: 'local', path: './folder' } },
-    pipelines: {
-      nightly: {
-        source: 'mastodon',
-        stages: [
-          { use: 'credentials', envFile: host.envFile },
-          { use: 'pg-dump' },
-          { use: 'verify', expectTables: ['accounts'] },
-          { use: 'openssl', keyFile: './openssl.key' },
-          { use: 'retention', keepLast: 3 },
-        ],
-        destinations: ['folder'],
-      },
-    },
+  await writeMastodonConfig(host.dir, {
+    nightly: [
+      { use: 'credentials', envFile: host.envFile },
+      { use: 'pg-dump' },
+      { use: 'verify', expectTables: ['accounts'] },
+      { use: 'openssl', keyFile: './openssl.key' },
+      { use: 'retention', keepLast: 3 },
+    ],
   });
 });
 
