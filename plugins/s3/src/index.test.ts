@@ -1,8 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createLogger, hashFile, resolveConfig, Runner, SecretRegistry, type PutSource } from '@backup-pipeline/core';
+import { DeleteObjectCommand, ListObjectsCommand, S3Client } from '@aws-sdk/client-s3';
+import { createLogger, hashFile, listSets, makeSetId, MANIFEST_FORMAT, MANIFEST_NAME, resolveConfig, Runner, SecretRegistry, writeTreeIndex, type PutSource, type TreeEntry } from '@backup-pipeline/core';
 import { startFaultProxy, startS3Server, writeProducerPlugin, type FaultProxy, type S3Server } from '@backup-pipeline/testing';
 import { writeLargeFile } from '@backup-pipeline/testing/conformance';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -169,5 +170,48 @@ describe('s3 through the runner', () => {
     expect(summary.destinations).toEqual([expect.objectContaining({ destination: 'bucket', ok: true, files: 2 })]);
     const d = new S3Destination(S3Options.parse({ bucket: s3.bucket, prefix: 'runner', endpoint: s3.endpoint, forcePathStyle: true, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey }), new SecretRegistry());
     expect(await d.list()).toEqual([expect.objectContaining({ id: summary.setId, hasManifest: true })]);
+  });
+});
+
+describe('s3 content objects', () => {
+  it('deletes no content while a kept set names a tree whose seal is lost, and says so', async () => {
+    const warnings: string[] = [];
+    const secrets = new SecretRegistry();
+    const log = await createLogger({ secrets, format: 'json', level: 'warn', write: (l) => void warnings.push(l) });
+    const options = S3Options.parse({ bucket: s3.bucket, prefix: `lost-seal-${randomBytes(3).toString('hex')}/`, endpoint: s3.endpoint, forcePathStyle: true, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey });
+    const d = new S3Destination(options, secrets, log);
+    const tree = join(dir, `tree-${randomBytes(3).toString('hex')}`);
+    await mkdir(tree);
+    const entries: TreeEntry[] = [];
+    for (const name of ['a.bin', 'b.bin']) {
+      const content = randomBytes(2000);
+      await writeFile(join(tree, name), content);
+      entries.push({ path: name, bytes: content.length, sha256: createHash('sha256').update(content).digest('hex'), mode: 0o644, mtimeMs: Date.now() });
+    }
+    // Two complete sets holding the same contents (the second upload writes nothing new).
+    const ids = [makeSetId(new Date(Date.UTC(2026, 0, 1)), 'mastodon'), makeSetId(new Date(Date.UTC(2026, 0, 2)), 'mastodon')];
+    for (const id of ids) {
+      await d.putTree(id, 'media', { dir: tree, entries });
+      const index = join(dir, `index-${id}`);
+      const digest = await writeTreeIndex(index, entries);
+      await d.put(id, 'media.index.jsonl', { path: index, ...digest });
+      const manifest = {
+        format: MANIFEST_FORMAT, id, pipeline: 'nightly', source: 'mastodon', createdAt: new Date().toISOString(), completedAt: new Date().toISOString(),
+        framework: { name: 'backup-pipeline', version: '0.0.0', node: process.version }, host: 'test', stages: [], facts: {}, tools: {}, verified: false,
+        artifacts: [{ name: 'media.index.jsonl', kind: 'files', format: 'media-tree', compression: 'none', bytes: digest.bytes, sha256: digest.sha256, meta: {}, tree: { name: 'media', files: 2, bytes: 4000, listSha256: digest.sha256 } }],
+      };
+      await d.put(id, MANIFEST_NAME, await source(JSON.stringify(manifest)));
+    }
+    const client = new S3Client({ endpoint: s3.endpoint, region: s3.region, forcePathStyle: true, credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } });
+    const contents = async () => ((await client.send(new ListObjectsCommand({ Bucket: s3.bucket, Prefix: `${d.prefix}.objects/` }))).Contents ?? []).length;
+    expect(await contents()).toBe(2);
+    // The second set's seal is lost: it lists damaged, and its contents are still all there.
+    await client.send(new DeleteObjectCommand({ Bucket: s3.bucket, Key: `${d.prefix}${ids[1]}/media.tree` }));
+    expect((await listSets(d, { scratchDir: dir })).find((s) => s.id === ids[1])).toMatchObject({ state: 'damaged' });
+    // Deleting the first set would leave its contents unreferenced by any seal: they stay.
+    await d.delete(ids[0]!);
+    expect(await contents()).toBe(2);
+    expect(warnings.join('\n')).toContain(`set ${ids[1]} names tree(s) media without a seal; no content is deleted until a person looks at it`);
+    client.destroy();
   });
 });

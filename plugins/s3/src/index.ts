@@ -49,6 +49,7 @@ import {
   checkTreeFile,
   eachLimited,
   parseTreeIndex,
+  readManifestText,
   pathInTree,
   readTreeIndex,
   treeSealName,
@@ -174,40 +175,14 @@ export class S3Destination implements Destination {
     assertFileName(name);
     const { bucket } = this.options;
     const key = this.key(setId, name);
-    const digest = new DigestStream();
-    const file = createReadStream(source.path);
-    file.on('error', (e) => digest.destroy(e));
-    file.pipe(digest);
-    const upload = new Upload({
-      client: this.client,
-      params: {
-        Bucket: bucket,
-        Key: key,
-        Body: digest,
-        ContentType: name.endsWith('.json') ? 'application/json' : 'application/octet-stream',
-        Metadata: { [SHA256_META]: source.sha256 },
-        StorageClass: this.options.storageClass as StorageClass | undefined,
-        ServerSideEncryption: this.options.serverSideEncryption as ServerSideEncryption | undefined,
-        SSEKMSKeyId: this.options.sseKmsKeyId,
-      },
-      partSize: this.options.partSizeMB * 1024 * 1024,
+    const sent = await this.upload(source.path, key, source.sha256, {
+      contentType: name.endsWith('.json') ? 'application/json' : 'application/octet-stream',
       queueSize: this.options.queueSize,
-      leavePartsOnError: false,
+      uploading: `${setId}/${name}`,
+      stopped: `upload of ${setId}/${name}`,
+      signal: options.signal,
+      onBytes: options.onBytes,
     });
-    upload.on('httpUploadProgress', (p) => p.loaded !== undefined && options.onBytes?.(p.loaded));
-    const onAbort = () => void upload.abort().catch(() => {});
-    options.signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      await upload.done();
-    } catch (error) {
-      file.destroy();
-      if (options.signal?.aborted) throw new PipelineError('ABORTED', `upload of ${setId}/${name} was stopped because the run was interrupted`);
-      throw this.fail(`uploading ${setId}/${name}`, error);
-    } finally {
-      options.signal?.removeEventListener('abort', onAbort);
-    }
-
-    const sent = digest.digest();
     const head = await this.send(`checking ${setId}/${name}`, () => this.client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: options.signal }));
     const problem =
       sent.sha256 !== source.sha256 || sent.bytes !== source.bytes
@@ -221,6 +196,53 @@ export class S3Destination implements Destination {
       await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key })).catch(() => {});
       throw new PipelineError('CHECKSUM_MISMATCH', `${setId}/${name} on ${this.describe()}: ${problem}`);
     }
+  }
+
+  /**
+   * Streams the file at PATH to KEY in a multipart upload with this destination's storage options and
+   * SHA256 in the object's metadata, hashing what is read on the way; returns that hash, for the caller
+   * to hold against what it expected and against the stored object. Stopped when the signal aborts.
+   */
+  private async upload(
+    path: string,
+    key: string,
+    sha256: string,
+    how: { contentType: string; queueSize: number; uploading: string; stopped: string; signal?: AbortSignal; onBytes?: (bytes: number) => void },
+  ): Promise<ReturnType<DigestStream['digest']>> {
+    const digest = new DigestStream();
+    const file = createReadStream(path);
+    file.on('error', (e) => digest.destroy(e));
+    file.pipe(digest);
+    const upload = new Upload({
+      client: this.client,
+      params: {
+        Bucket: this.options.bucket,
+        Key: key,
+        Body: digest,
+        ContentType: how.contentType,
+        Metadata: { [SHA256_META]: sha256 },
+        StorageClass: this.options.storageClass as StorageClass | undefined,
+        ServerSideEncryption: this.options.serverSideEncryption as ServerSideEncryption | undefined,
+        SSEKMSKeyId: this.options.sseKmsKeyId,
+      },
+      partSize: this.options.partSizeMB * 1024 * 1024,
+      queueSize: how.queueSize,
+      leavePartsOnError: false,
+    });
+    const { onBytes, signal } = how;
+    if (onBytes) upload.on('httpUploadProgress', (p) => p.loaded !== undefined && onBytes(p.loaded));
+    const onAbort = () => void upload.abort().catch(() => {});
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await upload.done();
+    } catch (error) {
+      file.destroy();
+      if (signal?.aborted) throw new PipelineError('ABORTED', `${how.stopped} was stopped because the run was interrupted`);
+      throw this.fail(`uploading ${how.uploading}`, error);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+    return digest.digest();
   }
 
   /** Every key under `prefix`, page by page. */
@@ -381,38 +403,14 @@ export class S3Destination implements Destination {
       8,
       async (entry) => {
         const key = this.objectKey(entry.sha256);
-        const digest = new DigestStream();
-        const file = createReadStream(pathInTree(source.dir, entry.path));
-        file.on('error', (e) => digest.destroy(e));
-        file.pipe(digest);
-        const upload = new Upload({
-          client: this.client,
-          params: {
-            Bucket: bucket,
-            Key: key,
-            Body: digest,
-            ContentType: 'application/octet-stream',
-            Metadata: { [SHA256_META]: entry.sha256 },
-            StorageClass: this.options.storageClass as StorageClass | undefined,
-            ServerSideEncryption: this.options.serverSideEncryption as ServerSideEncryption | undefined,
-            SSEKMSKeyId: this.options.sseKmsKeyId,
-          },
-          partSize: this.options.partSizeMB * 1024 * 1024,
+        // One part at a time for each content: eachLimited already has eight contents going up at once.
+        const sent = await this.upload(pathInTree(source.dir, entry.path), key, entry.sha256, {
+          contentType: 'application/octet-stream',
           queueSize: 1,
-          leavePartsOnError: false,
+          uploading: `${setId}/${name}/${entry.path}`,
+          stopped: `upload of tree ${setId}/${name}`,
+          signal: options.signal,
         });
-        const onAbort = () => void upload.abort().catch(() => {});
-        options.signal?.addEventListener('abort', onAbort, { once: true });
-        try {
-          await upload.done();
-        } catch (error) {
-          file.destroy();
-          if (options.signal?.aborted) throw new PipelineError('ABORTED', `upload of tree ${setId}/${name} was stopped because the run was interrupted`);
-          throw this.fail(`uploading ${setId}/${name}/${entry.path}`, error);
-        } finally {
-          options.signal?.removeEventListener('abort', onAbort);
-        }
-        const sent = digest.digest();
         const head = await this.send(`checking ${setId}/${name}/${entry.path}`, () => this.client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: options.signal }));
         if (sent.sha256 !== entry.sha256 || sent.bytes !== entry.bytes || head.ContentLength !== entry.bytes || head.Metadata?.[SHA256_META] !== entry.sha256) {
           await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key })).catch(() => {});
@@ -488,6 +486,19 @@ export class S3Destination implements Destination {
     return out;
   }
 
+  /** The trees `set`'s manifest names that its listing does not show sealed (all of them when the manifest cannot be read). */
+  private async unsealedTrees(set: StoredSet, options: DestinationOperationOptions): Promise<string[]> {
+    if (!set.hasManifest) return [];
+    const sealed = new Set((set.trees ?? []).map((t) => t.name));
+    const text = await this.send(`reading ${set.id}/${MANIFEST_NAME}`, async () => {
+      const object = await this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: this.key(set.id, MANIFEST_NAME) }), { abortSignal: options.signal });
+      return object.Body!.transformToString('utf8');
+    }).catch(() => undefined);
+    const read = text === undefined ? undefined : readManifestText(text, set.id);
+    if (!read?.manifest) return ['(its manifest cannot be read)'];
+    return read.manifest.artifacts.flatMap((a) => (a.tree && !sealed.has(a.tree.name) ? [a.tree.name] : []));
+  }
+
   private async sealEntries(key: string, options: DestinationOperationOptions): Promise<TreeEntry[]> {
     const object = await this.send(`reading ${key}`, () => this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: key }), { abortSignal: options.signal }));
     return parseTreeIndex(await object.Body!.transformToString('utf8'));
@@ -501,6 +512,13 @@ export class S3Destination implements Destination {
   private async sweep(candidates: Set<string>, options: DestinationOperationOptions): Promise<void> {
     const referenced = new Set<string>();
     for (const set of await this.list(options)) {
+      // A set whose manifest names a tree that has no seal (lost, or never finished) is damaged and
+      // kept for a person; its contents may still be all there, and its references are unknown.
+      const lost = await this.unsealedTrees(set, options);
+      if (lost.length > 0) {
+        this.log?.warn(`${this.describe()}: set ${set.id} names tree(s) ${lost.join(', ')} without a seal; no content is deleted until a person looks at it`);
+        return;
+      }
       for (const tree of set.trees ?? []) {
         const entries = await this.sealEntries(this.key(set.id, treeSealName(tree.name)), options).catch((error: unknown) => {
           this.log?.warn(`${this.describe()}: the seal of tree ${set.id}/${tree.name} cannot be read (${(error as Error).message}); unreferenced contents are kept for now`);
