@@ -87,12 +87,14 @@ describe('bucket-copy, one provider: server-side CopyObject', () => {
     await clientOf(a).send(new CreateBucketCommand({ Bucket: src }));
     await clientOf(a).send(new CreateBucketCommand({ Bucket: dst }));
     for (const [k, v] of Object.entries(MEDIA)) await put(a, src, k, v);
+    // Remote media Mastodon caches in the bucket: left out, and reported.
+    await put(a, src, 'cache/media_attachments/files/110/000/001/original/remote.png', 'remote');
     const cred = { endpoint: a.endpoint, accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey };
     const stage = { from: 'options', source: { bucket: src, ...cred }, target: { bucket: dst, ...cred } };
     const r = await runner(stage);
 
     const first = await r.run();
-    expect(first.summary).toMatchObject({ method: 'server-side', objects: 6, copied: 6, skipped: 0, deleted: 0, bytesCopied: Object.values(MEDIA).join('').length });
+    expect(first.summary).toMatchObject({ method: 'server-side', objects: 6, copied: 6, skipped: 0, deleted: 0, bytesCopied: Object.values(MEDIA).join('').length, excluded: 1, bytesExcluded: 6 });
     expect(await contents(a, dst)).toEqual(MEDIA);
     expect(first.index[0]).toMatchObject({ summary: { copied: 6 } });
     expect(first.index.slice(1).map((e) => e.action)).toEqual(Array(6).fill('copied'));
@@ -116,7 +118,7 @@ describe('bucket-copy, one provider: server-side CopyObject', () => {
     expect(fourth.summary).toMatchObject({ objects: 6, copied: 0, deleted: 0 });
     expect(Object.keys(await contents(a, dst))).toContain('empty.txt');
     // …deleted only when the option says so.
-    const pruning = await runner({ ...stage, deleteExtraneous: true });
+    const pruning = await runner({ ...stage, deleteExtraneous: true, maxDeletePercent: 50 });
     const fifth = await pruning.run();
     expect(fifth.summary).toMatchObject({ copied: 0, deleted: 1 });
     expect(Object.keys(await contents(a, dst))).not.toContain('empty.txt');
@@ -126,6 +128,26 @@ describe('bucket-copy, one provider: server-side CopyObject', () => {
     expect(verified.artifacts[0]!.meta.drill).toMatchObject({ part: 'media', detail: expect.stringContaining('6 objects') });
     await clientOf(a).send(new DeleteObjectCommand({ Bucket: dst, Key: 'media_attachments/files/110/new.png' }));
     await expect(r.verify()).rejects.toMatchObject({ code: 'BUCKET_COPY_TARGET_INCOMPLETE' });
+  }, 120_000);
+});
+
+describe('bucket-copy deletions', () => {
+  it('refuses to follow a source that lost more than maxDeletePercent of the target, deleting nothing; a higher limit lets it', async () => {
+    const src = `gsrc-${++n}`;
+    const dst = `gdst-${n}`;
+    await clientOf(a).send(new CreateBucketCommand({ Bucket: src }));
+    await clientOf(a).send(new CreateBucketCommand({ Bucket: dst }));
+    for (const [k, v] of Object.entries(MEDIA)) await put(a, src, k, v);
+    const cred = { endpoint: a.endpoint, accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey };
+    const stage = { from: 'options', source: { bucket: src, ...cred }, target: { bucket: dst, ...cred }, deleteExtraneous: true };
+    await (await runner(stage)).run();
+    const keys = Object.keys(MEDIA);
+    for (const k of keys.slice(1)) await clientOf(a).send(new DeleteObjectCommand({ Bucket: src, Key: k }));
+    await expect((await runner(stage)).run()).rejects.toMatchObject({ code: 'BUCKET_COPY_DELETE_REFUSED', message: expect.stringContaining(`lacks ${keys.length - 1} of the ${keys.length} objects`) });
+    expect(Object.keys(await contents(a, dst)).sort()).toEqual([...keys].sort());
+    const allowed = await (await runner({ ...stage, maxDeletePercent: 100 })).run();
+    expect(allowed.summary).toMatchObject({ deleted: keys.length - 1 });
+    expect(Object.keys(await contents(a, dst))).toEqual([keys[0]]);
   }, 120_000);
 });
 

@@ -66,7 +66,17 @@ export const optionsSchema = z
       .enum(['auto', 'server-side', 'stream'])
       .default('auto')
       .describe('`auto`: server-side CopyObject when source and target share the endpoint and the access key, streaming otherwise.'),
+    exclude: z
+      .array(z.string().min(1))
+      .default(['cache/'])
+      .describe("Key prefixes (under `prefix`) that are not copied, and never deleted at the target. Default `cache/`: remote media Mastodon fetches again when needed (often tens of GB); the run reports what it left out."),
     deleteExtraneous: z.boolean().default(false).describe('Delete objects under the target prefix that are no longer in the source. Default false: the target only grows.'),
+    maxDeletePercent: z
+      .number()
+      .min(0)
+      .max(100)
+      .default(10)
+      .describe('With `deleteExtraneous`: the most of the target\'s objects one run may delete, in percent. A source that lost more (a wrong prefix, an emptied bucket) fails the run and deletes nothing, for a person to look.'),
     concurrency: z.number().int().min(1).max(32).default(4).describe('Objects copied at the same time.'),
     multipartCopyThresholdMB: z.number().int().min(5).max(5 * 1024).default(5 * 1024).describe('Server-side copies of objects larger than this use multipart UploadPartCopy (CopyObject takes at most 5 GiB).'),
     partSizeMB: z.number().int().min(5).max(5120).default(512).describe('Part size of multipart copies and streamed uploads, in MiB.'),
@@ -179,6 +189,9 @@ export interface CopySummary {
   skipped: number;
   bytesSkipped: number;
   deleted: number;
+  /** Source objects under an `exclude` prefix, not copied. */
+  excluded: number;
+  bytesExcluded: number;
 }
 
 /** What the target holds of each source object: key → the source ETag it was copied from, and the ETag the copy got. */
@@ -216,6 +229,7 @@ export default definePlugin({
     BUCKET_COPY_FAILED: 'Check the endpoint and bucket are reachable; objects already copied stay copied and are not copied again.',
     BUCKET_COPY_SAME_BUCKET: 'Copy to another bucket, better in another account or provider.',
     BUCKET_COPY_INDEX_INVALID: 'The copy index of this set is damaged: run the copy again.',
+    BUCKET_COPY_DELETE_REFUSED: 'Check the source bucket and prefix (were its objects deleted?). If the deletions are meant, run once with a higher maxDeletePercent.',
     BUCKET_COPY_TARGET_INCOMPLETE: 'Objects were deleted or overwritten at the target since the set was made: run the copy again, keep deleteExtraneous off.',
   },
   apply(hooks, options, { log, resolvePath, secrets }) {
@@ -378,8 +392,11 @@ export default definePlugin({
 
     hooks.produce.tapPromise('bucket-copy', async (ctx) => {
       const how = method();
-      const [sources, targets, state] = await Promise.all([list(src!, ctx.signal), list(dst, ctx.signal), readState(ctx.signal)]);
-      const have = new Map(targets.filter((t) => t.key !== STATE_NAME).map((t) => [t.key, t]));
+      const [listed, targets, state] = await Promise.all([list(src!, ctx.signal), list(dst, ctx.signal), readState(ctx.signal)]);
+      const isExcluded = (key: string) => options.exclude.some((p) => key.startsWith(p));
+      const sources = listed.filter((o) => !isExcluded(o.key));
+      const excluded = listed.filter((o) => isExcluded(o.key));
+      const have = new Map(targets.filter((t) => t.key !== STATE_NAME && !isExcluded(t.key)).map((t) => [t.key, t]));
       const { todo, unchanged, next } = compareListings(sources, have, state);
       const entries: IndexEntry[] = unchanged.map((o) => ({ key: o.key, size: o.size, etag: o.etag, action: 'unchanged' as const }));
       let bytesCopied = 0;
@@ -414,6 +431,13 @@ export default definePlugin({
       if (options.deleteExtraneous) {
         const wanted = new Set(sources.map((o) => o.key));
         const extra = [...have.keys()].filter((k) => !wanted.has(k));
+        // The target is the backup: a source that suddenly lacks much of it is a reason to stop, not to follow.
+        if (extra.length > 0 && (wanted.size === 0 || extra.length > (have.size * options.maxDeletePercent) / 100)) {
+          throw new PipelineError(
+            'BUCKET_COPY_DELETE_REFUSED',
+            `${describeSide(src!)} lacks ${extra.length} of the ${have.size} objects at ${describeSide(dst)} (more than maxDeletePercent ${options.maxDeletePercent}%); nothing was deleted at the target`,
+          );
+        }
         for (let i = 0; i < extra.length; i += 1000) {
           const batch = extra.slice(i, i + 1000);
           const r = await send('deleting objects no longer in the source', dst, () =>
@@ -437,6 +461,8 @@ export default definePlugin({
         skipped: sources.length - todo.length,
         bytesSkipped: sources.reduce((n, o) => n + o.size, 0) - bytesCopied,
         deleted,
+        excluded: excluded.length,
+        bytesExcluded: excluded.reduce((n, o) => n + o.size, 0),
       };
       const path = join(ctx.setDir, options.name);
       const lines = (function* () {
@@ -448,7 +474,7 @@ export default definePlugin({
       ctx.addArtifact(artifact);
       log.info(
         { ...summary },
-        `${describeSide(src!)} → ${describeSide(dst)}: ${summary.copied} of ${summary.objects} objects copied (${summary.bytesCopied} bytes, ${how}), ${summary.skipped} unchanged${deleted ? `, ${deleted} deleted` : ''}`,
+        `${describeSide(src!)} → ${describeSide(dst)}: ${summary.copied} of ${summary.objects} objects copied (${summary.bytesCopied} bytes, ${how}), ${summary.skipped} unchanged${deleted ? `, ${deleted} deleted` : ''}${summary.excluded ? `; left out ${summary.excluded} objects (${summary.bytesExcluded} bytes) under ${options.exclude.join(', ')}` : ''}`,
       );
     });
 
