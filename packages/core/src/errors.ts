@@ -112,3 +112,12 @@ export function toPipelineError(error: unknown, code: string = 'PLUGIN_FAILED'):
   const message = error instanceof Error ? error.message : String(error);
   return new PipelineError(code, message, { cause: error });
 }
+
+/**
+ * The error maker of a plugin's own codes, from the same code → hint record it declares as
+ * definePlugin's `errors` (which the config reference documents): every error it makes carries its
+ * code's hint, so a hint is written once, beside its code. `const ageError = declaredErrors(AGE_ERRORS)`.
+ */
+export function declaredErrors<C extends string>(hints: Readonly<Record<C, string>>) {
+  return (code: C, message: string, options: Omit<PipelineErrorOptions, 'hint'> = {}): PipelineError => new PipelineError(code, message, { hint: hints[code], ...options });
+}

@@ -20,6 +20,7 @@ import { readFile, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import {
+  declaredErrors,
   definePlugin,
   DigestStream,
   displayCommand,
@@ -44,9 +45,7 @@ export const AGE_ERRORS = {
 } as const;
 export type AgeErrorCode = keyof typeof AGE_ERRORS;
 
-function ageError(code: AgeErrorCode, message: string, options: { cause?: unknown; details?: Record<string, unknown> } = {}): PipelineError {
-  return new PipelineError(code, message, { hint: AGE_ERRORS[code], ...options });
-}
+const ageError = declaredErrors(AGE_ERRORS);
 
 /** An age X25519 public key, or an ssh public key age accepts. */
 export const AGE_RECIPIENT = /^(age1[02-9ac-hj-np-z]{58}|ssh-ed25519 [A-Za-z0-9+/=]+( .*)?|ssh-rsa [A-Za-z0-9+/=]+( .*)?)$/;

@@ -19,6 +19,7 @@ import { dirname, join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
+  declaredErrors,
   definePlugin,
   displayCommand,
   exec,
@@ -50,9 +51,7 @@ export const GPG_ERRORS = {
 } as const;
 export type GpgErrorCode = keyof typeof GPG_ERRORS;
 
-function gpgError(code: GpgErrorCode, message: string, options: { cause?: unknown; details?: Record<string, unknown> } = {}): PipelineError {
-  return new PipelineError(code, message, { hint: GPG_ERRORS[code], ...options });
-}
+const gpgError = declaredErrors(GPG_ERRORS);
 
 /** A value left from a template (`pipeline init`'s REPLACE-WITH-…-FINGERPRINT, a README's ADMIN_KEY_FINGERPRINT). */
 export function isPlaceholderRecipient(value: string): boolean {
