@@ -169,7 +169,7 @@ const isStored = (ctx: RunContext): ctx is RestoreContext => 'stored' in ctx && 
 
 export default definePlugin({
   name: 'media',
-  description: "Stage: Mastodon's local media (public/system) file by file — each run ships only what changed (hard-linked snapshots, content-addressed objects), every set restores in full.",
+  description: "Stage: Mastodon's local media (public/system) file by file — each run ships only what changed (hard-linked snapshots, content-addressed objects), every set restores in full. The files are stored as they are (not encrypted; the index is).",
   options: MediaOptions,
   errors: MEDIA_ERRORS,
   restoreOptions: ['verifyAll'],
@@ -184,6 +184,10 @@ export default definePlugin({
       if (!(await stat(root).catch(() => undefined))?.isDirectory()) {
         throw new PipelineError('MEDIA_MISSING', `media folder ${root} does not exist or is not a folder`, { hint: notice ? `${notice[0]!.toUpperCase()}${notice.slice(1)}.` : MEDIA_ERRORS.MEDIA_MISSING });
       }
+      // The files are stored as they are, never through the pipeline's transforms: an admin who
+      // encrypts the database must hear that private media (direct messages' attachments) is not.
+      const shipped = ctx.destinations.map((d) => `"${d.name}" (${d.destination.describe()})`).join(', ');
+      if (shipped) ctx.log.warn(`media: the files of ${root} are stored in ${shipped} as they are, not encrypted (only the tree's index goes through the pipeline's encryption); keep these destinations as private as the instance itself`);
       const unable = [ctx.work, ...ctx.destinations].filter((d) => !storesTrees(d.destination));
       if (unable.length > 0) {
         throw new PipelineError('MEDIA_DESTINATION_UNSUPPORTED', `the media stage needs destinations that store trees; ${unable.map((d) => `"${d.name}" (${d.destination.describe()})`).join(', ')} cannot`, {

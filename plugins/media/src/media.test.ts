@@ -276,5 +276,18 @@ export default definePlugin({ name: 'no-trees', destination: { options: z.object
       expect(error!.hint).toContain('S3_ENABLED=true');
       expect(error!.hint).toContain('bucket-to-bucket copy stage');
     }, 60_000);
+
+    it('says in preflight that the files go to each destination as they are, not encrypted', async () => {
+      const content = {
+        workDir: join(dir, 'work-plain'),
+        destinations: { offsite: { use: 'local', path: join(dir, 'offsite') } },
+        pipelines: { media: { source: 'mastodon', destinations: ['offsite'], stages: [{ use: 'media', path: source, verifySample: 0 }] } },
+      };
+      const config = await resolveConfig(join(dir, 'pipeline.config.json'), content, { env: process.env, cwd: dir, pluginSearchDirs: [repo] });
+      const lines: string[] = [];
+      await new Runner(config, await createLogger({ secrets: config.secrets, format: 'json', level: 'warn', write: (l) => void lines.push(l) })).run('media');
+      const warned = lines.map((l) => JSON.parse(l) as { msg: string }).find((l) => l.msg.includes('not encrypted'));
+      expect(warned?.msg).toContain(`the files of ${source} are stored in "offsite" (`);
+    }, 60_000);
   }
 });
