@@ -77,8 +77,15 @@ function mismatchCheck(artifact: Artifact, report: RestoreReport): void {
   }
 }
 
+/** The database a drill restores into, with how many jobs, on the throwaway cluster (`server`) or the source server. */
+interface DrillDatabase {
+  database: string;
+  jobs: number;
+  server?: PgSource;
+}
+
 /** Through the restore hook, exactly as `pipeline restore` restores: the plugin that wrote the format restores it. */
-async function restoreThroughHook(artifact: Artifact, target: { database: string; jobs: number; server?: PgSource }, ctx: Ctx): Promise<RestoreReport> {
+async function restoreThroughHook(artifact: Artifact, target: DrillDatabase, ctx: Ctx): Promise<RestoreReport> {
   const report = await ctx.restore(artifact, target).catch((error: unknown) => {
     const code = (error as { code?: string }).code ?? '';
     if (['VERIFY_FAILED', 'RESTORE_NEEDS_PLUGIN', 'NO_SPACE', 'ABORTED'].includes(code)) throw error;
@@ -86,6 +93,26 @@ async function restoreThroughHook(artifact: Artifact, target: { database: string
   });
   mismatchCheck(artifact, report);
   return report;
+}
+
+/** What a drill reports, but its whole duration (restoreTest adds that). */
+type DrillResult = Omit<NonNullable<Verification['restoreTest']>, 'durationMs'>;
+
+/** The drill's restore through the hook into TARGET, timed, reported with where it went and how long setting that up took. */
+async function timedRestore(artifact: Artifact, target: DrillDatabase, where: Pick<DrillResult, 'into' | 'serverVersion' | 'setupMs'>, ctx: Ctx): Promise<DrillResult> {
+  const restoreStarted = Date.now();
+  const report = await restoreThroughHook(artifact, target, ctx);
+  return {
+    into: where.into,
+    database: target.database,
+    serverVersion: where.serverVersion,
+    jobs: target.jobs,
+    tables: report.tables ?? 0,
+    rows: report.rows ?? 0,
+    matched: report.tables ?? 0,
+    setupMs: where.setupMs,
+    restoreMs: Date.now() - restoreStarted,
+  };
 }
 
 export async function restoreTest(artifact: Artifact, options: VerifyOptions, ctx: Ctx): Promise<NonNullable<Verification['restoreTest']>> {
@@ -134,19 +161,8 @@ async function intoScratchCluster(artifact: Artifact, options: VerifyOptions, bi
       `restore test of ${artifact.name}: into a throwaway PostgreSQL ${cluster.version} cluster (${bindir}; no CREATEDB needed, no load on the server)`,
     );
     ctx.progress({ task: 'restore-test', message: `throwaway PostgreSQL ${cluster.version} cluster` });
-    const restoreStarted = Date.now();
-    const report = await restoreThroughHook(artifact, { database: CLUSTER_DRILL_DATABASE, jobs: options.jobs, server: cluster.source(CLUSTER_DRILL_DATABASE) }, ctx);
-    return {
-      into: 'scratch-cluster',
-      database: CLUSTER_DRILL_DATABASE,
-      serverVersion: cluster.version,
-      jobs: options.jobs,
-      tables: report.tables ?? 0,
-      rows: report.rows ?? 0,
-      matched: report.tables ?? 0,
-      setupMs,
-      restoreMs: Date.now() - restoreStarted,
-    };
+    const target = { database: CLUSTER_DRILL_DATABASE, jobs: options.jobs, server: cluster.source(CLUSTER_DRILL_DATABASE) };
+    return await timedRestore(artifact, target, { into: 'scratch-cluster', serverVersion: cluster.version, setupMs }, ctx);
   } finally {
     await cluster.stop();
   }
@@ -240,19 +256,7 @@ async function intoServer(artifact: Artifact, options: VerifyOptions, reason: st
     const setupMs = Date.now() - setupStarted;
     ctx.log.info({ artifact: artifact.name, into: 'server', database: scratch, why: reason }, `restore test of ${artifact.name}: into scratch database ${scratch} on the server (${reason})`);
     ctx.progress({ task: 'restore-test', message: scratch });
-    const restoreStarted = Date.now();
-    const report = await restoreThroughHook(artifact, { database: scratch, jobs: options.jobs }, ctx);
-    return {
-      into: 'server',
-      database: scratch,
-      serverVersion: version?.[0]?.split(' ')[0] ?? '',
-      jobs: options.jobs,
-      tables: report.tables ?? 0,
-      rows: report.rows ?? 0,
-      matched: report.tables ?? 0,
-      setupMs,
-      restoreMs: Date.now() - restoreStarted,
-    };
+    return await timedRestore(artifact, { database: scratch, jobs: options.jobs }, { into: 'server', serverVersion: version?.[0]?.split(' ')[0] ?? '', setupMs }, ctx);
   } finally {
     await drop();
   }
