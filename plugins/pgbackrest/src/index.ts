@@ -120,6 +120,16 @@ function pgbackrestFacts(info: InfoStanza | undefined, s: ArchiverState | undefi
   return facts;
 }
 
+/**
+ * pgBackRest's own error line (`ERROR: [057]: unable to execute query …`) from a failed command's
+ * stderr. A multi-line error (libpq's words, a HINT) pushes it out of the last lines an exec error
+ * quotes, and it is the line that says what went wrong.
+ */
+export function pgbackrestErrorLine(error: unknown): string | undefined {
+  const stderr = (error as { details?: { stderr?: unknown } } | undefined)?.details?.stderr;
+  return typeof stderr === 'string' ? stderr.split('\n').find((l) => /ERROR: \[\d{3}\]:/.test(l))?.trim() : undefined;
+}
+
 /** The problems `pgbackrest verify --output=text` reports (empty when every stanza is `status: ok`). */
 export function verifyProblems(text: string): string[] {
   if (!/^\s*status: error/m.test(text)) return [];
@@ -163,7 +173,9 @@ function tapBackup(hooks: TapOnlyHooks, options: PgbackrestOptions, api: PluginA
     if (/unable to acquire lock|ERROR: \[050\]/.test(text)) {
       throw new PipelineError('PGBACKREST_LOCKED', `another pgBackRest process holds the lock of stanza ${options.stanza}: ${text.split('\n').find((l) => /lock/.test(l))?.trim() ?? text}`, { hint: ERRORS.PGBACKREST_LOCKED, cause: error });
     }
-    throw new PipelineError(code, `${what} failed: ${text}`, { hint: `${ERRORS[code]} (${cmd.display(args)})`, cause: error });
+    const cause = pgbackrestErrorLine(error);
+    const said = cause && !text.includes(cause) ? `${cause} (${text})` : text;
+    throw new PipelineError(code, `${what} failed: ${said}`, { hint: `${ERRORS[code]} (${cmd.display(args)})`, cause: error });
   };
 
   // The command an admin runs once (as the repository's owner). A generated config lives only for
