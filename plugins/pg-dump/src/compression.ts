@@ -84,6 +84,19 @@ function notAboutTheFile(error: unknown): boolean {
   return e?.details?.stopped === true || ['ABORTED', 'EXEC_NOT_FOUND', 'NO_SPACE', 'ACCESS_DENIED'].includes(e?.code ?? '');
 }
 
+/**
+ * What TOOL's failure to decompress the artifact is to say: ARTIFACT_CORRUPT, or the failure as it
+ * is when it says nothing about the file (a full disk is not a corrupt backup: saying so could make
+ * someone throw a good set away).
+ */
+function decompressFailure(artifact: ReadableArtifact, tool: string, error: unknown): unknown {
+  if (notAboutTheFile(error)) return error;
+  return new PipelineError('ARTIFACT_CORRUPT', `${artifact.name} cannot be decompressed with ${tool}: ${(error as Error).message}`, {
+    hint: 'The file is truncated or corrupt; do not trust this backup.',
+    cause: error,
+  });
+}
+
 /** The artifact's content with its outer compression undone, as a stream (nothing buffered). */
 export function plaintextStream(artifact: ReadableArtifact, ctx: Pick<RunContext, 'exec'>): PlaintextStream {
   const cmd = decompressCommand(outerCompression(artifact));
@@ -99,11 +112,7 @@ export function plaintextStream(artifact: ReadableArtifact, ctx: Pick<RunContext
   const done = proc.then(
     () => undefined,
     (error: unknown) => {
-      if (notAboutTheFile(error)) throw error;
-      throw new PipelineError('ARTIFACT_CORRUPT', `${artifact.name} cannot be decompressed with ${cmd[0]}: ${(error as Error).message}`, {
-        hint: 'The file is truncated or corrupt; do not trust this backup.',
-        cause: error,
-      });
+      throw decompressFailure(artifact, cmd[0], error);
     },
   );
   return { stream: proc.stdout!, done, cancel: () => void proc.kill() };
@@ -121,11 +130,7 @@ export function plaintextInto(artifact: ReadableArtifact, consumer: ExecProcess,
   const done = proc.then(
     () => undefined,
     (error: unknown) => {
-      if (notAboutTheFile(error)) throw error;
-      throw new PipelineError('ARTIFACT_CORRUPT', `${artifact.name} cannot be decompressed with ${cmd[0]}: ${(error as Error).message}`, {
-        hint: 'The file is truncated or corrupt; do not trust this backup.',
-        cause: error,
-      });
+      throw decompressFailure(artifact, cmd[0], error);
     },
   );
   return { done, cancel: () => void proc.kill() };
@@ -144,12 +149,7 @@ export async function decompressToFile(artifact: ReadableArtifact, dest: string,
       return { bytes: (await stat(dest)).size };
     } catch (error) {
       await rm(dest, { force: true });
-      // A full disk is not a corrupt backup: saying so could make someone throw a good set away.
-      if (notAboutTheFile(error)) throw error;
-      throw new PipelineError('ARTIFACT_CORRUPT', `${artifact.name} cannot be decompressed with zstd: ${(error as Error).message}`, {
-        hint: 'The file is truncated or corrupt; do not trust this backup.',
-        cause: error,
-      });
+      throw decompressFailure(artifact, 'zstd', error);
     }
   }
   const plain = plaintextStream(artifact, ctx);
