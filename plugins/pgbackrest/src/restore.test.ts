@@ -5,9 +5,9 @@
  * refusals: a running server's data dir, a non-empty folder, a recovery target on a pg-dump set.
  */
 import { spawnSync } from 'node:child_process';
-import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger, exec, isPipelineError, resolveConfig, Runner, type PipelineError, type RestoreResult } from '@backup-pipeline/core';
 import { startArchivingCluster, type ArchivingCluster } from './test-support.js';
@@ -218,6 +218,33 @@ describe('pgbackrest restore and point-in-time recovery', () => {
     const picked = await runner.restore('dump', { set: 'latest', dataDir, recoveryTarget: { time: marks.time! } }).catch((error: PipelineError) => error);
     expect(isPipelineError(picked) && picked.code).toBe('SET_NOT_FOUND');
     await expect(stat(dataDir)).rejects.toThrow();
+  });
+
+  it("the restore's jobs are pgBackRest's process-max: that many restore processes copy the files", async () => {
+    // The stage's config says process-max = the number of cores (or its processMax); --jobs 3 must win.
+    const dataDir = join(dir, 'jobs');
+    const seen = new Map<number, string[]>();
+    let settled = false;
+    const restoring = restore({ set: 'latest', dataDir, recoveryTarget: { lsn: marks.lsn! }, jobs: 3 }).finally(() => {
+      settled = true;
+    });
+    // The main `restore` process and its `restore:local` processes (one per process-max) live
+    // while the files are copied: note every one of this repository's config (not runuser's).
+    while (!settled) {
+      for (const entry of await readdir('/proc')) {
+        if (!/^\d+$/.test(entry) || seen.has(Number(entry))) continue;
+        const argv = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0').filter(Boolean);
+        if (basename(argv[0] ?? '') === 'pgbackrest' && argv.includes(`--config=${c.configFile}`) && (argv.includes('restore') || argv.includes('restore:local'))) seen.set(Number(entry), argv);
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const result = await restoring;
+    if (isPipelineError(result)) throw result;
+    const argvs = [...seen.values()];
+    const seenText = JSON.stringify(argvs);
+    expect(argvs.filter((a) => a.includes('restore')).map((a) => a.filter((x) => x.startsWith('--process-max='))), seenText).toEqual([['--process-max=3']]);
+    const locals = argvs.filter((a) => a.includes('restore:local')).map((a) => a.find((x) => x.startsWith('--process='))).sort();
+    expect(locals, seenText).toEqual(['--process=1', '--process=2', '--process=3']);
   });
 
   // Last: it damages the repository.

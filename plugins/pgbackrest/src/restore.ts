@@ -8,6 +8,8 @@
  * LSN targets, and is consistent from the backup's stop), so `pipeline restore --to-time T
  * --data-dir DIR` picks the newest set whose backup ended before T without naming this plugin.
  *
+ * The restore's `--jobs` is pgBackRest's `--process-max` (parallel restore processes).
+ *
  * Never into a running server's data dir, never over a non-empty folder unless `delta`; the
  * restored folder is 0700 and owned by the server's user; secrets stay in the config file.
  */
@@ -49,9 +51,17 @@ export const dataDirFormats: Readonly<Record<string, DataDirFormat>> = Object.fr
   },
 });
 
-/** The pgbackrest arguments of a restore (pure, no secret: those stay in the config file). */
-export function restoreArgs(record: Pick<PhysicalBackupRecord, 'label'>, target: { dataDir: string; delta?: boolean; recoveryTarget?: RecoveryTarget; restoreCommand?: string }): string[] {
+/**
+ * The pgbackrest arguments of a restore (pure, no secret: those stay in the config file).
+ * `processMax` is the restore's `--jobs`: on the command line it wins over the config's
+ * process-max, which was chosen for backups (what the server can spare), not for a restore.
+ */
+export function restoreArgs(
+  record: Pick<PhysicalBackupRecord, 'label'>,
+  target: { dataDir: string; delta?: boolean; recoveryTarget?: RecoveryTarget; restoreCommand?: string; processMax?: number },
+): string[] {
   const args = ['restore', `--set=${record.label}`, `--pg1-path=${target.dataDir}`, '--log-level-file=off'];
+  if (target.processMax !== undefined) args.push(`--process-max=${target.processMax}`);
   if (target.delta) args.push('--delta');
   const t = target.recoveryTarget;
   if (t?.time !== undefined) args.push('--type=time', `--target=${t.time}`, '--target-action=promote');
@@ -141,7 +151,7 @@ export async function restorePhysical(artifact: Artifact, target: RestoreTarget,
   ctx.progress({ task: 'restore', message: `pgbackrest restore --set=${record.label} → ${dataDir} (recovery to ${describe(target.recoveryTarget)})` });
   ctx.log.info({ label: record.label, dataDir, target: target.recoveryTarget }, `restoring backup ${record.label} into ${dataDir}`);
   try {
-    await pgbr.run(restoreArgs(record, { dataDir, delta: target.delta, recoveryTarget: target.recoveryTarget, restoreCommand }), { writes: dataDir });
+    await pgbr.run(restoreArgs(record, { dataDir, delta: target.delta, recoveryTarget: target.recoveryTarget, restoreCommand, processMax: target.jobs }), { writes: dataDir });
   } catch (caught) {
     const error = caught as PipelineError;
     // A partial copy must never look like a restored cluster: what this restore wrote into a
