@@ -150,4 +150,21 @@ describe('pgbackrest stage: full, diff, incr, drill, list, retention', () => {
     expect(ids).toEqual(expect.arrayContaining([sets.logical, sets['full-retained']]));
     for (const name of ['full', 'diff', 'incr']) expect(ids).not.toContain(sets[name]);
   }, 300_000);
+
+  it('expires no backup while a set whose manifest cannot be read is kept (which backup it records is unknown)', async () => {
+    const damaged = sets['full-retained']!;
+    const { label } = await recordOf(damaged);
+    const manifestPath = join(dir, 'backups', damaged, 'manifest.json');
+    const good = await readFile(manifestPath, 'utf8');
+    await writeFile(manifestPath, good.slice(0, 40));
+    try {
+      const { stderr } = await runOk('full');
+      const newer = (await recordOf(sets.full!)).label;
+      expect((await info()).backup.map((b) => b.label)).toEqual([label, newer]);
+      const warned = stderr.split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { msg: string }).msg);
+      expect(warned.find((m) => m.startsWith(`set ${damaged} in "work" is damaged`))).toContain('no pgBackRest backup is expired until a person looks at it');
+    } finally {
+      await writeFile(manifestPath, good);
+    }
+  }, 300_000);
 });

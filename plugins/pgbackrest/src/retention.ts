@@ -13,7 +13,8 @@
  *   either (or their full would be). WAL older than the oldest remaining backup goes with
  *   pgBackRest's expire (archive retention follows the backups).
  *
- * When any listing fails, nothing is expired: a set that could not be seen may need a backup.
+ * When any listing fails, or a set's manifest cannot be read, nothing is expired: a set that could
+ * not be seen, or read, may need any backup.
  */
 import { listSets, type RetainReport, type RunContext } from '@backup-pipeline/core';
 import { RETENTION_FULL_NEVER, type Pgbackrest } from './command.js';
@@ -70,6 +71,11 @@ export async function expireUnreferenced(ctx: RunContext, cmd: Pgbackrest, optio
       return { destination, dryRun, keep: [], delete: [], deleted: [], failed: [] };
     }
     for (const set of sets) {
+      if (set.state === 'damaged' && !set.manifest) {
+        // Kept for a person, and which backup it records is unknown: it may be any of them.
+        ctx.log.warn({ destination: target.name, setId: set.id }, `set ${set.id} in "${target.name}" is damaged (${set.problem}): no pgBackRest backup is expired until a person looks at it`);
+        return { destination, dryRun, keep: [], delete: [], deleted: [], failed: [] };
+      }
       for (const artifact of set.manifest?.artifacts ?? []) {
         const record = recordOf(artifact);
         if (record?.stanza !== options.stanza) continue;
