@@ -80,16 +80,20 @@ async function runner(stage: Record<string, unknown>) {
   };
 }
 
+/** A source and a target bucket on the first server, with its credentials. */
+async function bucketPair(tag: string): Promise<{ src: string; dst: string; cred: { endpoint: string; accessKeyId: string; secretAccessKey: string } }> {
+  const src = `${tag}src-${++n}`;
+  const dst = `${tag}dst-${n}`;
+  for (const Bucket of [src, dst]) await clientOf(a).send(new CreateBucketCommand({ Bucket }));
+  return { src, dst, cred: { endpoint: a.endpoint, accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey } };
+}
+
 describe('bucket-copy, one provider: server-side CopyObject', () => {
   it('copies all, then only what changed; a different ETag at the target is copied again; deletes only with deleteExtraneous', async () => {
-    const src = `src-${++n}`;
-    const dst = `dst-${n}`;
-    await clientOf(a).send(new CreateBucketCommand({ Bucket: src }));
-    await clientOf(a).send(new CreateBucketCommand({ Bucket: dst }));
+    const { src, dst, cred } = await bucketPair('');
     for (const [k, v] of Object.entries(MEDIA)) await put(a, src, k, v);
     // Remote media Mastodon caches in the bucket: left out, and reported.
     await put(a, src, 'cache/media_attachments/files/110/000/001/original/remote.png', 'remote');
-    const cred = { endpoint: a.endpoint, accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey };
     const stage = { from: 'options', source: { bucket: src, ...cred }, target: { bucket: dst, ...cred } };
     const r = await runner(stage);
 
@@ -133,12 +137,8 @@ describe('bucket-copy, one provider: server-side CopyObject', () => {
 
 describe('bucket-copy deletions', () => {
   it('refuses to follow a source that lost more than maxDeletePercent of the target, deleting nothing; a higher limit lets it', async () => {
-    const src = `gsrc-${++n}`;
-    const dst = `gdst-${n}`;
-    await clientOf(a).send(new CreateBucketCommand({ Bucket: src }));
-    await clientOf(a).send(new CreateBucketCommand({ Bucket: dst }));
+    const { src, dst, cred } = await bucketPair('g');
     for (const [k, v] of Object.entries(MEDIA)) await put(a, src, k, v);
-    const cred = { endpoint: a.endpoint, accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey };
     const stage = { from: 'options', source: { bucket: src, ...cred }, target: { bucket: dst, ...cred }, deleteExtraneous: true };
     await (await runner(stage)).run();
     const keys = Object.keys(MEDIA);
@@ -153,15 +153,11 @@ describe('bucket-copy deletions', () => {
 
 describe('bucket-copy, multipart server-side copy', () => {
   it('an object over the threshold goes through UploadPartCopy; a server without it (s3rver) gets that object streamed instead, said once', async () => {
-    const src = `psrc-${++n}`;
-    const dst = `pdst-${n}`;
-    await clientOf(a).send(new CreateBucketCommand({ Bucket: src }));
-    await clientOf(a).send(new CreateBucketCommand({ Bucket: dst }));
+    const { src, dst, cred } = await bucketPair('p');
     const big = Buffer.alloc(6 * 1024 * 1024 + 17, 3);
     big.write('header', 0);
     await put(a, src, 'media_attachments/files/112/original/big.mp4', big);
     await put(a, src, 'small.png', 'small');
-    const cred = { endpoint: a.endpoint, accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey };
     const r = await runner({ from: 'options', source: { bucket: src, ...cred }, target: { bucket: dst, ...cred }, multipartCopyThresholdMB: 5, partSizeMB: 5 });
     const first = await r.run();
     expect(first.summary).toMatchObject({ method: 'server-side', copied: 2, bytesCopied: big.length + 5 });
