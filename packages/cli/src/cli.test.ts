@@ -115,6 +115,23 @@ describe('pipeline CLI', () => {
     expect(JSON.parse(json.stdout)).toMatchObject({ ok: true, pipeline: 'nightly', destinations: [{ destination: 'copy', ok: true }] });
   });
 
+  it("a dependency's process warnings are log records (one JSON line each), never Node's plain lines on stderr", async () => {
+    const dir = await project(config());
+    // One warning while the plugin loads (before the logger exists), one just after.
+    const plugin = join(dir, 'plugins.mjs');
+    await writeFile(plugin, `process.emitWarning('old API\\nread the docs', 'DeprecationWarning');\nsetTimeout(() => process.emitWarning('later notice'), 0);\n${await readFile(plugin, 'utf8')}`);
+    const run = await pipeline(['run', '--log-format', 'json'], dir);
+    expect(run.exitCode, run.stderr).toBe(0);
+    const records = run.stderr.split('\n').filter(Boolean).map((line) => {
+      try {
+        return JSON.parse(line) as { level: number; msg: string; warning?: string };
+      } catch {
+        throw new Error(`not a JSON line on stderr: ${line}`);
+      }
+    });
+    expect(records.filter((r) => r.warning).map((r) => r.msg)).toEqual(['DeprecationWarning: old API read the docs', 'Warning: later notice']);
+  });
+
   it('--dry-run prints the plan and touches nothing', async () => {
     const dir = await project(config());
     const result = await pipeline(['run', '--dry-run'], dir);

@@ -6,6 +6,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { CLI_PACKAGE } from './builtins.js';
 import { collect } from './stage-options.js';
 import { EXIT_CODES_HELP } from './help-text.js';
+import { captureWarnings } from './warnings.js';
 
 export interface GlobalOptions {
   config?: string;
@@ -139,6 +140,7 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  captureWarnings();
   const program = buildProgram();
   program.exitOverride();
   for (const command of program.commands) command.exitOverride();

@@ -4,6 +4,7 @@ import type { Command } from 'commander';
 import { CLI_DIR } from './builtins.js';
 import type { GlobalOptions } from './main.js';
 import { output } from './output.js';
+import { routeWarnings } from './warnings.js';
 
 export interface Session {
   options: GlobalOptions;
@@ -31,6 +32,7 @@ export async function openLogger(options: GlobalOptions, secrets: SecretRegistry
     write: (line) => output.stderr(line),
   });
   output.useNotices((text) => log.warn(text));
+  routeWarnings(log);
   return log;
 }
 
