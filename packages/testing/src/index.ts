@@ -4,6 +4,7 @@
 export * from '@backup-pipeline/sandbox';
 export * from './sshd.js';
 export * from './s3-server.js';
+export * from './tls-front.js';
 export * from './run-pipeline.js';
 export * from './producer-plugin.js';
 export * from './redis-server.js';
