@@ -8,9 +8,13 @@
  * stage's `configFile`). When the tests run as root the cluster runs as `postgres`, so everything
  * the server's archive-push writes is owned by `postgres`; the stage's own pgbackrest commands run
  * as the test's user (root reads and writes everything).
+ *
+ * With `s3`, repo1 is a bucket instead (`repo/` stays empty): the server's pgbackrest.conf, and so
+ * its archive_command, push to that bucket, and `<root>/ca.pem` is a copy of the TLS front's
+ * certificate the server's user can read.
  */
 import { spawnSync } from 'node:child_process';
-import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exec } from '@backup-pipeline/core';
 import { startPostgres, type PostgresServer, type StartPostgresOptions } from '@backup-pipeline/testing';
@@ -22,8 +26,10 @@ export interface ArchivingCluster {
   readonly dataDir: string;
   /** The harness folder holding repo/, lock/, spool/ and pgbackrest.conf. */
   readonly root: string;
-  /** The posix repository (repo1-path). */
+  /** The posix repository (repo1-path); empty when the repository is `s3`. */
   readonly repoPath: string;
+  /** With `s3`: the CA file (a copy in `root`, readable by the server's user). */
+  readonly caFile: string | undefined;
   readonly lockPath: string;
   /** The server's pgbackrest.conf (0640, readable by the server's user). */
   readonly configFile: string;
@@ -47,6 +53,35 @@ export interface StartArchivingClusterOptions {
   createStanza?: boolean;
   /** Leave archiving off (archive_mode off; the stanza is still created): for the preflight error test. */
   archiving?: boolean;
+  /** An S3 repository (path-style, TLS on 127.0.0.1:port) instead of the posix one. */
+  s3?: S3RepositoryOptions;
+}
+
+export interface S3RepositoryOptions {
+  bucket: string;
+  port: number;
+  key: string;
+  secret: string;
+  region?: string;
+  /** repo1-path inside the bucket (default /pgbackrest). */
+  prefix?: string;
+  /** The TLS front's certificate; copied into the harness folder for the server's user. */
+  caFile: string;
+}
+
+function s3Lines(s3: S3RepositoryOptions, caFile: string): string[] {
+  return [
+    'repo1-type=s3',
+    `repo1-path=${s3.prefix ?? '/pgbackrest'}`,
+    `repo1-s3-bucket=${s3.bucket}`,
+    'repo1-s3-endpoint=127.0.0.1',
+    `repo1-s3-region=${s3.region ?? 'us-east-1'}`,
+    `repo1-s3-key=${s3.key}`,
+    `repo1-s3-key-secret=${s3.secret}`,
+    'repo1-s3-uri-style=path',
+    `repo1-storage-port=${s3.port}`,
+    `repo1-storage-ca-file=${caFile}`,
+  ];
 }
 
 function idOf(user: string): { uid: number; gid: number } {
@@ -89,9 +124,14 @@ export async function startArchivingCluster(options: StartArchivingClusterOption
     throw error;
   }
   const dataDir = (await pg.psql('SHOW data_directory;'))[0]![0]!;
+  const caFile = options.s3 ? join(root, 'ca.pem') : undefined;
+  if (options.s3) {
+    await copyFile(options.s3.caFile, caFile!);
+    await chmod(caFile!, 0o644);
+  }
   const conf = [
     '[global]',
-    `repo1-path=${repoPath}`,
+    ...(options.s3 ? s3Lines(options.s3, caFile!) : [`repo1-path=${repoPath}`]),
     `lock-path=${lockPath}`,
     `spool-path=${spoolPath}`,
     'log-level-file=off',
@@ -135,6 +175,7 @@ export async function startArchivingCluster(options: StartArchivingClusterOption
     dataDir,
     root,
     repoPath,
+    caFile,
     lockPath,
     configFile,
     serverUser,
