@@ -101,6 +101,14 @@ export async function run(ctx) {
   }
   await c.pg.psql('CHECKPOINT;');
   await c.switchWal();
+  // A load of several GB leaves a backlog of WAL segments for archive_command; pgbackrest check (the
+  // stage's preflight) waits 60 s for its own segment behind them. Wait until the archiver caught up.
+  const [[target]] = await c.pg.psql('SELECT pg_walfile_name(pg_current_wal_lsn())');
+  for (;;) {
+    const [[archived]] = await c.pg.psql('SELECT coalesce(last_archived_wal, \'\') FROM pg_stat_archiver');
+    if (archived >= target) break;
+    await new Promise((r) => setTimeout(r, 2000));
+  }
   const generateMs = Date.now() - genStarted;
   const [[dbBytes]] = await c.pg.psql(`SELECT pg_database_size('${db}')`);
   console.error(`   generated in ${round(generateMs / 1000)} s: ${round(Number(dbBytes) / 2 ** 20)} MiB`);
