@@ -103,7 +103,7 @@ export async function run(ctx) {
   await c.switchWal();
   // A load of several GB leaves a backlog of WAL segments for archive_command; pgbackrest check (the
   // stage's preflight) waits 60 s for its own segment behind them. Wait until the archiver caught up.
-  const [[target]] = await c.pg.psql('SELECT pg_walfile_name(pg_current_wal_lsn())');
+  const [[target]] = await c.pg.psql('SELECT pg_walfile_name(pg_switch_wal())'); // the segment just completed
   for (;;) {
     const [[archived]] = await c.pg.psql('SELECT coalesce(last_archived_wal, \'\') FROM pg_stat_archiver');
     if (archived >= target) break;
