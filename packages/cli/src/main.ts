@@ -75,7 +75,7 @@ export function buildProgram(): Command {
     .option('--delta', 'the data dir is not empty (a stopped cluster): reuse and overwrite what is there')
     .option('--from <destination>', 'destination to fetch from (default: the work dir, then each destination in order)')
     .option('-p, --pipeline <name>', 'pipeline whose credentials and destinations to use')
-    .option('-j, --jobs <n>', 'parallel restore jobs: pg_restore -j, or pgBackRest --process-max with --data-dir (default 2)', (v) => Number.parseInt(v, 10))
+    .option('-j, --jobs <n>', 'parallel restore jobs: pg_restore -j (default 2), or pgBackRest --process-max with --data-dir (default: every core)', (v) => Number.parseInt(v, 10))
     .option('--clean', 'the database has tables: restore into a fresh one, check it, then swap names (the old one is kept as NAME_before_SET)')
     .option('--globals', 'also restore roles and tablespaces from the globals artifact')
     .option('--files-to <dir>', "also unpack the set's other artifacts (the .env.production secrets, media) into DIR; existing files are never overwritten")

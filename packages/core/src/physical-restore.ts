@@ -13,6 +13,7 @@
  */
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { createConnection } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import type { RunContext } from './context.js';
 import type { NamedDestination } from './destination.js';
@@ -297,6 +298,7 @@ export async function restoreIntoDataDir(
   const fetched = await fetchArtifacts(hooks, located, [entry], ctx, { fallback: true });
   const plain = await decryptArtifact(hooks, fetched.artifacts[0]!, ctx);
   ctx.progress({ plugin: 'core', task: 'restore', message: `${plain.name} → ${dataDir}${recoveryTarget ? ` (recovery to ${describeTarget(recoveryTarget)})` : ''}` });
-  const report = await ctx.restore(plain, { dataDir, delta: request.delta, recoveryTarget, jobs: request.jobs ?? 2 });
+  // A data dir is restored in an emergency, by the whole machine: every core unless --jobs says otherwise.
+  const report = await ctx.restore(plain, { dataDir, delta: request.delta, recoveryTarget, jobs: request.jobs ?? availableParallelism() });
   return { setId: located.id, from: fetched.from.name, reports: [report], durationMs: Date.now() - started };
 }
