@@ -69,6 +69,20 @@ function clusterCpuTicks(dataDir) {
   return ticks;
 }
 
+/**
+ * Switches WAL and waits until the archiver has archived the completed segment. A load or a change
+ * of several GB leaves a backlog for archive_command, and `pgbackrest check` (the stage's preflight)
+ * waits only 60 s (archive-timeout) for its own segment behind it.
+ */
+async function archivedUpToNow(c) {
+  const [[target]] = await c.pg.psql('SELECT pg_walfile_name(pg_switch_wal())');
+  for (;;) {
+    const [[archived]] = await c.pg.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+    if (archived >= target) return;
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
 const ids = (user) => ({ uid: Number(spawnSync('id', ['-u', user], { encoding: 'utf8' }).stdout.trim()), gid: Number(spawnSync('id', ['-g', user], { encoding: 'utf8' }).stdout.trim()) });
 
 export async function run(ctx) {
@@ -100,15 +114,7 @@ export async function run(ctx) {
     await generateMastodonData(c.pg, db, { scale: { targetMB }, owner: 'mastodon', text: 'realistic' });
   }
   await c.pg.psql('CHECKPOINT;');
-  await c.switchWal();
-  // A load of several GB leaves a backlog of WAL segments for archive_command; pgbackrest check (the
-  // stage's preflight) waits 60 s for its own segment behind them. Wait until the archiver caught up.
-  const [[target]] = await c.pg.psql('SELECT pg_walfile_name(pg_switch_wal())'); // the segment just completed
-  for (;;) {
-    const [[archived]] = await c.pg.psql('SELECT coalesce(last_archived_wal, \'\') FROM pg_stat_archiver');
-    if (archived >= target) break;
-    await new Promise((r) => setTimeout(r, 2000));
-  }
+  await archivedUpToNow(c);
   const generateMs = Date.now() - genStarted;
   const [[dbBytes]] = await c.pg.psql(`SELECT pg_database_size('${db}')`);
   console.error(`   generated in ${round(generateMs / 1000)} s: ${round(Number(dbBytes) / 2 ** 20)} MiB`);
@@ -164,7 +170,7 @@ export async function run(ctx) {
       changed += Number(n);
     }
     const [[walBytes]] = await c.pg.psql(`SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '${walBefore}')`);
-    await c.switchWal();
+    await archivedUpToNow(c);
     console.error(`   ${changed} rows changed (${tables.length} tables), ${round(Number(walBytes) / 2 ** 20)} MiB of WAL; incremental backup…`);
     s.rowsChanged = changed;
     s.walBytesFor1Percent = Number(walBytes);
