@@ -48,8 +48,8 @@ import {
   assertSetId,
   checkTreeFile,
   eachLimited,
+  listSets,
   parseTreeIndex,
-  readManifestText,
   pathInTree,
   readTreeIndex,
   treeSealName,
@@ -486,19 +486,6 @@ export class S3Destination implements Destination {
     return out;
   }
 
-  /** The trees `set`'s manifest names that its listing does not show sealed (all of them when the manifest cannot be read). */
-  private async unsealedTrees(set: StoredSet, options: DestinationOperationOptions): Promise<string[]> {
-    if (!set.hasManifest) return [];
-    const sealed = new Set((set.trees ?? []).map((t) => t.name));
-    const text = await this.send(`reading ${set.id}/${MANIFEST_NAME}`, async () => {
-      const object = await this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: this.key(set.id, MANIFEST_NAME) }), { abortSignal: options.signal });
-      return object.Body!.transformToString('utf8');
-    }).catch(() => undefined);
-    const read = text === undefined ? undefined : readManifestText(text, set.id);
-    if (!read?.manifest) return ['(its manifest cannot be read)'];
-    return read.manifest.artifacts.flatMap((a) => (a.tree && !sealed.has(a.tree.name) ? [a.tree.name] : []));
-  }
-
   private async sealEntries(key: string, options: DestinationOperationOptions): Promise<TreeEntry[]> {
     const object = await this.send(`reading ${key}`, () => this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: key }), { abortSignal: options.signal }));
     return parseTreeIndex(await object.Body!.transformToString('utf8'));
@@ -511,10 +498,11 @@ export class S3Destination implements Destination {
    */
   private async sweep(candidates: Set<string>, options: DestinationOperationOptions): Promise<void> {
     const referenced = new Set<string>();
-    for (const set of await this.list(options)) {
+    for (const set of await listSets(this)) {
       // A set whose manifest names a tree that has no seal (lost, or never finished) is damaged and
       // kept for a person; its contents may still be all there, and its references are unknown.
-      const lost = await this.unsealedTrees(set, options);
+      const sealed = new Set((set.trees ?? []).map((t) => t.name));
+      const lost = set.hasManifest && !set.manifest ? ['(its manifest cannot be read)'] : (set.manifest?.artifacts ?? []).flatMap((a) => (a.tree && !sealed.has(a.tree.name) ? [a.tree.name] : []));
       if (lost.length > 0) {
         this.log?.warn(`${this.describe()}: set ${set.id} names tree(s) ${lost.join(', ')} without a seal; no content is deleted until a person looks at it`);
         return;
