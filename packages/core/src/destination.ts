@@ -128,3 +128,19 @@ export function assertSetId(setId: string): void {
 }
 
 export { assertFileName } from './names.js';
+
+/**
+ * The token of a listing's next page, for destinations whose service pages its lists (S3's
+ * ListObjectsV2: `IsTruncated`, `NextContinuationToken`). A page that says the list goes on but
+ * gives no token would end the listing early, and a set whose manifest was on a later page would
+ * look partial, and be swept by retention: that is an error, never a short list.
+ */
+export function nextPageToken(page: { truncated?: boolean; token?: string }, what: string): string | undefined {
+  if (!page.truncated) return undefined;
+  if (!page.token) {
+    throw new PipelineError('DESTINATION_FAILED', `${what}: the server said the list goes on but gave no continuation token`, {
+      hint: 'The service answered a paged listing out of protocol; nothing was deleted. Check the endpoint is S3-compatible.',
+    });
+  }
+  return page.token;
+}

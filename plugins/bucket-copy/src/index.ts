@@ -35,7 +35,7 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { definePlugin, isPipelineError, parseEnvFile, PipelineError, recordDrill, writeFileAtomic, z, type Artifact, type RestoreContext, type SecretRegistry } from '@backup-pipeline/core';
+import { definePlugin, isPipelineError, nextPageToken, parseEnvFile, PipelineError, recordDrill, writeFileAtomic, z, type Artifact, type RestoreContext, type SecretRegistry } from '@backup-pipeline/core';
 
 export const FORMAT = 'bucket-copy-index';
 const STATE_NAME = '.backup-pipeline-bucket-copy.json';
@@ -264,7 +264,7 @@ export default definePlugin({
       do {
         const page = await send(`listing`, s, () => client(s).send(new ListObjectsV2Command({ Bucket: s.bucket, Prefix: s.prefix || undefined, ContinuationToken: token }), { abortSignal: signal }));
         for (const o of page.Contents ?? []) if (o.Key !== undefined) out.push({ key: o.Key.slice(s.prefix.length), size: o.Size ?? 0, etag: unquote(o.ETag) });
-        token = page.IsTruncated ? page.NextContinuationToken : undefined;
+        token = nextPageToken({ truncated: page.IsTruncated, token: page.NextContinuationToken }, `listing ${describeSide(s)}`);
       } while (token);
       return out;
     }

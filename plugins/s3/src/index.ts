@@ -49,6 +49,7 @@ import {
   checkTreeFile,
   eachLimited,
   listSets,
+  nextPageToken,
   parseTreeIndex,
   pathInTree,
   readTreeIndex,
@@ -59,7 +60,6 @@ import {
   type TreePutResult,
   type TreeSource,
 } from '@backup-pipeline/core';
-import { nextPage } from './paging.js';
 
 export const S3Options = z
   .object({
@@ -253,7 +253,7 @@ export class S3Destination implements Destination {
         this.client.send(new ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: prefix, ContinuationToken: token }), { abortSignal: signal }),
       );
       yield* page.Contents ?? [];
-      token = nextPage(page, `listing ${prefix || '/'} on ${this.describe()}`);
+      token = nextPageToken({ truncated: page.IsTruncated, token: page.NextContinuationToken }, `listing ${prefix || '/'} on ${this.describe()}`);
     } while (token);
   }
 
@@ -268,7 +268,7 @@ export class S3Destination implements Destination {
         const id = cp.Prefix?.slice(this.prefix.length, -1);
         if (id && parseSetId(id) && !id.endsWith(PARTIAL_SUFFIX)) ids.push(id);
       }
-      token = nextPage(page, `listing sets on ${this.describe()}`);
+      token = nextPageToken({ truncated: page.IsTruncated, token: page.NextContinuationToken }, `listing sets on ${this.describe()}`);
     } while (token);
 
     const describeSet = async (id: string): Promise<StoredSet> => {
