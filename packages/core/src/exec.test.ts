@@ -51,6 +51,18 @@ describe('settleChain', () => {
     await expect(settleChain([later(5), later(1)] as const, () => {})).resolves.toEqual(['ok', 'ok']);
   });
 
+  it('a writer whose reader exited on its own is the consequence, even when it fails first (a socket pair says ECONNRESET, not EPIPE)', async () => {
+    // Node's stdio pipes are socket pairs: `cat` writing into a reader that left reads
+    // "Connection reset by peer". The reader's own exit is the cause, whichever settles first.
+    const reset = new Error('cat (corrupt-reader) exited with code 1: cat: write error: Connection reset by peer');
+    const cause = new Error('the stream is corrupt');
+    await expect(settleChain([later(1, reset), later(20, cause)] as const, () => {})).rejects.toBe(cause);
+    const reader = exec('sh', ['-c', 'head -c 1000 >/dev/null; exit 7'], { stdin: { fromProcess: true }, label: 'reader' });
+    const writer = exec('cat', ['/dev/zero'], { stdout: { pipeTo: reader }, label: 'cat' });
+    const error = await settleChain([writer, reader] as const, () => {}).catch((e: unknown) => e);
+    expect((error as Error).message).toMatch(/^reader exited with code 7/);
+  });
+
   it('names every member an interrupted run stopped, in the chain\'s order, whichever noticed first', async () => {
     for (let round = 0; round < 3; round++) {
       const abort = new AbortController();

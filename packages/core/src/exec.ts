@@ -96,7 +96,7 @@ const FS_FAILURES: Array<[RegExp, 'ENOSPC' | 'EDQUOT' | 'EROFS' | 'EACCES']> = [
 export function isChainConsequence(error: unknown): boolean {
   const e = error as { message?: string; code?: string; details?: { stopped?: unknown; signal?: unknown } } | undefined;
   if (e?.details?.stopped === true || e?.details?.signal === 'SIGPIPE') return true;
-  return /SIGPIPE|EPIPE|Broken pipe|ERR_STREAM_PREMATURE_CLOSE/.test(`${e?.message ?? ''} ${e?.code ?? ''}`);
+  return /SIGPIPE|EPIPE|Broken pipe|ECONNRESET|Connection reset by peer|ERR_STREAM_PREMATURE_CLOSE/.test(`${e?.message ?? ''} ${e?.code ?? ''}`);
 }
 
 /**

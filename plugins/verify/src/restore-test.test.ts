@@ -6,7 +6,7 @@
  * killed run of this host left behind, and leaves another host's alone.
  */
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,13 +14,20 @@ import { spawn } from 'node:child_process';
 import { generateMastodonData, loadMastodonSchema, runStages, startPostgres, tableRowCounts, type PostgresServer } from '@backup-pipeline/testing';
 import { drillTarget } from './restore-test.js';
 
-/** Processes whose command line names the drill cluster (`postgres: backup-pipeline-drill: …`). */
-async function drillProcesses(): Promise<number[]> {
+/**
+ * The drill cluster's processes still alive: their command line names the drill cluster
+ * (`postgres: backup-pipeline-drill: …`) and they run in this run's cluster folder, taken from the
+ * run's log (other test files' drills may be running at the same time).
+ */
+async function drillProcesses(logs: string[]): Promise<number[]> {
+  const root = logs.map((l) => /started a throwaway PostgreSQL .* in (\S+)/.exec(l)?.[1]).find(Boolean);
+  if (!root) throw new Error(`no cluster folder in the log:\n${logs.join('\n')}`);
   const pids: number[] = [];
   for (const entry of await readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const cmd = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
-    if (cmd.includes('backup-pipeline-drill')) pids.push(Number(entry));
+    const cwd = await readlink(`/proc/${entry}/cwd`).catch(() => '');
+    if (cmd.includes('backup-pipeline-drill') && cwd.startsWith(root)) pids.push(Number(entry));
   }
   return pids;
 }
@@ -79,7 +86,7 @@ describe('restore test against a real server', () => {
       expect(Number(String(v.restoreTest.serverVersion).split('.')[0])).toBe(pg.major);
       expect(await scratchDatabases()).toEqual([]);
       expect(existsSync(join(out.workDir, '.runs'))).toBe(false);
-      expect(await drillProcesses()).toEqual([]);
+      expect(await drillProcesses(out.logs)).toEqual([]);
       expect(out.logs.join('\n')).toContain('into a throwaway PostgreSQL');
       // Started once, in preflight (while the dump is made), and used by the drill.
       expect(out.logs.filter((l) => l.includes('started a throwaway PostgreSQL'))).toHaveLength(1);
@@ -105,7 +112,7 @@ export default definePlugin({ name: 'miscount', description: 'test fixture', opt
     try {
       expect(out.error).toMatchObject({ code: 'VERIFY_FAILED', plugin: 'verify', hook: 'verify' });
       expect(out.error!.message).toMatch(/public\.accounts: \d+ in the dump's snapshot, \d+ restored/);
-      expect(await drillProcesses()).toEqual([]);
+      expect(await drillProcesses(out.logs)).toEqual([]);
       expect(existsSync(join(out.workDir, '.runs'))).toBe(false);
     } finally {
       await out.cleanup();
