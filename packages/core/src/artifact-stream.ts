@@ -1,27 +1,30 @@
 /**
  * One pass over a produced artifact: the producer's stream is verified, compressed, hashed and
- * transformed (encrypted) while it is made, and written once into the set.
+ * transformed (encrypted) while it is made, and written once into the set. Every byte moves
+ * between OS processes over pipes: none passes through Node.js.
  *
- *   producer ─▶ tee ─▶ compressor ─▶ (Node: sha256 of `plain`) ─▶ filter … filter ─▶ (Node: sha256) ─▶ file
- *                ├──▶ FIFO ─▶ verifier (pg_restore --list)
- *                ├──▶ FIFO ─▶ verifier (pg_restore -f /dev/null)
+ *   producer ─▶ tee ─▶ compressor ─▶ tee ─▶ filter … filter ─▶ tee ─▶ file (NAME.partial, renamed when complete)
+ *                ├──▶ FIFO ─▶ verifier      ├──▶ FIFO ─▶ sha256 (plain)  └──▶ FIFO ─▶ sha256 (the file)
+ *                ├──▶ FIFO ─▶ verifier      └──▶ FIFO ─▶ wc -c (plain)
  *                └──▶ FIFO ─▶ head -c 16 (the producer's first bytes)
  *
  * Verifiers (`verifyStream` taps) read the producer's plain bytes through `tee` and named pipes in
- * the run's private folder: no byte of theirs passes through Node.js. Transforms
- * (`transformFilter` taps) offer a program that reads stdin and writes stdout; the core splices
- * the longest prefix of the pipeline's transforms that offer one, in stage order, and leaves the
- * rest to the file-based `transform` hook (a second pass, said in the log). Every process and the
- * file write are settled with `settleChain`: the first real cause is reported, the rest stopped,
- * and nothing is left under the artifact's name. Verifiers' checks run once the chain finished;
- * a failure removes the file (the run then removes the set folder: nothing is shipped).
+ * the run's private folder. Transforms (`transformFilter` taps) offer a program that reads stdin
+ * and writes stdout; the core splices the longest prefix of the pipeline's transforms that offer
+ * one, in stage order, and leaves the rest to the file-based `transform` hook (a second pass, said
+ * in the log). The file and the bytes before the filters (`plain`) are hashed by `openssl dgst`
+ * (SHA-NI where the CPU has it; `sha256sum` where openssl is missing) reading a tee's named pipe
+ * while the file is written. Without a compressor the tees next to each other are one. Every
+ * process is settled with `settleChain`: the first real cause is reported, the rest stopped, and
+ * nothing is left under the artifact's name. Verifiers' checks run once the chain finished; a
+ * failure removes the file (the run then removes the set folder: nothing is shipped).
  */
-import { mkdtemp, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
-import { Transform, type Readable } from 'node:stream';
-import { DigestStream, writeFileAtomic } from './atomic-file.js';
+import { constants } from 'node:fs';
+import { access, mkdtemp, rm, stat } from 'node:fs/promises';
+import { delimiter, join } from 'node:path';
+import { createPartialFile } from './atomic-file.js';
 import type { Artifact, Compression, Encryption, RunContext } from './context.js';
-import { isPipelineError, toPipelineError } from './errors.js';
+import { isPipelineError, PipelineError, toPipelineError } from './errors.js';
 import { isChainConsequence, settleChain, type ExecOptions, type ExecProcess, type ExecResult } from './exec.js';
 
 /** A program run on the stream: argv only (never a shell string), secrets in files or env, never in argv. */
@@ -131,22 +134,30 @@ export interface StreamRecord {
   mtimeMs: number;
 }
 
-/** Counts bytes and keeps the first 16, on the way through Node.js. */
-class HeadCounter extends Transform {
-  bytes = 0;
-  head = Buffer.alloc(0);
-  override _transform(chunk: Buffer, _e: BufferEncoding, done: (e?: Error | null, d?: Buffer) => void): void {
-    if (this.head.length < 16) this.head = Buffer.concat([this.head, chunk.subarray(0, 16 - this.head.length)]);
-    this.bytes += chunk.length;
-    done(null, chunk);
-  }
-}
-
 type Ctx = Pick<RunContext, 'exec' | 'signal' | 'tmpDir' | 'progress' | 'log'>;
 
 export interface StreamPlan {
   consumers: Array<{ plugin: string; consumer: StreamConsumer }>;
   filters: Array<{ plugin: string; filter: TransformFilter }>;
+}
+
+let hasher: Promise<StreamProgram> | undefined;
+/** The program that hashes a named pipe: `openssl dgst -sha256 -r`, or `sha256sum` without openssl. */
+function sha256Program(): Promise<StreamProgram> {
+  hasher ??= (async () => {
+    for (const dir of (process.env.PATH ?? '').split(delimiter).filter(Boolean)) {
+      if (await access(join(dir, 'openssl'), constants.X_OK).then(() => true, () => false)) return { command: join(dir, 'openssl'), args: ['dgst', '-sha256', '-r'], label: 'openssl dgst' };
+    }
+    return { command: 'sha256sum', args: ['-b'], label: 'sha256sum' };
+  })();
+  return hasher;
+}
+
+/** The hex digest a hasher printed (`<hex> *<path>`). */
+function digestOf(result: ExecResult, what: string): string {
+  const hex = /^([0-9a-f]{64})\b/.exec(result.stdout.trim())?.[1];
+  if (!hex) throw new PipelineError('EXEC_FAILED', `the sha256 of ${what} could not be read from ${JSON.stringify(result.stdout.slice(0, 100))}`);
+  return hex;
 }
 
 /**
@@ -160,100 +171,86 @@ export async function runArtifactStream(request: StreamArtifactRequest, plan: St
   const path = join(request.dir, finalName);
   const task = request.task ?? 'produce';
   const compressor = request.compressor;
-  // The producer's first bytes: seen by Node.js when nothing compresses, else read from the tee.
-  const headProbe = compressor !== undefined;
-  const teeOutputs = plan.consumers.length + (headProbe ? 1 : 0);
-  const fifoDir = teeOutputs > 0 ? await mkdtemp(join(ctx.tmpDir, 'stream-')) : undefined;
-  const fifos = Array.from({ length: teeOutputs }, (_, i) => join(fifoDir!, `out-${i}`));
-  if (fifos.length > 0) await ctx.exec('mkfifo', ['-m', '600', '--', ...fifos], { label: 'mkfifo' });
+  const filtered = plan.filters.length > 0;
+  const hash = await sha256Program();
 
-  const upstream: ExecProcess[] = [];
-  const readers: Array<{ proc: ExecProcess; plugin?: string; consumer?: StreamConsumer; feeder?: ExecProcess }> = [];
+  // The named pipes, by the tee that writes them: after the producer (verifiers, the head, and the
+  // plain hash when nothing compresses), after the compressor (the plain hash), after the filters.
+  const fifoDir = await mkdtemp(join(ctx.tmpDir, 'stream-'));
+  const fifo = (name: string) => join(fifoDir, name);
+  const consumerFifos = plan.consumers.map((_, i) => fifo(`verifier-${i}`));
+  const headFifo = fifo('head');
+  const plainFifos = filtered ? [fifo('plain-sha256'), fifo('plain-bytes')] : [];
+  const outFifo = fifo('file-sha256');
+  const afterProducer = [...consumerFifos, headFifo, ...(compressor ? [] : plainFifos)];
+  const afterCompressor = compressor ? plainFifos : [];
+
+  const procs: ExecProcess[] = [];
   const stopAll = () => {
-    for (const p of [...upstream, ...readers.flatMap((r) => (r.feeder ? [r.feeder, r.proc] : [r.proc]))]) p.kill();
+    for (const p of procs) p.kill();
   };
+  const started = (p: ExecProcess) => (procs.push(p), p);
+  let progress: ReturnType<typeof setInterval> | undefined;
+  const file = await createPartialFile(path);
   try {
-    // Readers first: each opens its FIFO, which tee opens for writing when it starts.
+    await ctx.exec('mkfifo', ['-m', '600', '--', ...afterProducer, ...afterCompressor, outFifo], { label: 'mkfifo' });
+
+    // Readers first: each opens its FIFO, which a tee opens for writing when it starts.
+    const readers: Array<{ proc: ExecProcess; plugin?: string; consumer?: StreamConsumer; feeder?: ExecProcess }> = [];
     for (const [i, { plugin, consumer }] of plan.consumers.entries()) {
-      const fifo = fifos[i]!;
+      const path = consumerFifos[i]!;
       const options: ExecOptions = { env: consumer.env, label: consumer.label, okExitCodes: consumer.okExitCodes };
       if (consumer.input === 'path') {
-        readers.push({ proc: ctx.exec(consumer.command, [...consumer.args, fifo], options), plugin, consumer });
+        readers.push({ proc: started(ctx.exec(consumer.command, [...consumer.args, path], options)), plugin, consumer });
       } else {
-        const proc = ctx.exec(consumer.command, consumer.args, { ...options, stdin: { fromProcess: true } });
-        const feeder = ctx.exec('cat', ['--', fifo], { stdout: { pipeTo: proc }, label: `cat (${consumer.label ?? consumer.command})` });
+        const proc = started(ctx.exec(consumer.command, consumer.args, { ...options, stdin: { fromProcess: true } }));
+        const feeder = started(ctx.exec('cat', ['--', path], { stdout: { pipeTo: proc }, label: `cat (${consumer.label ?? consumer.command})` }));
         readers.push({ proc, plugin, consumer, feeder });
       }
     }
-    let head: ExecProcess | undefined;
-    if (headProbe) {
-      head = ctx.exec('head', ['-c', '16', '--', fifos[teeOutputs - 1]!], { stdout: 'stream', label: 'head' });
-      readers.push({ proc: head });
-    }
+    const head = started(ctx.exec('head', ['-c', '16', '--', headFifo], { stdout: 'stream', label: 'head' }));
+    const headChunks: Buffer[] = [];
+    head.stdout?.on('data', (c: Buffer) => headChunks.push(c));
+    const plainHash = filtered ? started(ctx.exec(hash.command, [...hash.args, plainFifos[0]!], { label: `${hash.label} (plain)` })) : undefined;
+    const plainBytes = filtered ? started(ctx.exec('wc', ['-c', '--', plainFifos[1]!], { label: 'wc -c (plain)' })) : undefined;
+    const fileHash = started(ctx.exec(hash.command, [...hash.args, outFifo], { label: hash.label }));
 
     // Then the chain, from its end: each process is started before the one that writes into it.
-    let filterProcs: ExecProcess[] = [];
-    const last = plan.filters.length - 1;
-    for (let i = last; i >= 0; i--) {
+    const tee = (fifos: string[], stdout: ExecOptions['stdout'], options: Partial<ExecOptions> = {}) =>
+      started(ctx.exec('tee', ['-p', '--', ...fifos], { stdin: { fromProcess: true }, stdout, label: 'tee', ...options }));
+    const teeFile = tee([outFifo], { file: file.partial, append: true }, { writes: path });
+    let next = teeFile;
+    const filterProcs: ExecProcess[] = [];
+    for (let i = plan.filters.length - 1; i >= 0; i--) {
       const { filter } = plan.filters[i]!;
-      const next = filterProcs[0];
-      const proc = ctx.exec(filter.command, filter.args, {
-        env: filter.env,
-        label: filter.label,
-        // The first filter reads from Node.js (which hashes `plain`), the others from the one before.
-        stdin: { fromProcess: true },
-        stdout: next ? { pipeTo: next } : 'stream',
-      });
-      filterProcs = [proc, ...filterProcs];
+      next = started(ctx.exec(filter.command, filter.args, { env: filter.env, label: filter.label, stdin: { fromProcess: true }, stdout: { pipeTo: next } }));
+      filterProcs.unshift(next);
     }
-    const comp = compressor ? ctx.exec(compressor.command, compressor.args, { env: compressor.env, label: compressor.label, stdin: { fromProcess: true }, stdout: 'stream' }) : undefined;
-    const tee = fifos.length > 0 ? ctx.exec('tee', ['-p', '--', ...fifos], { stdin: { fromProcess: true }, stdout: comp ? { pipeTo: comp } : 'stream', label: 'tee' }) : undefined;
-    const firstAfterProducer = tee ?? comp;
-    const producer = request.start(firstAfterProducer ? { pipeTo: firstAfterProducer } : 'stream');
-    upstream.push(producer, ...(tee ? [tee] : []), ...(comp ? [comp] : []), ...filterProcs);
+    const teePlain = afterCompressor.length > 0 ? tee(afterCompressor, { pipeTo: next }) : undefined;
+    if (teePlain) next = teePlain;
+    const comp = compressor ? started(ctx.exec(compressor.command, compressor.args, { env: compressor.env, label: compressor.label, stdin: { fromProcess: true }, stdout: { pipeTo: next } })) : undefined;
+    if (comp) next = comp;
+    const teeProducer = tee(afterProducer, { pipeTo: next });
+    const producer = started(request.start({ pipeTo: teeProducer }));
 
-    // Node.js sees the stream where it leaves the last OS member before the filters (the file's
-    // content before encryption: hashed as `plain`), then the filters' output (written, hashed).
-    const plainSource: Readable = (comp ?? tee ?? producer).stdout!;
-    const counter = compressor ? undefined : new HeadCounter();
-    const plainHash = plan.filters.length > 0 ? new DigestStream() : undefined;
-    let toWrite: Readable = plainSource;
-    for (const stage of [counter, plainHash]) {
-      if (!stage) continue;
-      const from = toWrite;
-      from.on('error', (e) => stage.destroy(e));
-      toWrite = from.pipe(stage);
-    }
-    if (filterProcs.length > 0) {
-      const into = filterProcs[0]!.stdin!;
-      const feed = toWrite;
-      // A filter that died is reported by its own exit. What still comes to it is read and dropped:
-      // left unread, it would fill the pipes behind it, and the members before it (killed by then)
-      // could never finish their output, so their promises would never settle.
-      const drain = () => {
-        feed.unpipe(into);
-        feed.resume();
-      };
-      into.on('error', drain);
-      into.on('close', () => {
-        if (!into.writableFinished) drain();
-      });
-      feed.pipe(into);
-      toWrite = filterProcs[last]!.stdout!;
-    }
+    // The file's size, for progress (its bytes never pass through here).
     let lastProgress = 0;
-    const write = writeFileAtomic(path, toWrite, {
-      signal: ctx.signal,
-      onBytes: (bytes) => {
-        if (bytes - lastProgress >= 1 << 20) {
-          lastProgress = bytes;
-          ctx.progress({ task, bytes });
-        }
-      },
-    });
+    progress = setInterval(() => {
+      void stat(file.partial).then(
+        ({ size }) => {
+          if (size - lastProgress >= 1 << 20) {
+            lastProgress = size;
+            ctx.progress({ task, bytes: size });
+          }
+        },
+        () => {},
+      );
+    }, 500);
+    progress.unref?.();
 
     // Each member's own failure, named by the plugin that brought it.
     const upstreamFailures: unknown[] = [];
+    const upstream = (p: Promise<unknown>) => p.catch((e: unknown) => (upstreamFailures.push(e), Promise.reject(e)));
     const named = (p: Promise<unknown>, fail?: (e: unknown) => Error, plugin?: string, hook?: string) =>
       p.catch((error: unknown) => {
         // A program that exited with its own non-zero code failed on its own, even when the chain
@@ -267,12 +264,10 @@ export async function runArtifactStream(request: StreamArtifactRequest, plan: St
         throw mapped;
       });
     const consumerErrors = new Set<unknown>();
-    const headChunks: Buffer[] = [];
-    head?.stdout?.on('data', (c: Buffer) => headChunks.push(c));
     const members: Array<Promise<unknown>> = [
-      ...[producer, ...(tee ? [tee] : []), ...(comp ? [comp] : [])].map((p) => p.catch((e: unknown) => (upstreamFailures.push(e), Promise.reject(e)))),
-      ...plan.filters.map(({ filter, plugin }, i) => named(filterProcs[i]!, filter.fail, plugin, 'transformFilter').catch((e: unknown) => (upstreamFailures.push(e), Promise.reject(e)))),
-      write.catch((e: unknown) => (upstreamFailures.push(e), Promise.reject(e))),
+      ...[producer, teeProducer, comp, teePlain].filter((p): p is ExecProcess => p !== undefined).map(upstream),
+      ...plan.filters.map(({ filter, plugin }, i) => upstream(named(filterProcs[i]!, filter.fail, plugin, 'transformFilter'))),
+      ...[teeFile, fileHash, plainHash, plainBytes, head].filter((p): p is ExecProcess => p !== undefined).map(upstream),
       ...readers.flatMap((r) => {
         const own = named(r.proc, r.consumer?.fail, r.plugin, 'verifyStream').catch((e: unknown) => (consumerErrors.add(e), Promise.reject(e)));
         return r.feeder ? [own, r.feeder] : [own];
@@ -283,14 +278,16 @@ export async function runArtifactStream(request: StreamArtifactRequest, plan: St
     } catch (caught) {
       // A verifier that saw a truncated stream because the producer (or a filter, or the disk)
       // failed first is a consequence: the upstream member's own failure is the cause.
-      const cause = consumerErrors.has(caught) ? (upstreamFailures.find((e) => !isChainConsequence(e)) ?? caught) : caught;
-      throw cause;
+      throw consumerErrors.has(caught) ? (upstreamFailures.find((e) => !isChainConsequence(e)) ?? caught) : caught;
     }
-    const digest = await write;
-    ctx.progress({ task, bytes: digest.bytes });
-    const headBytes = counter ? counter.head : Buffer.concat(headChunks).subarray(0, 16);
+    if (ctx.signal?.aborted) throw new PipelineError('ABORTED', `interrupted while writing ${path}`);
+    const sha256 = digestOf(await fileHash, path);
+    const bytes = await file.commit();
+    ctx.progress({ task, bytes });
+    const headBytes = Buffer.concat(headChunks).subarray(0, 16);
     const encryption = [...plan.filters].reverse().find((f) => f.filter.encryption)?.filter.encryption;
-    const plainDigest = plainHash?.digest();
+    const plain = plainHash && plainBytes ? { name: planned.name, bytes: Number(/^\s*(\d+)/.exec((await plainBytes).stdout)?.[1]), sha256: digestOf(await plainHash, planned.name) } : undefined;
+    if (plain && !Number.isSafeInteger(plain.bytes)) throw new PipelineError('EXEC_FAILED', `the size of ${planned.name} could not be read from wc`);
     const artifact: Artifact = {
       name: finalName,
       path,
@@ -298,9 +295,9 @@ export async function runArtifactStream(request: StreamArtifactRequest, plan: St
       format: planned.format,
       compression: planned.compression,
       ...(encryption ? { encryption } : {}),
-      bytes: digest.bytes,
-      sha256: digest.sha256,
-      ...(plainDigest ? { plain: { name: planned.name, bytes: plainDigest.bytes, sha256: plainDigest.sha256 } } : {}),
+      bytes,
+      sha256,
+      ...(plain ? { plain } : {}),
       meta: planned.meta,
     };
     // The verifiers' own checks of what they read (the table of contents…), before anything ships.
@@ -315,13 +312,16 @@ export async function runArtifactStream(request: StreamArtifactRequest, plan: St
         throw e;
       }
     }
-    return { artifact, head: headBytes, plainBytes: counter?.bytes };
+    // Without a compressor the file before the filters is the producer's output.
+    return { artifact, head: headBytes, plainBytes: compressor ? undefined : (plain?.bytes ?? bytes) };
   } catch (error) {
     stopAll();
+    await file.discard();
     await rm(path, { force: true });
     throw error;
   } finally {
-    if (fifoDir) await rm(fifoDir, { recursive: true, force: true });
+    if (progress) clearInterval(progress);
+    await rm(fifoDir, { recursive: true, force: true });
   }
 }
 

@@ -118,6 +118,49 @@ export async function writeFileAtomic(path: string, source: Source, options: Ato
   }
 }
 
+/** A file another program writes (a child's stdout), made atomic the same way. */
+export interface PartialFile {
+  /** `NAME.partial`, created empty (0600, folder 0700): hand it to the program. */
+  readonly partial: string;
+  /** fsyncs it and renames it into place; resolves with its size. */
+  commit(): Promise<number>;
+  /** Removes it (and nothing under the final name is left). */
+  discard(): Promise<void>;
+}
+
+/** Creates `path.partial` for a program to write; see `PartialFile`. */
+export async function createPartialFile(path: string): Promise<PartialFile> {
+  const partial = path + PARTIAL_SUFFIX;
+  try {
+    await ensurePrivateDir(dirname(path));
+    await (await open(partial, 'w', FILE_MODE)).close();
+  } catch (error) {
+    throw fileSystemError(error, path, 'creating');
+  }
+  return {
+    partial,
+    async commit() {
+      try {
+        const handle = await open(partial, 'r+');
+        let size: number;
+        try {
+          await handle.sync();
+          size = (await handle.stat()).size;
+        } finally {
+          await handle.close();
+        }
+        await rename(partial, path);
+        await syncDir(dirname(path));
+        return size;
+      } catch (error) {
+        await rm(partial, { force: true });
+        throw fileSystemError(error, path);
+      }
+    },
+    discard: () => rm(partial, { force: true }),
+  };
+}
+
 /**
  * Copies `from` to `path` atomically (`.partial`, mode 0600, fsynced, renamed) by the kernel: a
  * reflink where the file system shares blocks (btrfs, XFS), else `copy_file_range` — the bytes

@@ -6,6 +6,7 @@
  * code always checked. A child whose reader went away (a full disk failed the file write) is
  * stopped at once rather than left blocked on a full pipe.
  */
+import { closeSync, openSync } from 'node:fs';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { execa } from 'execa';
 import { isPipelineError, PipelineError } from './errors.js';
@@ -25,6 +26,8 @@ export interface ExecOptions {
   stdin?: string | Uint8Array | Readable | { file: string } | { fromProcess: true };
   /**
    * `'pipe'` (default: buffered, returned as `stdout`), `'stream'` (read it from `.stdout` yourself), a file, or `'ignore'`.
+   * A file (created 0600 if missing) is opened here and its descriptor given to the child: it
+   * writes the file itself, no byte passes through Node.js.
    * `{ pipeTo: consumer }` connects stdout straight to the stdin of `consumer` (started with
    * `stdin: { fromProcess: true }`): an OS pipe, no byte passes through Node.js. The consumer sees
    * end-of-file when this process exits.
@@ -180,6 +183,22 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
   const theirs = pipeTo?.stdin ?? undefined;
   if (pipeTo && !theirs) throw new Error(`${label}: stdout.pipeTo needs a process started with stdin: { fromProcess: true }`);
   const stdoutMode = pipeTo ? 'pipeTo' : (options.stdout ?? 'pipe');
+  const toFile = typeof options.stdout === 'object' && 'file' in options.stdout ? options.stdout : undefined;
+  let fd: number | undefined;
+  if (toFile) {
+    try {
+      fd = openSync(toFile.file, toFile.append ? 'a' : 'w', 0o600);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      const failure = new PipelineError(code === 'ENOSPC' ? 'NO_SPACE' : code === 'EACCES' || code === 'EROFS' ? 'ACCESS_DENIED' : 'EXEC_FAILED', `${label} cannot write ${toFile.file} (${code ?? String(error)})`, {
+        cause: error,
+        details: { path: toFile.file, errno: code },
+      });
+      const rejected = Promise.reject(failure);
+      rejected.catch(() => {}); // the caller's await reports it, whenever it comes
+      return Object.assign(rejected, { stdout: null, stdin: null, pid: undefined, kill: () => false }) as ExecProcess;
+    }
+  }
   const started = Date.now();
   const subprocess = execa(file, [...args], {
     cwd: options.cwd,
@@ -189,7 +208,7 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     // Node streams (which need not have a file descriptor) are written through execa's `input`.
     stdin: !fromProcess && options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array || isNodeReadable(stdin)) ? 'pipe' : (stdin as never),
     input: !fromProcess && options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array || isNodeReadable(stdin)) ? stdin : undefined,
-    stdout: stdoutMode === 'stream' ? 'pipe' : stdoutMode === 'pipeTo' ? theirs : (stdoutMode as never),
+    stdout: stdoutMode === 'stream' ? 'pipe' : stdoutMode === 'pipeTo' ? theirs : fd !== undefined ? fd : (stdoutMode as never),
     stderr: 'pipe',
     buffer: { stdout: stdoutMode === 'pipe', stderr: false },
     maxBuffer: { stdout: 256 * 1024 * 1024 },
@@ -245,8 +264,7 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     // The cause of a PostgreSQL client's failure is in its ERROR/FATAL lines, often far from the
     // end (the end can be the middle of a function body); other programs end with it.
     const shown = mask(errorLines.length > 0 ? errorLines.slice(0, 3).join(' | ') : stderrTail(stderr, 3)).trim();
-    // The program's own words, or the error of the file its stdout was written to (`stdout: { file }`:
-    // a full disk there ends the program with SIGPIPE, which is not the cause).
+    // The program's own words (a full disk under its stdout file is its own write error).
     const ownWords = FS_FAILURES.find(([pattern]) => pattern.test(stderrTail(stderr, 6)))?.[1];
     const causeCode = (r.cause as NodeJS.ErrnoException | undefined)?.code;
     const errno = ownWords ?? FS_FAILURES.map(([, code]) => code).find((code) => code === causeCode);
@@ -259,6 +277,12 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     }
     throw new PipelineError('EXEC_FAILED', `${label} ${why}${shown ? `: ${shown}` : ''}`, { details });
   });
+
+  if (fd !== undefined) {
+    const opened = fd;
+    const close = () => closeSync(opened);
+    void promise.then(close, close);
+  }
 
   if (pipeTo && theirs) {
     // The consumer's stdin is a socket pair: shutting our side down before this child exits would
