@@ -118,6 +118,22 @@ export async function writeFileAtomic(path: string, source: Source, options: Ato
   }
 }
 
+/** fsyncs PARTIAL and renames it to PATH (its folder fsynced too); resolves with its size. */
+async function publishPartial(partial: string, path: string, signal?: AbortSignal): Promise<number> {
+  const handle = await open(partial, 'r+');
+  let size: number;
+  try {
+    await handle.sync();
+    size = (await handle.stat()).size;
+  } finally {
+    await handle.close();
+  }
+  signal?.throwIfAborted();
+  await rename(partial, path);
+  await syncDir(dirname(path));
+  return size;
+}
+
 /** A file another program writes (a child's stdout), made atomic the same way. */
 export interface PartialFile {
   /** `NAME.partial`, created empty (0600, folder 0700): hand it to the program. */
@@ -141,17 +157,7 @@ export async function createPartialFile(path: string): Promise<PartialFile> {
     partial,
     async commit() {
       try {
-        const handle = await open(partial, 'r+');
-        let size: number;
-        try {
-          await handle.sync();
-          size = (await handle.stat()).size;
-        } finally {
-          await handle.close();
-        }
-        await rename(partial, path);
-        await syncDir(dirname(path));
-        return size;
+        return await publishPartial(partial, path);
       } catch (error) {
         await rm(partial, { force: true });
         throw fileSystemError(error, path);
@@ -176,16 +182,7 @@ export async function copyFileAtomic(from: string, path: string, bytes: number, 
     await chmod(partial, FILE_MODE);
     const copied = (await stat(partial)).size;
     if (copied !== bytes) throw new PipelineError('CHECKSUM_MISMATCH', `${from} changed while it was copied to ${path} (${copied} bytes, expected ${bytes})`);
-    const handle = await open(partial, 'r+');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    options.signal?.throwIfAborted();
-    await rename(partial, path);
-    await syncDir(dirname(path));
-    return copied;
+    return await publishPartial(partial, path, options.signal);
   } catch (error) {
     await rm(partial, { force: true });
     throw fileSystemError(error, path);
