@@ -61,6 +61,7 @@ export function renderConfig(options: PgbackrestOptions, env: { resolvePath: (p:
     `process-max=${env.processMax}`,
     `compress-type=${options.compression}`,
     ...(options.compressionLevel !== undefined ? [`compress-level=${options.compressionLevel}`] : []),
+    ...(options.archiveTimeout !== undefined ? [`archive-timeout=${options.archiveTimeout}`] : []),
     ...(options.lockPath ? [`lock-path=${env.resolvePath(options.lockPath)}`] : []),
     'log-level-file=off',
     'start-fast=y',

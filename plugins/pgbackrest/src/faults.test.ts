@@ -163,6 +163,31 @@ describe('pgbackrest stage faults', () => {
     expect(text).toMatch(/backup_pipeline_source_fact\{fact="pgbackrest\.repositoryBytes",pipeline="test"\} [1-9]\d*/);
   }, 300_000);
 
+  it('an archiver slower than archive-timeout fails preflight with a hint to raise archiveTimeout; a larger archiveTimeout waits for it', async () => {
+    const [[original]] = (await c.pg.psql('SHOW archive_command;')) as [[string]];
+    const setCommand = async (command: string) => {
+      await c.pg.psql(`ALTER SYSTEM SET archive_command = '${command.replace(/'/g, "''")}'; SELECT pg_reload_conf();`);
+      for (let i = 0; i < 100; i++) {
+        const [[now]] = (await c.pg.psql('SHOW archive_command;')) as [[string]];
+        if (now === command) return;
+        await sleep(50);
+      }
+    };
+    // Every segment takes 3 s to archive (as a busy archiver behind a large change).
+    await setCommand(`sleep 3 && ${original}`);
+    try {
+      const slow = await run([stage({ archiveTimeout: 1 })]);
+      expect(slow.error?.code).toBe('PGBACKREST_CHECK_FAILED');
+      expect(slow.error?.message).toMatch(/ERROR: \[082\]/);
+      expect(slow.error?.hint).toMatch(/archive-timeout 1 s.*raise archiveTimeout/);
+      expect(slow.error?.hint).toContain('--archive-timeout=1');
+      const patient = await run([stage({ archiveTimeout: 30 })]);
+      expect(patient.error, patient.logs.join('\n')).toBeUndefined();
+    } finally {
+      await setCommand(original);
+    }
+  }, 300_000);
+
   it('the server stopped in the middle of a backup fails the run and leaves no set; the next run works', async () => {
     // pgBackRest 2.45 copies from disk and asks the server only at backup start and stop (and
     // between files, at most every 30 s): a stopped server fails the backup once the files in

@@ -175,8 +175,14 @@ function tapBackup(hooks: TapOnlyHooks, options: PgbackrestOptions, api: PluginA
     }
     const cause = pgbackrestErrorLine(error);
     const said = cause && !text.includes(cause) ? `${cause} (${text})` : text;
-    throw new PipelineError(code, `${what} failed: ${said}`, { hint: `${ERRORS[code]} (${cmd.display(args)})`, cause: error });
+    // [082]: the WAL segment the command waits for was not archived within archive-timeout.
+    const hint = /ERROR: \[082\]/.test(`${cause ?? ''} ${text}`)
+      ? `The server's archiver did not push the WAL segment in time (archive-timeout ${options.archiveTimeout ?? 60} s): if pg_stat_archiver shows it catching up (a large change makes much WAL), raise archiveTimeout; if it shows failures, fix archive_command. (${cmd.display(args)})`
+      : `${ERRORS[code]} (${cmd.display(args)})`;
+    throw new PipelineError(code, `${what} failed: ${said}`, { hint, cause: error });
   };
+  // A generated config holds it already; an existing one is overridden on the command line.
+  const archiveTimeout = (cmd: Pgbackrest) => (!cmd.generated && options.archiveTimeout !== undefined ? [`--archive-timeout=${options.archiveTimeout}`] : []);
 
   // The command an admin runs once (as the repository's owner). A generated config lives only for
   // the run, so its repository is spelled out (possible for a posix repository without a key).
@@ -238,7 +244,8 @@ function tapBackup(hooks: TapOnlyHooks, options: PgbackrestOptions, api: PluginA
 
     // 3. pgBackRest's own end-to-end check (it switches WAL and waits for it in the repository).
     if (!ctx.dryRun) {
-      await cmd.run(['check']).catch((error: unknown) => wrapLock(error, 'PGBACKREST_CHECK_FAILED', 'pgbackrest check', cmd, ['check']));
+      const check = [...archiveTimeout(cmd), 'check'];
+      await cmd.run(check).catch((error: unknown) => wrapLock(error, 'PGBACKREST_CHECK_FAILED', 'pgbackrest check', cmd, check));
     }
   });
 
@@ -257,7 +264,7 @@ function tapBackup(hooks: TapOnlyHooks, options: PgbackrestOptions, api: PluginA
     const before = new Set((await info(ctx, cmd)).backup.map((b) => b.label));
     // With an existing config, the options set here win over it (a generated one holds them already).
     // pgBackRest's backup expires by its own retention at the end: never (the pipeline decides).
-    const own = cmd.generated ? [] : [`--repo1-retention-full=${RETENTION_FULL_NEVER}`, `--compress-type=${options.compression}`, ...(options.processMax !== undefined ? [`--process-max=${options.processMax}`] : []), ...(options.compressionLevel !== undefined ? [`--compress-level=${options.compressionLevel}`] : [])];
+    const own = cmd.generated ? [] : [`--repo1-retention-full=${RETENTION_FULL_NEVER}`, `--compress-type=${options.compression}`, ...(options.processMax !== undefined ? [`--process-max=${options.processMax}`] : []), ...(options.compressionLevel !== undefined ? [`--compress-level=${options.compressionLevel}`] : []), ...archiveTimeout(cmd)];
     const args = [`--type=${type}`, ...own, 'backup'];
     ctx.log.info({ stanza: options.stanza, type }, `pgbackrest ${type} backup of stanza ${options.stanza}`);
     ctx.progress({ task: 'pgbackrest backup', message: `${type} backup of ${options.stanza}` });

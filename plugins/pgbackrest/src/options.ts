@@ -103,6 +103,12 @@ export const optionsSchema = z
       .boolean()
       .default(true)
       .describe('In `retain`, after the retention stage deleted pipeline sets, expire (`pgbackrest expire --set=LABEL`) the backups no kept set needs. pgBackRest is configured never to expire on its own (repo1-retention-full 9999999). List this stage after `retention`.'),
+    archiveTimeout: z
+      .number()
+      .min(0.1)
+      .max(86400)
+      .optional()
+      .describe('archive-timeout in seconds: how long `check` (preflight) and a backup wait for the server to archive the WAL segment they need (default pgBackRest\'s 60). Raise it where the archiver can lag behind a large change (the WAL of a bulk update is archived one segment at a time).'),
     maxArchiveLagMinutes: z
       .number()
       .min(0)
