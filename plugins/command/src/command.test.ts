@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -17,10 +18,10 @@ beforeEach(async () => {
   return () => rm(dir, { recursive: true, force: true });
 });
 
-async function run(stage: Record<string, unknown>) {
+async function run(stage: Record<string, unknown>, after: Array<Record<string, unknown>> = []) {
   const config = await resolveConfig(join(dir, 'pipeline.config.json'), {
     workDir: join(dir, 'work'),
-    pipelines: { nightly: { source: 'site', stages: [{ use: pluginEntry, ...stage }] } },
+    pipelines: { nightly: { source: 'site', stages: [{ use: pluginEntry, ...stage }, ...after] } },
   });
   const lines: string[] = [];
   const log = await createLogger({ secrets: config.secrets, level: 'debug', format: 'json', write: (l) => void lines.push(l) });
@@ -95,6 +96,38 @@ describe('command stage', () => {
   it('fails preflight when cwd is missing (COMMAND_DIR_MISSING) and reports a missing program (EXEC_NOT_FOUND)', async () => {
     expect((await failure(run({ command: ['true'], cwd: join(dir, 'nope') }))).code).toBe('COMMAND_DIR_MISSING');
     expect((await failure(run({ command: ['no-such-program-here'] }))).code).toBe('EXEC_NOT_FOUND');
+  });
+
+  it('stdout: the program\'s standard output is the artifact, compressed and encrypted in one pass; no file is collected', async () => {
+    const key = join(dir, 'age.key');
+    execFileSync('age-keygen', ['-o', key], { stdio: 'ignore' });
+    const recipient = execFileSync('age-keygen', ['-y', key], { encoding: 'utf8' }).trim();
+    const script = 'printf ignored > "$BACKUP_OUTPUT_DIR/file.dump"; seq 1 200000';
+    const { manifest, setDir } = await run({ command: ['sh', '-c', script], stdout: { name: 'numbers.txt' } }, [{ use: resolve(here, '../../age/dist/index.js'), recipients: [recipient], identityFile: key }]);
+    const [a] = manifest!.artifacts;
+    expect(manifest!.artifacts).toHaveLength(1);
+    expect(a).toMatchObject({ name: 'numbers.txt.zst.age', kind: 'command', format: 'file', compression: 'zstd', plain: { name: 'numbers.txt.zst' }, meta: { output: 'stdout' } });
+    // One pass: age's filter was spliced into the stream; its file-based transform did not run.
+    expect(manifest!.stages.filter((st) => st.plugin === 'age').map((st) => st.hook)).toContain('transformFilter');
+    expect(manifest!.stages.some((st) => st.plugin === 'age' && st.hook === 'transform')).toBe(false);
+    const stored = await readFile(join(setDir, a!.name));
+    expect(createHash('sha256').update(stored).digest('hex')).toBe(a!.sha256);
+    expect((await stat(join(setDir, a!.name))).mode & 0o777).toBe(0o600);
+    const plain = execFileSync('age', ['--decrypt', '-i', key, join(setDir, a!.name)], { maxBuffer: 1 << 24 });
+    expect(createHash('sha256').update(plain).digest('hex')).toBe(a!.plain!.sha256);
+    expect(execFileSync('zstd', ['-dc'], { input: plain, encoding: 'utf8', maxBuffer: 1 << 24 })).toBe(execFileSync('seq', ['1', '200000'], { encoding: 'utf8', maxBuffer: 1 << 24 }));
+    expect((await readdir(setDir)).sort()).toEqual(['manifest.json', a!.name]);
+  });
+
+  it('stdout: nothing written is COMMAND_NO_OUTPUT, a failing program its own error; no set is left', async () => {
+    const empty = await failure(run({ command: ['true'], stdout: { name: 'x.tar', compression: 'none' } }));
+    expect(empty.code).toBe('COMMAND_NO_OUTPUT');
+    expect(empty.message).toMatch(/wrote nothing on its standard output/);
+    const broken = await failure(run({ command: ['sh', '-c', 'seq 1 100000; echo "disk gone" >&2; exit 4'], stdout: { name: 'x.txt' } }));
+    expect(broken.code).toBe('EXEC_FAILED');
+    expect(broken.message).toMatch(/exited with code 4: disk gone/);
+    expect(await readdir(join(dir, 'work')).then((n) => n.filter((x) => !x.startsWith('.')))).toEqual([]);
+    expect((await failure(run({ command: ['true'], stdout: { name: '../escape' } }))).code).toBe('CONFIG_INVALID');
   });
 
   it('rejects a shell string and unknown options (CONFIG_INVALID)', async () => {

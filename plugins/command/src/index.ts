@@ -8,6 +8,10 @@
  * `outputDir` set it is that folder, and files older than the command's start are ignored (left
  * over from an earlier run). Collected files are moved into the set: streamed into it with mode
  * 0600 and sha256, then removed from the output folder.
+ *
+ * With `stdout`, the program's standard output is the artifact instead (no file is collected):
+ * made in one pass by the core (`ctx.streamArtifact`: compressed, hashed and encrypted while the
+ * program writes it, never staged in plain).
  */
 import { createReadStream } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
@@ -44,7 +48,25 @@ export interface CommandStageOptions {
   /** Artifact kind (`command`, `rake`…). */
   kind: string;
   timeoutMinutes?: number;
+  /** The program's stdout is the artifact (named `name`, plus the compression's extension). */
+  stdout?: StdoutArtifact;
 }
+
+export type StdoutArtifact = z.output<typeof StdoutOption>;
+
+/** `stdout`: the program writes its backup to standard output. */
+export const StdoutOption = z
+  .object({
+    name: z.string().regex(/^(?!\.\.?$)[^/\0]+$/, 'a file name (no folder)').describe('The artifact\'s file name (e.g. `site-backup.tar`); the compression\'s extension is appended.'),
+    compression: z.enum(['zstd', 'gzip', 'none']).default('zstd').describe('Compression applied on the stream (default zstd). `none` when the program compresses its own output.'),
+  })
+  .strict();
+
+const STREAM_COMPRESSORS = {
+  zstd: { ext: '.zst', program: { command: 'zstd', args: ['-T0', '-q', '-c'], label: 'zstd' } },
+  gzip: { ext: '.gz', program: { command: 'gzip', args: ['-c'], label: 'gzip' } },
+  none: { ext: '', program: undefined },
+} as const;
 
 const SECRET_NAME = /PASS|SECRET|TOKEN|KEY|CREDENTIAL/i;
 
@@ -62,6 +84,7 @@ export async function runCommandStage(ctx: RunContext, options: CommandStageOpti
   const outputDir = options.outputDir ?? (await mkdtemp(join(ctx.tmpDir, `${api.name}-out-`)));
   const started = Date.now();
   api.log.info({ command: displayCommand(file, args, ctx.secrets), cwd: options.cwd }, `running ${displayCommand(file, args, ctx.secrets)}`);
+  if (options.stdout) return [await streamStdout(ctx, options, options.stdout, outputDir)];
   const result = await ctx.exec(file, args, {
     cwd: options.cwd,
     env: { ...options.env, [OUTPUT_DIR_ENV]: outputDir },
@@ -113,6 +136,34 @@ export async function runCommandStage(ctx: RunContext, options: CommandStageOpti
   return artifacts;
 }
 
+/** The program's stdout as one artifact, made in one pass by the core. */
+async function streamStdout(ctx: RunContext, options: CommandStageOptions, out: StdoutArtifact, outputDir: string): Promise<Artifact> {
+  const [file, ...args] = options.command as [string, ...string[]];
+  const { ext, program } = STREAM_COMPRESSORS[out.compression];
+  const name = out.name + ext;
+  const made = await ctx.streamArtifact({
+    artifact: { name, kind: options.kind, format: 'file', compression: program ? out.compression : compressionOf(name), meta: { command: displayCommand(file, args, ctx.secrets), output: 'stdout' } },
+    dir: ctx.setDir,
+    start: (stdout) =>
+      ctx.exec(file, args, {
+        cwd: options.cwd,
+        env: { ...options.env, [OUTPUT_DIR_ENV]: outputDir },
+        stdout,
+        timeoutMs: options.timeoutMinutes === undefined ? undefined : options.timeoutMinutes * 60_000,
+      }),
+    compressor: program,
+    task: 'collect',
+  });
+  if (made.head.length === 0) {
+    await rm(made.artifact.path, { force: true });
+    throw new PipelineError('COMMAND_NO_OUTPUT', `${basename(file)} succeeded but wrote nothing on its standard output`, {
+      hint: 'With `stdout` set the program must write its backup to standard output; an empty output is never a backup.',
+    });
+  }
+  ctx.addArtifact(made.artifact);
+  return made.artifact;
+}
+
 /** Taps preflight (cwd exists), plan (the command line) and produce (run and collect) for a command-like stage. */
 export function tapCommandStage(hooks: TapOnlyHooks, options: CommandStageOptions, api: Pick<PluginApi, 'name' | 'log' | 'secrets'>): void {
   for (const [name, value] of Object.entries(options.env ?? {})) if (SECRET_NAME.test(name)) api.secrets.add(value);
@@ -129,8 +180,11 @@ export function tapCommandStage(hooks: TapOnlyHooks, options: CommandStageOption
   });
 
   hooks.plan.tapPromise(api.name, async (plan, ctx) => {
+    const collect = options.stdout
+      ? `stream its standard output into ${options.stdout.name}${STREAM_COMPRESSORS[options.stdout.compression].ext} (one pass)`
+      : `collect ${options.outputs.join(', ')} from ${options.outputDir ?? `$${OUTPUT_DIR_ENV}`}`;
     plan.add({
-      description: `run in ${options.cwd ?? process.cwd()}, collect ${options.outputs.join(', ')} from ${options.outputDir ?? `$${OUTPUT_DIR_ENV}`} as "${options.kind}" artifacts`,
+      description: `run in ${options.cwd ?? process.cwd()}, ${collect} as "${options.kind}" artifacts`,
       command: displayCommand(file, args, ctx.secrets),
     });
   });
@@ -152,6 +206,7 @@ export const CommandOptions = z
       .describe(`Folder the outputs are collected from (also passed as $${OUTPUT_DIR_ENV}). Default: a fresh private folder of the run.`),
     outputs: z.array(z.string().min(1)).min(1).default(['*']).describe('Globs (relative to the output folder; *, ?, **, {a,b}) of the files to collect.'),
     timeoutMinutes: z.number().positive().optional().describe('Stop the command after this many minutes.'),
+    stdout: StdoutOption.optional().describe('The program writes its backup to standard output: that stream is the artifact, compressed, hashed and encrypted in one pass (`outputs` is then not collected).'),
   })
   .strict();
 
@@ -170,6 +225,7 @@ export default definePlugin({
         outputs: options.outputs,
         kind: 'command',
         timeoutMinutes: options.timeoutMinutes,
+        stdout: options.stdout,
       },
       api,
     );

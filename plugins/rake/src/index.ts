@@ -5,7 +5,7 @@
  * Built on the `command` stage's mechanism.
  */
 import { definePlugin, z } from '@backup-pipeline/core';
-import { OUTPUT_DIR_ENV, tapCommandStage } from '@backup-pipeline/plugin-command';
+import { OUTPUT_DIR_ENV, StdoutOption, tapCommandStage } from '@backup-pipeline/plugin-command';
 
 export const RakeOptions = z
   .object({
@@ -31,6 +31,7 @@ export const RakeOptions = z
       .describe(`Folder the task writes its files to (also passed as $${OUTPUT_DIR_ENV}). Default: a fresh private folder of the run.`),
     outputs: z.array(z.string().min(1)).min(1).default(['*']).describe('Globs (relative to the output folder; *, ?, **, {a,b}) of the files to collect.'),
     timeoutMinutes: z.number().positive().optional().describe('Stop the task after this many minutes.'),
+    stdout: StdoutOption.optional().describe('The task writes its backup to standard output: that stream is the artifact, compressed, hashed and encrypted in one pass (`outputs` is then not collected).'),
   })
   .strict();
 
@@ -49,6 +50,7 @@ export default definePlugin({
         outputs: options.outputs,
         kind: 'rake',
         timeoutMinutes: options.timeoutMinutes,
+        stdout: options.stdout,
       },
       api,
     );
