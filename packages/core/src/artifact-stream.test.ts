@@ -5,7 +5,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,6 +14,12 @@ import { exec } from './exec.js';
 import { hashFile } from './atomic-file.js';
 
 const SIZE = 48 * 1024 * 1024;
+
+/** A program's path on the test's PATH. */
+async function which(tool: string): Promise<string> {
+  for (const d of (process.env.PATH ?? '').split(':')) if (existsSync(join(d, tool))) return join(d, tool);
+  throw new Error(`${tool} not found`);
+}
 
 /** This process's own reads and writes: every thread's counters (/proc/self/io would add its reaped children's). */
 async function io(): Promise<{ rchar: number; wchar: number }> {
@@ -84,6 +90,23 @@ describe('the one-pass stream', () => {
     expect(out.plainBytes).toBe(SIZE);
     expect(out.artifact.plain).toBeUndefined();
     await rm(out.artifact.path);
+  });
+
+  it('without openssl on PATH, sha256sum hashes: the same digests', async () => {
+    const bin = join(dir, 'bin-without-openssl');
+    await mkdir(bin);
+    for (const tool of ['cat', 'tee', 'head', 'wc', 'mkfifo', 'gzip', 'sha256sum', 'sh']) await symlink(await which(tool), join(bin, tool));
+    const saved = process.env.PATH;
+    process.env.PATH = bin;
+    try {
+      const plan: StreamPlan = { consumers: [], filters: [{ plugin: 'f', filter: { command: 'gzip', args: ['-1', '-c'], label: 'gzip', rename: (n) => `${n}.x` } }] };
+      const { artifact } = await runArtifactStream(request('db.dump.gz', { command: 'gzip', args: ['-1', '-c'] }), plan, ctx());
+      expect(await hashFile(artifact.path)).toEqual({ bytes: artifact.bytes, sha256: artifact.sha256 });
+      expect(artifact.plain!.bytes).toBeGreaterThan(0);
+      await rm(artifact.path);
+    } finally {
+      process.env.PATH = saved;
+    }
   });
 
   it('a filter that fails: its own error, named for its plugin, and nothing left under the name or as .partial', async () => {

@@ -141,15 +141,20 @@ export interface StreamPlan {
   filters: Array<{ plugin: string; filter: TransformFilter }>;
 }
 
-let hasher: Promise<StreamProgram> | undefined;
-/** The program that hashes a named pipe: `openssl dgst -sha256 -r`, or `sha256sum` without openssl. */
+const hashers = new Map<string, Promise<StreamProgram>>();
+/** The program that hashes a named pipe: `openssl dgst -sha256 -r`, or `sha256sum` without openssl (looked up once per PATH). */
 function sha256Program(): Promise<StreamProgram> {
-  hasher ??= (async () => {
-    for (const dir of (process.env.PATH ?? '').split(delimiter).filter(Boolean)) {
-      if (await access(join(dir, 'openssl'), constants.X_OK).then(() => true, () => false)) return { command: join(dir, 'openssl'), args: ['dgst', '-sha256', '-r'], label: 'openssl dgst' };
-    }
-    return { command: 'sha256sum', args: ['-b'], label: 'sha256sum' };
-  })();
+  const path = process.env.PATH ?? '';
+  let hasher = hashers.get(path);
+  if (!hasher) {
+    hasher = (async () => {
+      for (const dir of path.split(delimiter).filter(Boolean)) {
+        if (await access(join(dir, 'openssl'), constants.X_OK).then(() => true, () => false)) return { command: join(dir, 'openssl'), args: ['dgst', '-sha256', '-r'], label: 'openssl dgst' };
+      }
+      return { command: 'sha256sum', args: ['-b'], label: 'sha256sum' };
+    })();
+    hashers.set(path, hasher);
+  }
   return hasher;
 }
 
