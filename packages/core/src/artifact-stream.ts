@@ -23,7 +23,7 @@ import { constants } from 'node:fs';
 import { access, mkdtemp, rm, stat } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
 import { createPartialFile } from './atomic-file.js';
-import type { Artifact, Compression, Encryption, RunContext } from './context.js';
+import type { Artifact, Compression, Encryption, KnownCompression, RunContext } from './context.js';
 import { isPipelineError, PipelineError, toPipelineError } from './errors.js';
 import { isChainConsequence, settleChain, type ExecOptions, type ExecProcess, type ExecResult } from './exec.js';
 
@@ -34,6 +34,14 @@ export interface StreamProgram {
   env?: Record<string, string | undefined>;
   /** A short name for messages (default: the program's base name). */
   label?: string;
+}
+
+/** The file extension of each built-in compression (`db.dump` → `db.dump.zst`). */
+export const COMPRESSION_EXTENSION: Readonly<Record<KnownCompression, string>> = { zstd: '.zst', lz4: '.lz4', gzip: '.gz', none: '' };
+
+/** The compressor for a stream at the program's default level (zstd on every core); undefined for `none`. */
+export function defaultCompressor(method: KnownCompression): StreamProgram | undefined {
+  return { zstd: { command: 'zstd', args: ['-T0', '-q', '-c'] }, lz4: { command: 'lz4', args: ['-q', '-c'] }, gzip: { command: 'gzip', args: ['-c'] }, none: undefined }[method];
 }
 
 /** An OS process that reads the producer's plain stream while it is made (a verifier). */

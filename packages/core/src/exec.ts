@@ -9,7 +9,8 @@
 import { closeSync, openSync } from 'node:fs';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { execa } from 'execa';
-import { isPipelineError, PipelineError } from './errors.js';
+import { fileSystemError } from './atomic-file.js';
+import { isPipelineError, PipelineError, toPipelineError } from './errors.js';
 import type { SecretRegistry } from './secrets.js';
 
 /** Variables that must never reach a child: passwords go through a private PGPASSFILE instead. */
@@ -189,12 +190,7 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     try {
       fd = openSync(toFile.file, toFile.append ? 'a' : 'w', 0o600);
     } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      const failure = new PipelineError(code === 'ENOSPC' ? 'NO_SPACE' : code === 'EACCES' || code === 'EROFS' ? 'ACCESS_DENIED' : 'EXEC_FAILED', `${label} cannot write ${toFile.file} (${code ?? String(error)})`, {
-        cause: error,
-        details: { path: toFile.file, errno: code },
-      });
-      const rejected = Promise.reject(failure);
+      const rejected = Promise.reject(toPipelineError(fileSystemError(error, toFile.file, 'creating'), 'EXEC_FAILED'));
       rejected.catch(() => {}); // the caller's await reports it, whenever it comes
       return Object.assign(rejected, { stdout: null, stdin: null, pid: undefined, kill: () => false }) as ExecProcess;
     }

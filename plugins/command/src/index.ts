@@ -17,6 +17,8 @@ import { createReadStream } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import {
+  COMPRESSION_EXTENSION,
+  defaultCompressor,
   definePlugin,
   displayCommand,
   PipelineError,
@@ -24,6 +26,7 @@ import {
   z,
   type Artifact,
   type Compression,
+  type ExecOptions,
   type PluginApi,
   type RunContext,
   type TapOnlyHooks,
@@ -62,12 +65,6 @@ export const StdoutOption = z
   })
   .strict();
 
-const STREAM_COMPRESSORS = {
-  zstd: { ext: '.zst', program: { command: 'zstd', args: ['-T0', '-q', '-c'], label: 'zstd' } },
-  gzip: { ext: '.gz', program: { command: 'gzip', args: ['-c'], label: 'gzip' } },
-  none: { ext: '', program: undefined },
-} as const;
-
 const SECRET_NAME = /PASS|SECRET|TOKEN|KEY|CREDENTIAL/i;
 
 export function compressionOf(name: string): Compression {
@@ -84,12 +81,13 @@ export async function runCommandStage(ctx: RunContext, options: CommandStageOpti
   const outputDir = options.outputDir ?? (await mkdtemp(join(ctx.tmpDir, `${api.name}-out-`)));
   const started = Date.now();
   api.log.info({ command: displayCommand(file, args, ctx.secrets), cwd: options.cwd }, `running ${displayCommand(file, args, ctx.secrets)}`);
-  if (options.stdout) return [await streamStdout(ctx, options, options.stdout, outputDir)];
-  const result = await ctx.exec(file, args, {
+  const run = {
     cwd: options.cwd,
     env: { ...options.env, [OUTPUT_DIR_ENV]: outputDir },
     timeoutMs: options.timeoutMinutes === undefined ? undefined : options.timeoutMinutes * 60_000,
-  });
+  };
+  if (options.stdout) return [await streamStdout(ctx, options, options.stdout, run)];
+  const result = await ctx.exec(file, args, run);
   if (result.stdout.trim()) api.log.debug({ stdout: result.stdout.trimEnd().split('\n').slice(-20).join('\n') }, 'command output');
 
   const matched = await findOutputs(outputDir, options.outputs).catch((error: NodeJS.ErrnoException) => {
@@ -137,20 +135,14 @@ export async function runCommandStage(ctx: RunContext, options: CommandStageOpti
 }
 
 /** The program's stdout as one artifact, made in one pass by the core. */
-async function streamStdout(ctx: RunContext, options: CommandStageOptions, out: StdoutArtifact, outputDir: string): Promise<Artifact> {
+async function streamStdout(ctx: RunContext, options: CommandStageOptions, out: StdoutArtifact, run: ExecOptions): Promise<Artifact> {
   const [file, ...args] = options.command as [string, ...string[]];
-  const { ext, program } = STREAM_COMPRESSORS[out.compression];
-  const name = out.name + ext;
+  const program = defaultCompressor(out.compression);
+  const name = out.name + COMPRESSION_EXTENSION[out.compression];
   const made = await ctx.streamArtifact({
     artifact: { name, kind: options.kind, format: 'file', compression: program ? out.compression : compressionOf(name), meta: { command: displayCommand(file, args, ctx.secrets), output: 'stdout' } },
     dir: ctx.setDir,
-    start: (stdout) =>
-      ctx.exec(file, args, {
-        cwd: options.cwd,
-        env: { ...options.env, [OUTPUT_DIR_ENV]: outputDir },
-        stdout,
-        timeoutMs: options.timeoutMinutes === undefined ? undefined : options.timeoutMinutes * 60_000,
-      }),
+    start: (stdout) => ctx.exec(file, args, { ...run, stdout }),
     compressor: program,
     task: 'collect',
   });
@@ -181,7 +173,7 @@ export function tapCommandStage(hooks: TapOnlyHooks, options: CommandStageOption
 
   hooks.plan.tapPromise(api.name, async (plan, ctx) => {
     const collect = options.stdout
-      ? `stream its standard output into ${options.stdout.name}${STREAM_COMPRESSORS[options.stdout.compression].ext} (one pass)`
+      ? `stream its standard output into ${options.stdout.name}${COMPRESSION_EXTENSION[options.stdout.compression]} (one pass)`
       : `collect ${options.outputs.join(', ')} from ${options.outputDir ?? `$${OUTPUT_DIR_ENV}`}`;
     plan.add({
       description: `run in ${options.cwd ?? process.cwd()}, ${collect} as "${options.kind}" artifacts`,

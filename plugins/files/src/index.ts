@@ -11,7 +11,7 @@
 import { parseEnvFile } from '@backup-pipeline/plugin-credentials';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { definePlugin, describeObjectStorage, mastodonObjectStorage, PipelineError, recordDrill, z, type Artifact, type ExecProcess, type RestoreContext, type RunContext } from '@backup-pipeline/core';
+import { COMPRESSION_EXTENSION, defaultCompressor, definePlugin, describeObjectStorage, mastodonObjectStorage, PipelineError, recordDrill, z, type Artifact, type ExecProcess, type RestoreContext, type RunContext } from '@backup-pipeline/core';
 
 export const FilesOptions = z
   .object({
@@ -49,8 +49,6 @@ async function treeSize(dir: string): Promise<{ files: number; bytes: number }> 
   return { files, bytes };
 }
 
-const EXTENSION = { zstd: '.tar.zst', gzip: '.tar.gz', none: '.tar' } as const;
-const COMPRESSION = { zstd: 'zstd', gzip: 'gzip', none: 'none' } as const;
 /** tar's flag for reading each compression it writes. */
 const TAR_FLAG: Record<string, string[]> = { zstd: ['--zstd'], gzip: ['-z'], none: [] };
 
@@ -78,12 +76,11 @@ export async function streamTar(
 ): Promise<{ artifact: Artifact; tarExitCode: number }> {
   const excludes = (job.excludes ?? []).map((e) => `--exclude=${e}`);
   let tar: ExecProcess | undefined;
-  const compressor = job.compression === 'zstd' ? { command: 'zstd', args: ['-T0', '-q', '-c'] } : job.compression === 'gzip' ? { command: 'gzip', args: ['-c'] } : undefined;
   const made = await ctx.streamArtifact({
-    artifact: { ...planned, format: 'tar', compression: COMPRESSION[job.compression] },
+    artifact: { ...planned, format: 'tar', compression: job.compression },
     dir: dirname(job.target),
     start: (stdout) => (tar = ctx.exec('tar', ['-C', job.cwd, '--sort=name', '--anchored', ...excludes, '-cf', '-', '--', ...job.members], { stdout, okExitCodes: job.okExitCodes })),
-    compressor,
+    compressor: defaultCompressor(job.compression),
     task: planned.kind,
   });
   return { artifact: made.artifact, tarExitCode: (await tar!).exitCode };
@@ -96,7 +93,7 @@ export default definePlugin({
   apply(hooks, options, { log, resolvePath, secrets }) {
     const envFile = options.envFile === undefined ? undefined : resolvePath(options.envFile);
     const mediaDir = options.mediaDir === undefined ? undefined : resolvePath(options.mediaDir);
-    const ext = EXTENSION[options.compression];
+    const ext = `.tar${COMPRESSION_EXTENSION[options.compression]}`;
 
     const readEnv = async (): Promise<Record<string, string>> => {
       if (!envFile) return {};

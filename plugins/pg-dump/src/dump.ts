@@ -7,6 +7,7 @@ import { existsSync } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import {
+  COMPRESSION_EXTENSION,
   displayCommand,
   exec,
   findPgBinary,
@@ -115,13 +116,11 @@ export function streamCompression(options: Pick<DumpOptions, 'compression'>): Co
 
 const FORMAT_FLAG: Record<DumpFormat, string> = { custom: 'c', directory: 'd', plain: 'p' };
 const FORMAT_NAME: Record<DumpFormat, string> = { custom: 'pg-custom', directory: 'pg-directory-tar', plain: 'pg-plain' };
-const EXT: Record<Compression, string> = { zstd: '.zst', lz4: '.lz4', gzip: '.gz', none: '' };
-
 export function artifactName(options: DumpOptions, database: string): string {
   if (options.output) return options.output;
   const base = { custom: `${database}.dump`, directory: `${database}.dir.tar`, plain: `${database}.sql` }[options.format];
   const outer = options.format === 'plain' ? options.compression.method : streamCompression(options);
-  return base + EXT[outer];
+  return base + COMPRESSION_EXTENSION[outer];
 }
 
 /** The pg_dump argv (no secret ever: the password is in PGPASSFILE). */
@@ -266,7 +265,7 @@ export async function runDump(ctx: RunContext, options: DumpOptions, source: PgS
   }
 
   if (options.globals && bins.pgDumpall) {
-    const gname = `${source.database}.globals.sql${EXT[options.compression.method]}`;
+    const gname = `${source.database}.globals.sql${COMPRESSION_EXTENSION[options.compression.method]}`;
     const args = ['--globals-only', '--no-password', `--database=${source.database}`, ...(server.superuser ? [] : ['--no-role-passwords'])];
     const pgDumpall = bins.pgDumpall.path;
     const meta = { database: source.database, serverVersion: server.version, rolePasswords: server.superuser, compressedBy: options.compression.method === 'none' ? undefined : 'stream' };
