@@ -9,7 +9,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runArtifactStream, type StreamArtifactRequest, type StreamPlan } from './artifact-stream.js';
+import { runArtifactStream, SPLICE_TEE, type StreamArtifactRequest, type StreamPlan } from './artifact-stream.js';
 import { exec } from './exec.js';
 import { hashFile } from './atomic-file.js';
 
@@ -35,7 +35,9 @@ describe('the one-pass stream', () => {
   let dir: string;
   let source: string;
   let sourceSha: string;
-  const ctx = () => ({ exec, signal: undefined, tmpDir: dir, progress: () => {}, log: { info() {}, warn() {}, debug() {}, error() {} } }) as never;
+  let ran: string[] = [];
+  const recorded: typeof exec = (file, args = [], options) => (ran.push([file, ...args].join(' ')), exec(file, args, options));
+  const ctx = () => ({ exec: recorded, signal: undefined, tmpDir: dir, progress: () => {}, log: { info() {}, warn() {}, debug() {}, error() {} } }) as never;
   const request = (name: string, compressor?: StreamArtifactRequest['compressor']): StreamArtifactRequest => ({
     artifact: { name, kind: 'database', format: 'test', compression: compressor ? 'gzip' : 'none', meta: {} },
     dir: join(dir, 'set'),
@@ -60,6 +62,7 @@ describe('the one-pass stream', () => {
       consumers: [{ plugin: 'counter', consumer: { command: 'wc', args: ['-c'], label: 'wc', check: (r) => void (seen = Number(r.stdout.trim())) } }],
       filters: [{ plugin: 'rev', filter: { command: 'gzip', args: ['-1', '-c'], label: 'gzip', rename: (n) => `${n}.x` } }],
     };
+    ran = [];
     const before = await io();
     const out = await runArtifactStream(request('db.dump.gz', { command: 'gzip', args: ['-1', '-c'] }), plan, ctx());
     const after = await io();
@@ -80,6 +83,9 @@ describe('the one-pass stream', () => {
     // Three copies of 48 MiB would pass through a Node.js that hashes on the way (well over 100 MiB).
     expect(after.rchar - before.rchar).toBeLessThan(4 * 1024 * 1024);
     expect(after.wchar - before.wchar).toBeLessThan(4 * 1024 * 1024);
+    // The three tees are the core's splicing one (this kernel and architecture can run it).
+    expect(ran.filter((c) => c.startsWith(`perl ${SPLICE_TEE} -- `))).toHaveLength(3);
+    expect(ran.filter((c) => c.startsWith('tee '))).toEqual([]);
     await rm(artifact.path);
   });
 
@@ -92,7 +98,7 @@ describe('the one-pass stream', () => {
     await rm(out.artifact.path);
   });
 
-  it('without openssl on PATH, sha256sum hashes: the same digests', async () => {
+  it('without openssl or perl on PATH, sha256sum hashes and coreutils\' tee copies: the same digests', async () => {
     const bin = join(dir, 'bin-without-openssl');
     await mkdir(bin);
     for (const tool of ['cat', 'tee', 'head', 'wc', 'mkfifo', 'gzip', 'sha256sum', 'sh']) await symlink(await which(tool), join(bin, tool));
@@ -100,7 +106,9 @@ describe('the one-pass stream', () => {
     process.env.PATH = bin;
     try {
       const plan: StreamPlan = { consumers: [], filters: [{ plugin: 'f', filter: { command: 'gzip', args: ['-1', '-c'], label: 'gzip', rename: (n) => `${n}.x` } }] };
+      ran = [];
       const { artifact } = await runArtifactStream(request('db.dump.gz', { command: 'gzip', args: ['-1', '-c'] }), plan, ctx());
+      expect(ran.filter((c) => c.startsWith('tee -p -- '))).toHaveLength(3);
       expect(await hashFile(artifact.path)).toEqual({ bytes: artifact.bytes, sha256: artifact.sha256 });
       expect(artifact.plain!.bytes).toBeGreaterThan(0);
       await rm(artifact.path);

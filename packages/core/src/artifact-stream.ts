@@ -14,7 +14,9 @@
  * one, in stage order, and leaves the rest to the file-based `transform` hook (a second pass, said
  * in the log). The file and the bytes before the filters (`plain`) are hashed by `openssl dgst`
  * (SHA-NI where the CPU has it; `sha256sum` where openssl is missing) reading a tee's named pipe
- * while the file is written. Without a compressor the tees next to each other are one. Every
+ * while the file is written. Without a compressor the tees next to each other are one. The tees
+ * are the core's splice-tee (libexec/splice-tee.pl: the kernel's tee(2) and splice(2) move the
+ * pages, where coreutils' tee copies every byte in and out), or coreutils' tee where it cannot run. Every
  * process is settled with `settleChain`: the first real cause is reported, the rest stopped, and
  * nothing is left under the artifact's name. Verifiers' checks run once the chain finished; a
  * failure removes the file (the run then removes the set folder: nothing is shipped).
@@ -22,10 +24,11 @@
 import { constants } from 'node:fs';
 import { access, mkdtemp, rm, stat } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createPartialFile } from './atomic-file.js';
 import type { Artifact, Compression, Encryption, KnownCompression, RunContext } from './context.js';
 import { isPipelineError, PipelineError, toPipelineError } from './errors.js';
-import { isChainConsequence, settleChain, type ExecOptions, type ExecProcess, type ExecResult } from './exec.js';
+import { exec, isChainConsequence, saysReaderLeft, settleChain, type ExecOptions, type ExecProcess, type ExecResult } from './exec.js';
 
 /** A program run on the stream: argv only (never a shell string), secrets in files or env, never in argv. */
 export interface StreamProgram {
@@ -166,6 +169,28 @@ function sha256Program(): Promise<StreamProgram> {
   return hasher;
 }
 
+/** The splicing tee shipped with the core (libexec/splice-tee.pl). */
+export const SPLICE_TEE = fileURLToPath(new URL('../libexec/splice-tee.pl', import.meta.url));
+
+const tees = new Map<string, Promise<StreamProgram>>();
+/**
+ * The program that copies a stream to named pipes and its stdout (`tee -p` semantics): the core's
+ * splice-tee (Perl, part of every Debian system; the kernel's tee(2) and splice(2) move the pages,
+ * nothing is copied through it) when it works here, else coreutils' tee. Looked up once per PATH.
+ */
+function teeProgram(): Promise<StreamProgram> {
+  const path = process.env.PATH ?? '';
+  let tee = tees.get(path);
+  if (!tee) {
+    tee = exec('perl', [SPLICE_TEE, '--check'], { label: 'splice-tee --check' }).then(
+      () => ({ command: 'perl', args: [SPLICE_TEE, '--'], label: 'tee' }),
+      () => ({ command: 'tee', args: ['-p', '--'], label: 'tee' }),
+    );
+    tees.set(path, tee);
+  }
+  return tee;
+}
+
 /** The hex digest a hasher printed (`<hex> *<path>`). */
 function digestOf(result: ExecResult, what: string): string {
   const hex = /^([0-9a-f]{64})\b/.exec(result.stdout.trim())?.[1];
@@ -185,7 +210,7 @@ export async function runArtifactStream(request: StreamArtifactRequest, plan: St
   const task = request.task ?? 'produce';
   const compressor = request.compressor;
   const filtered = plan.filters.length > 0;
-  const hash = await sha256Program();
+  const [hash, teeWith] = await Promise.all([sha256Program(), teeProgram()]);
 
   // The named pipes, by the tee that writes them: after the producer (verifiers, the head, and the
   // plain hash when nothing compresses), after the compressor (the plain hash), after the filters.
@@ -230,8 +255,8 @@ export async function runArtifactStream(request: StreamArtifactRequest, plan: St
 
     // Then the chain, from its end: each process is started before the one that writes into it.
     const tee = (fifos: string[], stdout: ExecOptions['stdout'], options: Partial<ExecOptions> = {}) =>
-      started(ctx.exec('tee', ['-p', '--', ...fifos], { stdin: { fromProcess: true }, stdout, label: 'tee', ...options }));
-    const teeFile = tee([outFifo], { file: file.partial, append: true }, { writes: path });
+      started(ctx.exec(teeWith.command, [...teeWith.args, ...fifos], { stdin: { fromProcess: true }, stdout, label: teeWith.label, ...options }));
+    const teeFile = tee([outFifo], { file: file.partial }, { writes: path });
     let next = teeFile;
     const filterProcs: ExecProcess[] = [];
     for (let i = plan.filters.length - 1; i >= 0; i--) {
@@ -267,10 +292,11 @@ export async function runArtifactStream(request: StreamArtifactRequest, plan: St
     const named = (p: Promise<unknown>, fail?: (e: unknown) => Error, plugin?: string, hook?: string) =>
       p.catch((error: unknown) => {
         // A program that exited with its own non-zero code failed on its own, even when the chain
-        // was being stopped by then (a sibling's broken pipe can be noticed first).
+        // was being stopped by then (a sibling's broken pipe can be noticed first) — unless what it
+        // said is that its reader went away (gpg after the file's tee hit a full disk).
         const details = isPipelineError(error) ? error.details : undefined;
         const ownExit = typeof details?.exitCode === 'number' && details.exitCode !== 0 && !details.signal;
-        if ((!ownExit && isChainConsequence(error)) || (isPipelineError(error) && ['ABORTED', 'EXEC_NOT_FOUND'].includes(error.code))) throw error;
+        if ((isChainConsequence(error) && (!ownExit || saysReaderLeft(error))) || (isPipelineError(error) && ['ABORTED', 'EXEC_NOT_FOUND'].includes(error.code))) throw error;
         const mapped = toPipelineError(fail ? fail(error) : error);
         if (plugin) mapped.plugin ??= plugin;
         if (hook) mapped.hook ??= hook;

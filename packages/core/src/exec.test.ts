@@ -63,6 +63,17 @@ describe('settleChain', () => {
     expect((error as Error).message).toMatch(/^reader exited with code 7/);
   });
 
+  it('a member stopped after it had failed on its own with a full disk is the cause, not a consequence of the stop', async () => {
+    // The file's tee hits ENOSPC and exits; gpg, writing into it, notices first (Broken pipe), and
+    // stopping the chain then reaches a tee that is already gone. Here the "tee" says its words
+    // and exits with its own code when the stop arrives, so the order is not left to chance.
+    const tee = exec('sh', ['-c', 'trap \'kill $!; echo "tee: standard output: No space left on device" >&2; exit 1\' TERM; sleep 30 >/dev/null 2>&1 & wait'], { label: 'tee', writes: '/x/db.dump.gpg' });
+    const gpg = later(300, new Error('gpg exited with code 2: gpg: [stdout]: write error: Broken pipe'));
+    const error = await settleChain([gpg, tee] as const, () => tee.kill()).catch((e: unknown) => e);
+    expect(isPipelineError(error) && error.code).toBe('NO_SPACE');
+    expect((error as Error).message).toMatch(/^tee ran out of disk space writing \/x\/db\.dump\.gpg/);
+  });
+
   it('names every member an interrupted run stopped, in the chain\'s order, whichever noticed first', async () => {
     for (let round = 0; round < 3; round++) {
       const abort = new AbortController();

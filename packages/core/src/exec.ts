@@ -98,8 +98,13 @@ const FS_FAILURES: Array<[RegExp, 'ENOSPC' | 'EDQUOT' | 'EROFS' | 'EACCES']> = [
  * (`details.stopped`), or its reader went away (SIGPIPE, EPIPE, a prematurely closed stream).
  */
 export function isChainConsequence(error: unknown): boolean {
-  const e = error as { message?: string; code?: string; details?: { stopped?: unknown; signal?: unknown } } | undefined;
-  if (e?.details?.stopped === true || e?.details?.signal === 'SIGPIPE') return true;
+  const e = error as { details?: { stopped?: unknown; signal?: unknown } } | undefined;
+  return e?.details?.stopped === true || e?.details?.signal === 'SIGPIPE' || saysReaderLeft(error);
+}
+
+/** The failure says the member's reader went away (EPIPE; ECONNRESET from a socket pair; a prematurely closed stream). */
+export function saysReaderLeft(error: unknown): boolean {
+  const e = error as { message?: string; code?: string } | undefined;
   return /SIGPIPE|EPIPE|Broken pipe|ECONNRESET|Connection reset by peer|ERR_STREAM_PREMATURE_CLOSE/.test(`${e?.message ?? ''} ${e?.code ?? ''}`);
 }
 
@@ -251,7 +256,11 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     if (r.timedOut) {
       throw new PipelineError('EXEC_FAILED', `${label} timed out after ${options.timeoutMs} ms`, { details });
     }
-    if (stopped) {
+    // The program's own words (a full disk under its stdout file is its own write error).
+    const ownWords = FS_FAILURES.find(([pattern]) => pattern.test(stderrTail(stderr, 6)))?.[1];
+    // Stopped, unless it had already exited on its own with such words (a sibling's broken pipe
+    // can be noticed first, and stopping everything then finds it gone).
+    if (stopped && !(ownWords && !r.signal)) {
       // Only here: an interrupted run's children are ABORTED, whoever stopped them.
       details.stopped = true;
       throw new PipelineError('EXEC_FAILED', `${label} was stopped (${r.signal ? String(r.signal) : `exit code ${exitCode}`}) because another part of its chain failed`, { details });
@@ -260,8 +269,6 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     // The cause of a PostgreSQL client's failure is in its ERROR/FATAL lines, often far from the
     // end (the end can be the middle of a function body); other programs end with it.
     const shown = mask(errorLines.length > 0 ? errorLines.slice(0, 3).join(' | ') : stderrTail(stderr, 3)).trim();
-    // The program's own words (a full disk under its stdout file is its own write error).
-    const ownWords = FS_FAILURES.find(([pattern]) => pattern.test(stderrTail(stderr, 6)))?.[1];
     const causeCode = (r.cause as NodeJS.ErrnoException | undefined)?.code;
     const errno = ownWords ?? FS_FAILURES.map(([, code]) => code).find((code) => code === causeCode);
     const said = shown || (r.cause as Error | undefined)?.message || why;
