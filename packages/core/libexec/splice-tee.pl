@@ -6,9 +6,10 @@
 # was the largest cost after compression (bench/README.md). `--check` says whether this kernel
 # and architecture can run it (exit 0), so the core can fall back to coreutils' tee.
 #
-# The outputs are served in order through private pipes: q[j] holds the bytes output j has yet
-# to get; a tee into output j returns how many it took, and exactly those move on to q[j+1],
-# which is empty by then (each piece goes all the way through before the next is taken).
+# Each piece of input is spliced into a private pipe q; every output but the last gets it by a
+# tee from q (which leaves it there), the last by a splice (which takes it). A tee that takes only
+# part of a piece (its output had less room) gets the rest from a copy of the piece in a second
+# private pipe, its first part dropped.
 use strict;
 use warnings;
 use Config;
@@ -45,14 +46,19 @@ fcntl(STDOUT, $F_SETPIPE_SZ, $PIPE_SIZE);
 push @out, { fh => \*STDOUT, name => 'standard output' };
 $_->{fd} = fileno($_->{fh}), $_->{alive} = 1 for @out;
 my $alive = @out;
-# Every private pipe has the same capacity (a resize can fail), so a piece that fits one fits the next.
-my @q = map { newpipe() } @out;
-my ($capacity) = sort { $a <=> $b } map { fcntl($_->{w}, $F_GETPIPE_SZ, 0) } @q;
-fcntl($_->{w}, $F_SETPIPE_SZ, $capacity) for @q;
+open(my $null, '>', '/dev/null') or die "splice-tee: /dev/null: $!\n";
+my $devnull = { fh => $null, fd => fileno($null) };
+
+# Both private pipes have the same capacity (a resize can fail), so a piece that fits one fits the other.
+my ($q, $copy) = (newpipe(), newpipe());
+my ($capacity) = sort { $a <=> $b } map { fcntl($_->{w}, $F_GETPIPE_SZ, 0) } $q, $copy;
+fcntl($_->{w}, $F_SETPIPE_SZ, $capacity) for $q, $copy;
+my ($qr, $qw, $cr, $cw) = (fileno($q->{r}), fileno($q->{w}), fileno($copy->{r}), fileno($copy->{w}));
 
 sub failed { my ($o) = @_; print STDERR "splice-tee: $o->{name}: $!\n"; exit 1 }
 
-# Reads and writes $n bytes of pipe $in: for an output splice cannot write (a file opened for appending).
+# Reads and writes $n bytes of pipe $in, for an output splice cannot write (a file opened for
+# appending). Returns (1) when all were written, else (0, how many are left in the pipe), $! saying why.
 sub copy {
   my ($in, $o, $n) = @_;
   open(my $ih, '<&=', $in) or die "splice-tee: $!\n";
@@ -61,38 +67,51 @@ sub copy {
     die "splice-tee: private pipe: $!\n" unless $r;
     for (my $off = 0; $off < $r;) {
       my $w = syswrite($o->{fh}, $buf, $r - $off, $off);
-      return -1 unless defined $w;
+      return (0, $n - $r) unless defined $w;
       $off += $w;
     }
     $n -= $r;
   }
-  return 0;
+  return (1);
 }
 
-# Moves exactly $n bytes from pipe $in to $fd (splice consumes what it moved: a short count goes on).
+# Moves $n bytes from pipe $in to output $o (splice takes what it moved: a short count goes on).
+# Returns (1) when all were moved, else (0, how many are left in the pipe), $! saying why.
 sub move {
-  my ($in, $fd, $n, $o) = @_;
+  my ($in, $o, $n) = @_;
   while ($n > 0) {
-    my $m = splice_($in, $fd, $n);
-    return copy($in, $o, $n) if $m < 0 && $! == EINVAL && $o;
-    return -1 if $m < 0;
+    my $m = splice_($in, $o->{fd}, $n);
+    return copy($in, $o, $n) if $m < 0 && $! == EINVAL;
+    return (0, $n) if $m < 0;
     die "splice-tee: a private pipe ended early\n" if $m == 0;
     $n -= $m;
   }
-  return 0;
+  return (1);
 }
 
-# Gives output $o up to $n bytes from the head of pipe $in without consuming them; returns how many.
+# Drops what is left in pipe $in after a failed move, keeping the move's $!.
+sub discard {
+  my ($in, $n) = @_;
+  my $why = $!;
+  (move($in, $devnull, $n))[0] or die "splice-tee: /dev/null: $!\n";
+  $! = $why;
+}
+
+# Gives output $o the $n bytes in q, leaving them there; false when it failed ($! says why).
 sub give {
-  my ($in, $o, $n) = @_;
-  my $m = $o->{stage} ? -1 : tee_($in, $o->{fd}, $n);
-  if ($o->{stage} || ($m < 0 && $! == EINVAL)) { # not a pipe: through a pipe of its own
-    $o->{stage} //= newpipe();
-    $m = tee_($in, fileno($o->{stage}{w}), $n);
-    return $m if $m < 0;
-    return move(fileno($o->{stage}{r}), $o->{fd}, $m, $o) < 0 ? -1 : $m;
+  my ($o, $n) = @_;
+  my $m = $o->{staged} ? 0 : tee_($qr, $o->{fd}, $n);
+  if ($m < 0) {
+    return 0 unless $! == EINVAL;
+    $o->{staged} = 1; # not a pipe: every piece goes through the copy
+    $m = 0;
   }
-  return $m;
+  return 1 if $m == $n;
+  tee_($qr, $cw, $n) == $n or die "splice-tee: private pipe: $!\n";
+  discard($cr, $m) if $m > 0;
+  my ($ok, $left) = move($cr, $o, $n - $m);
+  discard($cr, $left) if !$ok && $left;
+  return $ok;
 }
 
 # The reader of $o went away (a socket pair can say so with a reset): it is dropped, like `tee -p` does.
@@ -103,37 +122,20 @@ sub drop {
   $alive--;
 }
 
-# q[$j] holds $n bytes: output $j gets them, then they move on to the next output's pipe.
-sub through {
-  my ($j, $n) = @_;
-  my ($o, $in) = ($out[$j], fileno($q[$j]{r}));
-  if ($j == $#out) {
-    if ($o->{alive} && move($in, $o->{fd}, $n, $o) < 0) { drop($o) }
-    if (!$o->{alive}) { open(my $null, '>', '/dev/null') or die; move($in, fileno($null), $n, { fh => $null }) }
-    return;
-  }
-  while ($n > 0) {
-    my $m = $n;
-    if ($o->{alive}) {
-      $m = give($in, $o, $n);
-      if ($m < 0) { drop($o); $m = $n }
-    }
-    move($in, fileno($q[$j + 1]{w}), $m) == 0 or die "splice-tee: private pipe: $!\n";
-    through($j + 1, $m);
-    $n -= $m;
-  }
-}
-
-my $first = fileno($q[0]{w});
+my $last = $out[-1];
 while ($alive > 0) {
-  my $n = splice_(0, $first, $PIPE_SIZE);
+  my $n = splice_(0, $qw, $capacity);
   if ($n < 0 && $! == EINVAL) { # standard input is something splice cannot read: read it
     $n = sysread(STDIN, my $buf, $capacity);
     die "splice-tee: standard input: $!\n" unless defined $n;
-    for (my $off = 0; $off < $n;) { $off += syswrite($q[0]{w}, $buf, $n - $off, $off) // die "splice-tee: private pipe: $!\n" }
+    for (my $off = 0; $off < $n;) { $off += syswrite($q->{w}, $buf, $n - $off, $off) // die "splice-tee: private pipe: $!\n" }
   }
   die "splice-tee: standard input: $!\n" if $n < 0;
   last if $n == 0;
-  through(0, $n);
+  for my $o (@out[0 .. $#out - 1]) { drop($o) if $o->{alive} && !give($o, $n) }
+  my ($ok, $left) = $last->{alive} ? move($qr, $last, $n) : (0, $n);
+  next if $ok;
+  discard($qr, $left) if $left;
+  drop($last) if $last->{alive};
 }
 exit 0;
