@@ -110,6 +110,8 @@ describe('an install into one prefix from the tarballs', () => {
     for (const name of TEST_SERVERS) expect(tree.stdout.split('\n').filter((p) => p.endsWith(`${sep}${name}`)), name).toEqual([]);
     // One core for the CLI and every plugin: no nested copy anywhere.
     expect(tree.stdout.split('\n').filter((p) => p.endsWith(join('@backup-pipeline', 'core')))).toEqual([join(prefix, 'node_modules', '@backup-pipeline', 'core')]);
+    // The one-pass stream's splicing tee ships with the core (without it, coreutils' tee copies).
+    expect(existsSync(join(prefix, 'node_modules', '@backup-pipeline', 'core', 'libexec', 'splice-tee.pl'))).toBe(true);
   });
 
   it('pipeline --version', async () => {
