@@ -152,22 +152,23 @@ export interface StreamPlan {
   filters: Array<{ plugin: string; filter: TransformFilter }>;
 }
 
-const hashers = new Map<string, Promise<StreamProgram>>();
-/** The program that hashes a named pipe: `openssl dgst -sha256 -r`, or `sha256sum` without openssl (looked up once per PATH). */
-function sha256Program(): Promise<StreamProgram> {
+/** A program looked up once per PATH (the lookup runs again only when PATH changes). */
+function perPath(cache: Map<string, Promise<StreamProgram>>, find: () => Promise<StreamProgram>): Promise<StreamProgram> {
   const path = process.env.PATH ?? '';
-  let hasher = hashers.get(path);
-  if (!hasher) {
-    hasher = (async () => {
-      for (const dir of path.split(delimiter).filter(Boolean)) {
-        if (await access(join(dir, 'openssl'), constants.X_OK).then(() => true, () => false)) return { command: join(dir, 'openssl'), args: ['dgst', '-sha256', '-r'], label: 'openssl dgst' };
-      }
-      return { command: 'sha256sum', args: ['-b'], label: 'sha256sum' };
-    })();
-    hashers.set(path, hasher);
-  }
-  return hasher;
+  let found = cache.get(path);
+  if (!found) cache.set(path, (found = find()));
+  return found;
 }
+
+const hashers = new Map<string, Promise<StreamProgram>>();
+/** The program that hashes a named pipe: `openssl dgst -sha256 -r`, or `sha256sum` without openssl. */
+const sha256Program = () =>
+  perPath(hashers, async () => {
+    for (const dir of (process.env.PATH ?? '').split(delimiter).filter(Boolean)) {
+      if (await access(join(dir, 'openssl'), constants.X_OK).then(() => true, () => false)) return { command: join(dir, 'openssl'), args: ['dgst', '-sha256', '-r'], label: 'openssl dgst' };
+    }
+    return { command: 'sha256sum', args: ['-b'], label: 'sha256sum' };
+  });
 
 /** The splicing tee shipped with the core (libexec/splice-tee.pl). */
 export const SPLICE_TEE = fileURLToPath(new URL('../libexec/splice-tee.pl', import.meta.url));
@@ -176,20 +177,15 @@ const tees = new Map<string, Promise<StreamProgram>>();
 /**
  * The program that copies a stream to named pipes and its stdout (`tee -p` semantics): the core's
  * splice-tee (Perl, part of every Debian system; the kernel's tee(2) and splice(2) move the pages,
- * nothing is copied through it) when it works here, else coreutils' tee. Looked up once per PATH.
+ * nothing is copied through it) when it works here, else coreutils' tee.
  */
-function teeProgram(): Promise<StreamProgram> {
-  const path = process.env.PATH ?? '';
-  let tee = tees.get(path);
-  if (!tee) {
-    tee = exec('perl', [SPLICE_TEE, '--check'], { label: 'splice-tee --check' }).then(
+const teeProgram = () =>
+  perPath(tees, () =>
+    exec('perl', [SPLICE_TEE, '--check'], { label: 'splice-tee --check' }).then(
       () => ({ command: 'perl', args: [SPLICE_TEE, '--'], label: 'tee' }),
       () => ({ command: 'tee', args: ['-p', '--'], label: 'tee' }),
-    );
-    tees.set(path, tee);
-  }
-  return tee;
-}
+    ),
+  );
 
 /** The hex digest a hasher printed (`<hex> *<path>`). */
 function digestOf(result: ExecResult, what: string): string {
