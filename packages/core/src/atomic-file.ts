@@ -171,15 +171,25 @@ export async function createPartialFile(path: string): Promise<PartialFile> {
  * Copies `from` to `path` atomically (`.partial`, mode 0600, fsynced, renamed) by the kernel: a
  * reflink where the file system shares blocks (btrfs, XFS), else `copy_file_range` — the bytes
  * are not read into this process. Checks the copy's size against `bytes`; the content is the
- * source's, whose sha256 the caller already knows (nothing is re-read to hash it).
+ * source's, whose sha256 the caller already knows (nothing is re-read to hash it). With `link`
+ * (the core's `PutSource.link`) the partial is a hard link to the source when it can be.
  */
-export async function copyFileAtomic(from: string, path: string, bytes: number, options: { signal?: AbortSignal } = {}): Promise<FileDigest['bytes']> {
+export async function copyFileAtomic(
+  from: string,
+  path: string,
+  bytes: number,
+  options: { signal?: AbortSignal; link?: (to: string) => Promise<boolean> } = {},
+): Promise<FileDigest['bytes']> {
   const partial = path + PARTIAL_SUFFIX;
   try {
     await ensurePrivateDir(dirname(path));
     options.signal?.throwIfAborted();
-    await copyFile(from, partial, constants.COPYFILE_FICLONE);
-    await chmod(partial, FILE_MODE);
+    // A staged file the core hands over (PutSource.link) is this copy: no byte is written again.
+    await rm(partial, { force: true });
+    if (!(await options.link?.(partial))) {
+      await copyFile(from, partial, constants.COPYFILE_FICLONE);
+      await chmod(partial, FILE_MODE);
+    }
     const copied = (await stat(partial)).size;
     if (copied !== bytes) throw new PipelineError('CHECKSUM_MISMATCH', `${from} changed while it was copied to ${path} (${copied} bytes, expected ${bytes})`);
     return await publishPartial(partial, path, options.signal);

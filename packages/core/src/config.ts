@@ -34,7 +34,13 @@ export const PipelineSchema = z
 export const ConfigSchema = z
   .object({
     $schema: z.string().optional(),
-    workDir: z.string().default('./backups').describe('Staging folder; completed sets are kept there too (retention applies). Relative to the config file.'),
+    workDir: z.string().default('./backups').describe('Staging folder; completed sets are kept there too (retention applies) unless `keepInWorkDir` is false. Relative to the config file.'),
+    keepInWorkDir: z
+      .boolean()
+      .default(true)
+      .describe(
+        'Whether a completed set stays in the work dir as one more copy. false: the work dir only stages (a small disk on the database host); a set leaves it once every destination has it, and stays when shipping failed. A local destination on the same file system then takes the staged file by hard link instead of a copy. Every pipeline needs a destination. Leave it true for pipelines with a `media` stage: the work dir\'s previous tree is what lets a run hash and copy only the files that changed.',
+      ),
     timezone: z
       .string()
       .default('UTC')
@@ -84,6 +90,8 @@ export interface ResolvedConfig {
   file: string;
   dir: string;
   workDir: string;
+  /** false: the work dir only stages (see the schema); absent means true. */
+  keepInWorkDir?: boolean;
   timezone: string;
   concurrency: number;
   pipelines: Record<string, ResolvedPipeline>;
@@ -314,7 +322,7 @@ export async function resolveConfig(file: string, content: unknown, options: Loa
   if (!parsed.success) problems.push(...zodProblems(parsed.error));
 
   // Validate plugins even when the top level has problems, so every problem shows at once.
-  const raw = (interpolated ?? {}) as Partial<Record<'pipelines' | 'destinations', Record<string, unknown>>>;
+  const raw = (interpolated ?? {}) as Partial<Record<'pipelines' | 'destinations', Record<string, unknown>>> & { keepInWorkDir?: unknown };
   const searchDirs = [dir, options.cwd ?? process.cwd(), ...(options.pluginSearchDirs ?? [])];
   const seen = new Map<string, Plugin>();
   const load = async (use: unknown, path: PropertyKey[]): Promise<Plugin | undefined> => {
@@ -384,6 +392,9 @@ export async function resolveConfig(file: string, content: unknown, options: Loa
         problems.push({ path: formatPath(['pipelines', name, 'destinations', i]), message: `destination "${d}" is not declared under destinations:` });
       }
     });
+    if (raw.keepInWorkDir === false && destNames.length === 0) {
+      problems.push({ path: formatPath(['pipelines', name, 'destinations']), message: 'keepInWorkDir is false, so a pipeline without destinations would keep its sets nowhere: name at least one destination' });
+    }
     if (parsed.success) {
       const pp = parsed.data.pipelines[name]!;
       pipelines[name] = { name, source: pp.source ?? name, stages, destinations: pp.destinations, stageTimeoutMinutes: pp.stageTimeoutMinutes };
@@ -398,6 +409,7 @@ export async function resolveConfig(file: string, content: unknown, options: Loa
     file,
     dir,
     workDir: resolve(dir, config.workDir.replace(/^~(?=\/|$)/, options.env?.HOME ?? process.env.HOME ?? '~')),
+    keepInWorkDir: config.keepInWorkDir,
     timezone: config.timezone,
     concurrency: config.concurrency,
     pipelines,

@@ -53,6 +53,16 @@ export interface PutSource {
    * reading it again to hash it (a local folder lets the kernel copy it: reflink, copy_file_range).
    */
   hashedAsWritten?: boolean;
+  /**
+   * Offered by the core when the work dir only stages (`keepInWorkDir: false`) and the file is
+   * `hashedAsWritten`: hard-links the staged file to `to` (which must not exist) and resolves true.
+   * The core then only removes its own name for the file once the run is over, so the link is
+   * that destination's copy, made without writing the bytes again. At most one destination of a
+   * run gets true for a file; the others (and a `to` on another file system) get false and copy.
+   * The staged file is never written again, but the linked file is shared with it until the run
+   * ends: write nothing into it.
+   */
+  link?: (to: string) => Promise<boolean>;
 }
 
 export interface DestinationOperationOptions {

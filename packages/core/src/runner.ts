@@ -4,14 +4,14 @@
  * the lock, the staging folder, the manifest, shipping to destinations, and cleanup.
  */
 import { readFileSync } from 'node:fs';
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { link, mkdir, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import PQueue from 'p-queue';
 import { HookMap } from 'tapable';
 import type { Logger } from 'pino';
 import { recordStream, runArtifactStream, unchangedSinceStream, type StreamConsumer, type StreamRecord, type TransformFilter } from './artifact-stream.js';
-import { writeFileAtomic, DIR_MODE } from './atomic-file.js';
+import { syncDir, writeFileAtomic, DIR_MODE } from './atomic-file.js';
 import type { ConfiguredDestination, ResolvedConfig, ResolvedPipeline } from './config.js';
 import type { Artifact, Plan, RetainReport, RunContext, RunSummary, ShipReport, StageEvent } from './context.js';
 import { MANIFEST_NAME, type NamedDestination, type PutSource } from './destination.js';
@@ -92,6 +92,27 @@ async function retrying<T>(fn: () => Promise<T>, signal: AbortSignal, attempts =
 }
 
 /** A destination that cannot be reached or written fails the run before any data moves. */
+/**
+ * `PutSource.link` for a staging-only work dir: each staged file goes by hard link to the first
+ * destination that asks (and can: same file system); every later ask, and a failed link, is false.
+ */
+function offerLinks(): (path: string) => PutSource['link'] {
+  const taken = new Set<string>();
+  return (path) => async (to) => {
+    if (taken.has(path)) return false;
+    taken.add(path);
+    try {
+      await link(path, to);
+      return true;
+    } catch {
+      // EXDEV (another file system), EPERM (links not allowed there), …: that destination copies,
+      // and a later one may still take the link.
+      taken.delete(path);
+      return false;
+    }
+  };
+}
+
 async function checkDestination(d: NamedDestination, signal: AbortSignal): Promise<void> {
   try {
     await retrying(() => d.destination.check?.({ signal }) ?? Promise.resolve(), signal);
@@ -572,7 +593,11 @@ export class Runner {
         await Promise.all(destinations.map((d) => checkDestination(d, signal)));
         const plan = makePlan(() => current()?.plugin);
         for (const d of destinations) plan.add({ plugin: d.plugin, hook: 'ship', description: `ship to "${d.name}": ${d.destination.describe()}` });
-        plan.add({ plugin: 'core', hook: 'ship', description: `keep the set in the work dir ${config.workDir}` });
+        plan.add({
+          plugin: 'core',
+          hook: 'ship',
+          description: config.keepInWorkDir === false ? `stage the set in the work dir ${config.workDir} and remove it there once every destination has it` : `keep the set in the work dir ${config.workDir}`,
+        });
         await hooks.plan.promise(plan, ctx);
         return { summary: summary(), plan };
       }
@@ -627,13 +652,21 @@ export class Runner {
       // Every destination reads the one staged file, concurrently; files the core hashed as it wrote them are marked so.
       const sealed = new Set<string>();
       for (const a of artifacts) if (await opened.hashedAsWritten(a)) sealed.add(a.name);
-      await Promise.all(destinations.map((d) => queue.add(() => this.ship(ctx, d, { path: manifestPath, ...manifestDigest, hashedAsWritten: true }, reports, sealed))));
+      const staging = config.keepInWorkDir === false;
+      const linkOffer = staging ? offerLinks() : undefined;
+      await Promise.all(destinations.map((d) => queue.add(() => this.ship(ctx, d, { path: manifestPath, ...manifestDigest, hashedAsWritten: true }, reports, sealed, linkOffer))));
       for (const report of reports) await hooks.shipped.promise(report, ctx);
       const failedShips = reports.filter((r) => !r.ok);
       if (failedShips.length > 0) {
         throw new PipelineError('DESTINATION_FAILED', `shipping failed to ${failedShips.map((r) => `"${r.destination}" (${r.error})`).join(', ')}`, {
           hint: `The set is complete in ${reports.filter((r) => r.ok).map((r) => r.destination).concat('work').join(', ')}. Retention did not run.`,
         });
+      }
+      if (staging) {
+        // Every destination has the set: the work dir only staged it (keepInWorkDir: false).
+        await rm(setDir, { recursive: true, force: true });
+        await syncDir(config.workDir);
+        log.info({ setId }, `set ${setId} left the work dir (keepInWorkDir: false); every destination has it`);
       }
       await hooks.retain.promise(ctx);
       const result = summary();
@@ -658,7 +691,14 @@ export class Runner {
   }
 
   /** Uploads every artifact, then the manifest, to one destination. Never throws: reports. */
-  private async ship(ctx: RunContext, d: NamedDestination, manifest: PutSource, reports: ShipReport[], sealed: ReadonlySet<string> = new Set()): Promise<void> {
+  private async ship(
+    ctx: RunContext,
+    d: NamedDestination,
+    manifest: PutSource,
+    reports: ShipReport[],
+    sealed: ReadonlySet<string> = new Set(),
+    linkOffer?: (path: string) => PutSource['link'],
+  ): Promise<void> {
     const started = Date.now();
     let bytes = 0;
     const trees: TreeShipResult[] = [];
@@ -669,7 +709,7 @@ export class Runner {
         if (artifact.tree) trees.push(await shipTree(ctx, d, artifact, retrying));
         await retrying(
           () =>
-            d.destination.put(ctx.setId, artifact.name, { path: artifact.path, bytes: artifact.bytes, sha256: artifact.sha256, hashedAsWritten: sealed.has(artifact.name) }, {
+            d.destination.put(ctx.setId, artifact.name, { path: artifact.path, bytes: artifact.bytes, sha256: artifact.sha256, ...(sealed.has(artifact.name) ? { hashedAsWritten: true, link: linkOffer?.(artifact.path) } : {}) }, {
               signal: ctx.signal,
               onBytes: (b) => ctx.progress({ plugin: d.plugin, task: `upload:${d.name}`, bytes: bytes + b, totalBytes, message: artifact.name }),
             }),
@@ -677,7 +717,7 @@ export class Runner {
         );
         bytes += artifact.bytes;
       }
-      await retrying(() => d.destination.put(ctx.setId, MANIFEST_NAME, manifest, { signal: ctx.signal }), ctx.signal);
+      await retrying(() => d.destination.put(ctx.setId, MANIFEST_NAME, { ...manifest, link: linkOffer?.(manifest.path) }, { signal: ctx.signal }), ctx.signal);
       reports.push({ destination: d.name, ok: true, files: ctx.artifacts.length + 1, bytes: bytes + manifest.bytes, durationMs: Date.now() - started, ...(trees.length > 0 ? { trees } : {}) });
       ctx.log.info({ destination: d.name, bytes }, `shipped to ${d.name}`);
     } catch (caught) {
