@@ -39,7 +39,7 @@ const PRELOAD = join(ROOT, 'bench/rss-preload.js');
 const TIME = '/usr/bin/time';
 // Written into every results file: why wall times from a shared machine are to be read with care.
 const NOISE =
-  'Wall times are from a 2-core machine shared with other engineers running test suites (see loadAvgAtStart per sample): read them as noisy. CPU time (user+sys of the measured process tree from /usr/bin/time, plus the bench server\'s backends from /proc) is the more robust figure; cpuRatios gives the targets in CPU.';
+  'Wall times are from a 2-core machine shared with other engineers running test suites (see loadAvgAtStart per sample): read them as noisy. CPU time (user+sys of the measured process tree from /usr/bin/time, plus the bench server\'s backends from /proc) is the more robust figure; cpuRatios gives the targets in CPU. Since 2026-12-02 (fifth run) every contender starts after a `sync`, so none pays for writing back the previous one\'s unsynced pages.';
 
 const { values: flags } = parseArgs({
   strict: false, // a suite module (bench/physical.js, bench/media.js) may read flags of its own from process.argv
@@ -73,8 +73,8 @@ const RATIO_ONLY = flags['ratio-only'];
 const PREPARE_ONLY = flags['prepare-only'];
 const CACHE = flags['no-cache'] ? null : resolve(flags.cache);
 // The contenders of the db suite, in the order of one round (interleaved: every round runs each once).
-const ALL_CONTENDERS = ['recipe', 'ideal', 'pipeline', 'floor', 'recipeRestore', 'idealRestore', 'pipelineRestore', 'drill', 'drillIntoServer', ...['fmtCustomZstd1', 'fmtCustomZstd3', 'fmtDirGzip6', 'fmtDirGzip1', 'pipelineDir']];
-const GROUPS = { formats: ['fmtCustomZstd1', 'fmtCustomZstd3', 'fmtDirGzip6', 'fmtDirGzip1', 'pipelineDir'], backup: ['recipe', 'ideal', 'pipeline', 'floor'], restore: ['recipeRestore', 'idealRestore', 'pipelineRestore', 'drill', 'drillIntoServer'] };
+const ALL_CONTENDERS = ['recipe', 'ideal', 'pipeline', 'pipelineStaging', 'floor', 'recipeRestore', 'idealRestore', 'pipelineRestore', 'drill', 'drillIntoServer', ...['fmtCustomZstd1', 'fmtCustomZstd3', 'fmtDirGzip6', 'fmtDirGzip1', 'pipelineDir']];
+const GROUPS = { formats: ['fmtCustomZstd1', 'fmtCustomZstd3', 'fmtDirGzip6', 'fmtDirGzip1', 'pipelineDir'], backup: ['recipe', 'ideal', 'pipeline', 'pipelineStaging', 'floor'], restore: ['recipeRestore', 'idealRestore', 'pipelineRestore', 'drill', 'drillIntoServer'] };
 const expand = (list) => list.split(',').map((x) => x.trim()).filter(Boolean).flatMap((x) => GROUPS[x] ?? [x]);
 const DRILL_SERVER_OPTION = flags['drill-server-option'];
 const CONTENDERS = new Set(flags.only ? expand(flags.only) : ALL_CONTENDERS.filter((c) => c !== 'recipeRestore' && (c !== 'drillIntoServer' || DRILL_SERVER_OPTION)));
@@ -333,9 +333,10 @@ async function coldStart(configFile) {
  * rsync into a local folder, 1.0 s of the 1 GB run's wall). `dump` replaces the pg-dump stage's options (the format contenders); `suffix`
  * keeps that pipeline's folders apart.
  */
-function configYaml({ envFile, gnupgHome, fingerprint, dump = '', suffix = '' }) {
+function configYaml({ envFile, gnupgHome, fingerprint, dump = '', suffix = '', keepInWorkDir = true }) {
   return `# bench: the default Mastodon chain (config/mastodon.yaml's defaults), two local destinations.
 workDir: ./work${suffix}
+keepInWorkDir: ${keepInWorkDir}
 timezone: UTC
 destinations:
   local:
@@ -498,6 +499,9 @@ async function benchScale(scaleGB, RUNS) {
   await writeFile(envFile, `DB_HOST=127.0.0.1\nDB_PORT=${pg.port}\nDB_NAME=${db}\nDB_USER=mastodon\nDB_PASS="${password}"\n`, { mode: 0o600 });
   const configFile = join(dir, 'pipeline.config.yaml');
   await writeFile(configFile, configYaml({ envFile, gnupgHome: gpgHome.home, fingerprint: gpgHome.fingerprint }), { mode: 0o600 });
+  // The same chain with a staging-only work dir: two durable copies, as many as the hand-built stream's two files.
+  const configStagingFile = join(dir, 'pipeline-staging.config.yaml');
+  await writeFile(configStagingFile, configYaml({ envFile, gnupgHome: gpgHome.home, fingerprint: gpgHome.fingerprint, suffix: '-staging', keepInWorkDir: false }), { mode: 0o600 });
   const configDirFile = join(dir, 'pipeline-dir.config.yaml');
   await writeFile(configDirFile, configYaml({ envFile, gnupgHome: gpgHome.home, fingerprint: gpgHome.fingerprint, dump: DIR_DUMP, suffix: '-dir' }), { mode: 0o600 });
   const recipeDir = join(dir, 'recipe');
@@ -575,6 +579,7 @@ async function benchScale(scaleGB, RUNS) {
       return a;
     },
     pipeline: (i) => runPipeline(configFile, i, 'pipeline'),
+    pipelineStaging: (i) => runPipeline(configStagingFile, i, 'pipelineStaging'),
     pipelineDir: (i) => runPipeline(configDirFile, i, 'pipelineDir'),
     floor: () => bash(FLOOR),
     recipeRestore: async (i) => {
@@ -632,6 +637,8 @@ async function benchScale(scaleGB, RUNS) {
     for (const name of order) {
       if (aborting) throw new Error('aborted');
       try {
+        // No contender pays for the previous one's unwritten pages (the hand-built stream does not fsync).
+        spawnSync('sync');
         const x = await run[name](i);
         samples[name].push(x);
         const cpu = `CPU ${(x.cpuMs / 1000).toFixed(2)} s + server ${((x.serverCpuMs ?? 0) / 1000).toFixed(2)} s`;
@@ -677,7 +684,7 @@ async function benchScale(scaleGB, RUNS) {
           ...(xs[0].verification !== undefined ? { verification: xs.map((x) => x.verification) } : {}),
         };
   const res = Object.fromEntries(Object.entries(samples).map(([k, xs]) => [k, agg(xs)]));
-  for (const name of ['pipeline', 'pipelineDir']) {
+  for (const name of ['pipeline', 'pipelineStaging', 'pipelineDir']) {
     const p = samples[name];
     if (!p?.length) continue;
     const stages = {};
@@ -701,6 +708,9 @@ async function benchScale(scaleGB, RUNS) {
     drillVsRestore: ratio(w('drill'), w('pipelineRestore')), // the drill (throwaway cluster by default) / pipeline restore into the server
     drillVsDrillIntoServer: ratio(w('drill'), w('drillIntoServer')), // the same drill with restoreInto: server
     pipelinePeakRssMB: res.pipeline?.nodePeakRssMB ?? null,
+    // keepInWorkDir: false (the work dir only stages; two durable copies like the hand-built stream's two files)
+    pipelineStagingVsIdeal: ratio(w('pipelineStaging'), w('ideal')),
+    pipelineStagingVsRecipe: ratio(w('pipelineStaging'), w('recipe')),
     dumpRatio,
   };
   const cpuKeys = {
@@ -711,6 +721,7 @@ async function benchScale(scaleGB, RUNS) {
     drillVsRestore: ratio(t('drill'), t('pipelineRestore')), // the drill's server is in its tree (subreaper), the restore's is the bench server
     drillVsDrillIntoServer: ratio(t('drill'), t('drillIntoServer')),
     pipelineVsIdealWithServer: ratio(t('pipeline'), t('ideal')),
+    pipelineStagingVsIdeal: ratio(c('pipelineStaging'), c('ideal')),
     restoreVsIdealWithServer: ratio(t('pipelineRestore'), t('idealRestore')),
   };
   const targets = {
@@ -734,6 +745,7 @@ async function benchScale(scaleGB, RUNS) {
     targets,
     met,
     pipelineStages: res.pipeline?.stages ?? null,
+    pipelineStagingStages: res.pipelineStaging?.stages ?? null,
     // older keys, kept for comparison with earlier results files
     pipelineVsFloor: ratio(w('pipeline'), w('floor')),
     restoreVsRecipe: ratio(w('pipelineRestore'), w('recipeRestore')),
@@ -763,6 +775,7 @@ const LABELS = {
   recipe: 'recipe (pg_dump -Fc, --list, gpg, rsync -az)',
   ideal: 'hand-built stream (-Z0 | zstd -T2 -3 | gpg | tee)',
   pipeline: 'pipeline run',
+  pipelineStaging: 'pipeline run, keepInWorkDir: false',
   floor: 'floor (pg_dump -Fc -Z0 > /dev/null)',
   recipeRestore: 'restore: recipe (gpg -d, pg_restore)',
   idealRestore: 'restore: hand-built (gpg -d | zstd -d, -j 2)',
@@ -800,6 +813,8 @@ function printTable(results, cold) {
     lines.push(`  ${Object.entries(r.targets).map(([k, v]) => `${k} ${r[k]} (≤ ${v}${r.met[k] == null ? '' : r.met[k] ? ', met' : ', missed'})`).join('   ')}   dumpRatio ${r.dumpRatio}`);
     lines.push(`  in CPU: ${Object.entries(r.cpuRatios).map(([k, v]) => `${k} ${v}`).join('   ')}`);
     if (r.pipelineStages) lines.push(`  pipeline stages (start +ms, duration): ${Object.entries(r.pipelineStages).map(([k, v]) => `${k} ${v.startMs != null ? `+${v.startMs} ` : ''}${s(v.ms)}`).join(', ')}`);
+    if (r.pipelineStagingStages) lines.push(`  pipeline (keepInWorkDir: false) stages: ${Object.entries(r.pipelineStagingStages).map(([k, v]) => `${k} ${v.startMs != null ? `+${v.startMs} ` : ''}${s(v.ms)}`).join(', ')}`);
+    if (r.pipelineStagingVsIdeal != null) lines.push(`  keepInWorkDir: false: pipelineStagingVsIdeal ${r.pipelineStagingVsIdeal} (CPU ${r.cpuRatios.pipelineStagingVsIdeal}), pipelineStagingVsRecipe ${r.pipelineStagingVsRecipe}`);
     for (const [k, v] of Object.entries(r.contenders)) if (v) lines.push(`  CPU by process, ${k}: ${Object.entries(v.cpuByProcessMs).map(([p, ms]) => `${p} ${s(ms)}`).join(', ')}`);
     for (const e of r.errors) lines.push(`  FAILED ${e.contender} (run ${e.run}): ${e.error.split('\n')[0]}`);
   }
@@ -834,7 +849,7 @@ async function writeSummary(results, file, extra = {}) {
   const bySize = Object.fromEntries(
     results.map((r) => [
       `${r.scaleGB}GB`,
-      { ...Object.fromEntries(Object.keys(r.targets).concat('dumpRatio', 'drillVsDrillIntoServer').map((k) => [k, r[k]])), cpuRatios: r.cpuRatios, met: r.met, pipelineStages: r.pipelineStages, runs: r.runs, gitHead: r.machine?.gitHead ?? machine.gitHead, errors: r.errors.length },
+      { ...Object.fromEntries(Object.keys(r.targets).concat('dumpRatio', 'drillVsDrillIntoServer', 'pipelineStagingVsIdeal', 'pipelineStagingVsRecipe').map((k) => [k, r[k]])), cpuRatios: r.cpuRatios, met: r.met, pipelineStages: r.pipelineStages, runs: r.runs, gitHead: r.machine?.gitHead ?? machine.gitHead, errors: r.errors.length },
     ]),
   );
   await writeFile(file, JSON.stringify({ date: new Date().toISOString(), ...extra, machine, noise: NOISE, pipelinePeakRssMBBySize: rss, pipelinePeakRssLargestOverSmallest: flat, bySize }, null, 2) + '\n');
