@@ -25,7 +25,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { link, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -231,6 +231,28 @@ export function describeDestinationConformance(name: string, setup: () => Promis
       expect((await fetch(setId, 'x.txt')).sha256).toBe(two.sha256);
       expect(await ours([setId])).toHaveLength(1);
       await d.delete(setId);
+    });
+
+    it('stores a whole copy of a staged source that offers a hard link, taken or not, and leaves the source as it was', async () => {
+      const setId = newSetId();
+      const art = await file(randomBytes(50_000));
+      let linked = 0;
+      const offered: PutSource = {
+        ...art,
+        hashedAsWritten: true,
+        link: async (to) => {
+          await link(art.path, to);
+          linked++;
+          return true;
+        },
+      };
+      await d.put(setId, 'db.dump', offered);
+      expect(linked).toBeLessThanOrEqual(1);
+      const got = await fetch(setId, 'db.dump');
+      expect(got).toMatchObject({ sha256: art.sha256, bytes: art.bytes });
+      await d.delete(setId);
+      // The destination's name for it is gone; the staged file (the core's) is not.
+      expect(await hashFile(art.path)).toMatchObject({ sha256: art.sha256, bytes: art.bytes });
     });
 
     it('rejects a put whose source does not match its declared sha256', async () => {
