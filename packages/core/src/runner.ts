@@ -91,10 +91,11 @@ async function retrying<T>(fn: () => Promise<T>, signal: AbortSignal, attempts =
   }
 }
 
-/** A destination that cannot be reached or written fails the run before any data moves. */
 /**
  * `PutSource.link` for a staging-only work dir: each staged file goes by hard link to the first
  * destination that asks (and can: same file system); every later ask, and a failed link, is false.
+ * When another destination then fails, the work dir keeps the set, and its files share their
+ * inodes with the linked destination's until retention removes one of the two names.
  */
 function offerLinks(): (path: string) => PutSource['link'] {
   const taken = new Set<string>();
@@ -113,6 +114,7 @@ function offerLinks(): (path: string) => PutSource['link'] {
   };
 }
 
+/** A destination that cannot be reached or written fails the run before any data moves. */
 async function checkDestination(d: NamedDestination, signal: AbortSignal): Promise<void> {
   try {
     await retrying(() => d.destination.check?.({ signal }) ?? Promise.resolve(), signal);
