@@ -674,6 +674,8 @@ async function benchScale(scaleGB, RUNS) {
           totalCpuMs: round(median(xs.map((x) => x.totalCpuMs)), 0),
           treeMaxRssMB: round(Math.max(...xs.map((x) => x.treeMaxRssMB)), 1),
           outputBytes: xs[0].outputBytes === undefined ? null : median(xs.map((x) => x.outputBytes)),
+          // the pipeline's own time outside its run (node's start-up, config and plugin loading, exit): wall − the summary's durationMs
+          ...(xs[0].summaryMs != null ? { outsideRunMs: round(median(xs.map((x) => x.wallMs - x.summaryMs)), 0) } : {}),
           ...(xs[0].nodeMaxRssMB ? { nodePeakRssMB: round(Math.max(...xs.map((x) => x.nodeMaxRssMB)), 1), nodeCpuMs: round(median(xs.map((x) => x.nodeCpuMs)), 0), childCpuMs: round(median(xs.map((x) => x.childCpuMs)), 0) } : {}),
           cpuByProcessMs: sumBy(xs.map((x) => x.cpuByProcessMs)),
           allWallMs: xs.map((x) => round(x.wallMs, 0)),
