@@ -9,12 +9,10 @@ import { mkdtemp, readdir, readFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { z } from 'zod';
 import { resolveConfig, type ResolvedConfig } from './config.js';
-import type { Destination } from './destination.js';
 import { definePlugin, type Plugin } from './plugin.js';
 import { Runner } from './runner.js';
-import { silentLogger, tempDir, testConfig } from './test-fixtures.js';
+import { failingDestinationPlugin, silentLogger, tempDir, testConfig } from './test-fixtures.js';
 
 type Inodes = Record<string, number | undefined>;
 
@@ -96,22 +94,7 @@ describe('keepInWorkDir: false (the work dir only stages)', () => {
   it('keeps the set in the work dir when a destination failed', async () => {
     const seen: Inodes[] = [];
     const config = await stagingConfig(seen, false);
-    const refusing = definePlugin({
-      name: 'refusing',
-      description: 'refuses every put',
-      destination: {
-        options: z.object({}).strict(),
-        create: (): Destination => ({
-          describe: () => 'refusing',
-          put: async () => {
-            throw new Error('disk on fire');
-          },
-          list: async () => [],
-          get: async () => {},
-          delete: async () => {},
-        }),
-      },
-    }) as Plugin;
+    const refusing = failingDestinationPlugin('disk on fire');
     config.destinations.broken = { name: 'broken', plugin: refusing, options: {} };
     config.pipelines.nightly!.destinations.push('broken');
     const error = await new Runner(config, await silentLogger()).run('nightly').catch((e: unknown) => e);

@@ -7,7 +7,7 @@ import { listSets } from './sets.js';
 import { LocalFolderDestination } from './local-folder.js';
 import { definePlugin, type Plugin } from './plugin.js';
 import { Runner } from './runner.js';
-import { producerPlugin, silentLogger, tempDir, testConfig } from './test-fixtures.js';
+import { failingDestinationPlugin, producerPlugin, silentLogger, tempDir, testConfig } from './test-fixtures.js';
 
 /** Polls `condition` every 20 ms until it returns a truthy value (fails after 30 s). */
 async function waitFor<T>(what: string, condition: () => Promise<T | undefined | false> | T | undefined | false): Promise<T> {
@@ -172,22 +172,7 @@ describe('runner lifecycle', () => {
   });
 
   it('fails the run naming the destination when an upload fails, keeping the others complete, without retention', async () => {
-    const failing = definePlugin({
-      name: 'failing-dest',
-      description: 'rejects every put',
-      destination: {
-        options: z.object({}).strict(),
-        create: () => ({
-          describe: () => 'nowhere',
-          put: async () => {
-            throw new Error('connection reset');
-          },
-          list: async () => [],
-          get: async () => {},
-          delete: async () => {},
-        }),
-      },
-    }) as Plugin;
+    const failing = failingDestinationPlugin('connection reset');
     const good = await tempDir();
     const events: string[] = [];
     const config = await testConfig({ stages: [{ plugin: producerPlugin }, { plugin: recorder(events) }], destinations: { good } });

@@ -21,6 +21,26 @@ export const localDestinationPlugin = definePlugin({
   destination: { options: z.object({ path: z.string() }).strict(), create: (o) => new LocalFolderDestination(o.path) },
 }) as Plugin;
 
+/** A destination that rejects every put with MESSAGE (lists nothing, deletes nothing). */
+export function failingDestinationPlugin(message: string): Plugin {
+  return definePlugin({
+    name: 'failing-dest',
+    description: 'rejects every put',
+    destination: {
+      options: z.object({}).strict(),
+      create: () => ({
+        describe: () => 'nowhere',
+        put: async () => {
+          throw new Error(message);
+        },
+        list: async () => [],
+        get: async () => {},
+        delete: async () => {},
+      }),
+    },
+  }) as Plugin;
+}
+
 /** A producer writing one small artifact. */
 export const producerPlugin = definePlugin({
   name: 'test-producer',
