@@ -6,12 +6,12 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, resolve, sep } from 'node:path';
 import { cosmiconfig, defaultLoaders, type Loader } from 'cosmiconfig';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { isPipelineError, PipelineError } from './errors.js';
-import type { Plugin } from './plugin.js';
+import { makePathResolver, type Plugin } from './plugin.js';
 import { resolvePlugin } from './resolve-plugin.js';
 import { SecretRegistry } from './secrets.js';
 
@@ -405,10 +405,26 @@ export async function resolveConfig(file: string, content: unknown, options: Loa
     throw configProblems(file, problems);
   }
   const config = parsed.data;
+  const workDir = resolve(dir, config.workDir.replace(/^~(?=\/|$)/, options.env?.HOME ?? process.env.HOME ?? '~'));
+  if (config.keepInWorkDir === false) {
+    // A staging work dir removes each set once shipped: a destination writing into it (or holding it)
+    // would lose its copy with it.
+    const api = { configDir: dir, resolvePath: makePathResolver(dir) };
+    for (const d of Object.values(destinations)) {
+      for (const path of d.plugin.destination?.writablePaths?.(d.options as never, api) ?? []) {
+        const p = resolve(path);
+        const inside = (a: string, b: string) => a === b || a.startsWith(b.endsWith(sep) ? b : b + sep);
+        if (inside(p, workDir) || inside(workDir, p)) {
+          problems.push({ path: formatPath(['destinations', d.name]), message: `writes to ${p}, which overlaps workDir ${workDir}; with keepInWorkDir: false a set is removed from the work dir once shipped, so a destination there would lose it: use another folder` });
+        }
+      }
+    }
+    if (problems.length > 0) throw configProblems(file, problems);
+  }
   return {
     file,
     dir,
-    workDir: resolve(dir, config.workDir.replace(/^~(?=\/|$)/, options.env?.HOME ?? process.env.HOME ?? '~')),
+    workDir,
     keepInWorkDir: config.keepInWorkDir,
     timezone: config.timezone,
     concurrency: config.concurrency,

@@ -8,6 +8,7 @@ import { existsSync, statSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { resolveConfig, type ResolvedConfig } from './config.js';
 import { definePlugin, type Plugin } from './plugin.js';
@@ -116,6 +117,23 @@ describe('keepInWorkDir: false (the work dir only stages)', () => {
     expect(summary.ok).toBe(true);
     for (const root of Object.values(destinationRoots)) expect(await sha256(join(root, summary.setId, 'data.bin'))).toBe(manifest!.artifacts[0]!.sha256);
     expect(await stat(join(config.workDir, summary.setId)).catch(() => undefined)).toBeUndefined();
+  });
+
+  it('is refused when a local destination writes into the work dir, naming it', async () => {
+    const dir = await tempDir();
+    const config = {
+      keepInWorkDir: false,
+      workDir: './work',
+      destinations: { same: { use: 'local', path: './work' }, elsewhere: { use: 'local', path: './sets' } },
+      pipelines: { nightly: { stages: [{ use: 'retention', keepLast: 1 }], destinations: ['same', 'elsewhere'] } },
+    };
+    const search = { cwd: dir, pluginSearchDirs: [fileURLToPath(new URL('../../cli', import.meta.url))] };
+    const error = await resolveConfig(join(dir, 'pipeline.config.json'), config, search).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'CONFIG_INVALID' });
+    expect((error as Error).message).toContain('destinations.same: writes to');
+    expect((error as Error).message).not.toContain('destinations.elsewhere');
+    // With the default (sets kept in the work dir) the same folders are accepted.
+    await expect(resolveConfig(join(dir, 'pipeline.config.json'), { ...config, keepInWorkDir: true }, search)).resolves.toBeDefined();
   });
 
   it('is refused for a pipeline without destinations, naming it', async () => {
