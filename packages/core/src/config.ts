@@ -312,6 +312,12 @@ export async function findConfig(options: LoadConfigOptions = {}): Promise<{ fil
   return { file: result.filepath, content: result.config, found };
 }
 
+/** Whether two absolute paths are the same folder or one lies inside the other. */
+function overlaps(a: string, b: string): boolean {
+  const within = (x: string, y: string) => x === y || x.startsWith(y.endsWith(sep) ? y : y + sep);
+  return within(a, b) || within(b, a);
+}
+
 /** Validates config content and every plugin's options. Throws CONFIG_INVALID listing all problems. */
 export async function resolveConfig(file: string, content: unknown, options: LoadConfigOptions = {}): Promise<ResolvedConfig> {
   const dir = dirname(file);
@@ -413,8 +419,7 @@ export async function resolveConfig(file: string, content: unknown, options: Loa
     for (const d of Object.values(destinations)) {
       for (const path of d.plugin.destination?.writablePaths?.(d.options as never, api) ?? []) {
         const p = resolve(path);
-        const inside = (a: string, b: string) => a === b || a.startsWith(b.endsWith(sep) ? b : b + sep);
-        if (inside(p, workDir) || inside(workDir, p)) {
+        if (overlaps(p, workDir)) {
           problems.push({ path: formatPath(['destinations', d.name]), message: `writes to ${p}, which overlaps workDir ${workDir}; with keepInWorkDir: false a set is removed from the work dir once shipped, so a destination there would lose it: use another folder` });
         }
       }
