@@ -23,7 +23,7 @@ export {
 } from './compression.js';
 export { artifactName, pgDumpArgs, pickBinaries, serverInfo, type DumpFormat, type DumpOptions, type ServerInfo } from './dump.js';
 export { SnapshotSession } from './snapshot-session.js';
-export { extractDirectory, pgRestoreFor, pipeInto, restoreArtifact, restoreFromStream, restoreGlobals, RESTORE_PGOPTIONS, type FailFn } from './restore.js';
+export { extractDirectory, pgRestoreFor, pipeInto, restoreArtifact, restoreFromStream, restoreGlobals, type FailFn } from './restore.js';
 
 /** The formats pg-dump writes, and restores. */
 export const PG_FORMATS = ['pg-custom', 'pg-directory-tar', 'pg-plain'] as const;

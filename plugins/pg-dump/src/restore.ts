@@ -151,8 +151,20 @@ export async function extractDirectory(artifact: Artifact, ctx: Ctx, fail: FailF
   return dir;
 }
 
-/** Session settings for pg_restore (and psql for plain dumps) during a restore. */
-export const RESTORE_PGOPTIONS = '-c maintenance_work_mem=256MB -c synchronous_commit=off';
+/**
+ * Session settings (PGOPTIONS) for pg_restore, and psql for plain dumps, during a restore. Index
+ * builds dominate a restore: they get memory (PostgreSQL's default maintenance_work_mem is 64MB),
+ * and nothing waits for WAL flushes of a database that is being rebuilt anyway. With `jobs` > 1
+ * pg_restore already builds that many indexes at once; PostgreSQL's parallel index builds on top
+ * (two more workers per build from 256MB on) compete for the same cores and cost more CPU in all
+ * (bench/README.md, seventh run): one kind of parallelism at a time. A drill's throwaway cluster
+ * (`ownCluster`) has the memory and durability settings already. All are per-session (USERSET)
+ * settings any role may use; pg_restore -j opens one session per job.
+ */
+export function restoreSessionOptions(jobs: number, ownCluster = false): string | undefined {
+  const options = [...(ownCluster ? [] : ['-c maintenance_work_mem=256MB', '-c synchronous_commit=off']), ...(jobs > 1 ? ['-c max_parallel_maintenance_workers=0'] : [])];
+  return options.length > 0 ? options.join(' ') : undefined;
+}
 
 /**
  * Restores a database artifact into the existing database `target.database` (pg_restore -j from a
@@ -170,11 +182,7 @@ export async function restoreArtifact(
   if (!source) throw new PipelineError('CREDENTIALS_MISSING', 'restoring needs the database connection of a credentials stage', { hint: 'Add a credentials stage to the pipeline.' });
   const started = Date.now();
   const database = target.database;
-  // Index builds dominate a restore: give them memory (PostgreSQL's default maintenance_work_mem
-  // is 64MB), and do not wait for WAL flushes of a database that is being rebuilt anyway.
-  // Both are per-session (USERSET) settings any role may use; pg_restore -j opens one session per job.
-  // A drill's throwaway cluster is configured for this already (and with more memory): none there.
-  const env = { ...pgEnv(source, database), PGOPTIONS: target.server ? undefined : RESTORE_PGOPTIONS };
+  const env = { ...pgEnv(source, database), PGOPTIONS: restoreSessionOptions(artifact.format === 'pg-plain' ? 1 : target.jobs, !!target.server) };
   const pgRestore = artifact.format === 'pg-plain' ? '' : await pgRestoreFor(artifact);
   const restoreArgs = ['--no-owner', '--no-acl', '--exit-on-error', `--dbname=${database}`, ...(target.clean ? ['--clean', '--if-exists'] : [])];
   let dir = target.dir;
@@ -310,7 +318,7 @@ export async function restoreFromStream(artifact: Artifact, target: { database: 
       return await restoreArtifact(plainArtifact, { ...target, dir: scratch }, ctx);
     }
     if (input.targetDisposable && (artifact.format === 'pg-plain' || target.jobs <= 1)) {
-      const env = { ...pgEnv(source, target.database), PGOPTIONS: RESTORE_PGOPTIONS };
+      const env = { ...pgEnv(source, target.database), PGOPTIONS: restoreSessionOptions(1) };
       if (artifact.format === 'pg-plain') {
         await streamInto(artifact, input.stream, ctx, (await findPgBinary('psql')).path, ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '--dbname', target.database], { env, label: 'psql (restore)' });
       } else {
