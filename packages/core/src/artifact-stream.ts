@@ -21,14 +21,15 @@
  * nothing is left under the artifact's name. Verifiers' checks run once the chain finished; a
  * failure removes the file (the run then removes the set folder: nothing is shipped).
  */
-import { constants } from 'node:fs';
-import { access, mkdtemp, rm, stat } from 'node:fs/promises';
-import { delimiter, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { createPartialFile } from './atomic-file.js';
 import type { Artifact, Compression, Encryption, KnownCompression, RunContext } from './context.js';
 import { isPipelineError, PipelineError, toPipelineError } from './errors.js';
-import { exec, isChainConsequence, saysReaderLeft, settleChain, type ExecOptions, type ExecProcess, type ExecResult } from './exec.js';
+import { isChainConsequence, saysReaderLeft, settleChain, type ExecOptions, type ExecProcess, type ExecResult } from './exec.js';
+import { digestOf, sha256Program, teeProgram } from './stream-programs.js';
+
+export { SPLICE_TEE } from './stream-programs.js';
 
 /** A program run on the stream: argv only (never a shell string), secrets in files or env, never in argv. */
 export interface StreamProgram {
@@ -150,48 +151,6 @@ type Ctx = Pick<RunContext, 'exec' | 'signal' | 'tmpDir' | 'progress' | 'log'>;
 export interface StreamPlan {
   consumers: Array<{ plugin: string; consumer: StreamConsumer }>;
   filters: Array<{ plugin: string; filter: TransformFilter }>;
-}
-
-/** A program looked up once per PATH (the lookup runs again only when PATH changes). */
-function perPath(cache: Map<string, Promise<StreamProgram>>, find: () => Promise<StreamProgram>): Promise<StreamProgram> {
-  const path = process.env.PATH ?? '';
-  let found = cache.get(path);
-  if (!found) cache.set(path, (found = find()));
-  return found;
-}
-
-const hashers = new Map<string, Promise<StreamProgram>>();
-/** The program that hashes a named pipe: `openssl dgst -sha256 -r`, or `sha256sum` without openssl. */
-const sha256Program = () =>
-  perPath(hashers, async () => {
-    for (const dir of (process.env.PATH ?? '').split(delimiter).filter(Boolean)) {
-      if (await access(join(dir, 'openssl'), constants.X_OK).then(() => true, () => false)) return { command: join(dir, 'openssl'), args: ['dgst', '-sha256', '-r'], label: 'openssl dgst' };
-    }
-    return { command: 'sha256sum', args: ['-b'], label: 'sha256sum' };
-  });
-
-/** The splicing tee shipped with the core (libexec/splice-tee.pl). */
-export const SPLICE_TEE = fileURLToPath(new URL('../libexec/splice-tee.pl', import.meta.url));
-
-const tees = new Map<string, Promise<StreamProgram>>();
-/**
- * The program that copies a stream to named pipes and its stdout (`tee -p` semantics): the core's
- * splice-tee (Perl, part of every Debian system; the kernel's tee(2) and splice(2) move the pages,
- * nothing is copied through it) when it works here, else coreutils' tee.
- */
-const teeProgram = () =>
-  perPath(tees, () =>
-    exec('perl', [SPLICE_TEE, '--check'], { label: 'splice-tee --check' }).then(
-      () => ({ command: 'perl', args: [SPLICE_TEE, '--'], label: 'tee' }),
-      () => ({ command: 'tee', args: ['-p', '--'], label: 'tee' }),
-    ),
-  );
-
-/** The hex digest a hasher printed (`<hex> *<path>`). */
-function digestOf(result: ExecResult, what: string): string {
-  const hex = /^([0-9a-f]{64})\b/.exec(result.stdout.trim())?.[1];
-  if (!hex) throw new PipelineError('EXEC_FAILED', `the sha256 of ${what} could not be read from ${JSON.stringify(result.stdout.slice(0, 100))}`);
-  return hex;
 }
 
 /**

@@ -94,6 +94,14 @@ export interface Destination {
    * stops the transfer.
    */
   read?(setId: string, name: string, options?: DestinationOperationOptions): Promise<Readable>;
+  /**
+   * Optional, for destinations whose stored files are files on this machine (a local folder, a
+   * mounted disk): the path of `setId/name`. Restore then hands the file to its programs (hash,
+   * decrypt) directly, and no byte of the stored copy passes through Node.js; the caller checks
+   * the sha256 as with `read`, which is used when this is missing. A missing file rejects with
+   * SET_NOT_FOUND. The path is only read, never written or removed.
+   */
+  localFile?(setId: string, name: string, options?: DestinationOperationOptions): Promise<string>;
   /** Removes a whole set. Deleting a set that does not exist is not an error. */
   delete(setId: string, options?: DestinationOperationOptions): Promise<void>;
 

@@ -19,6 +19,16 @@ describe('exec chains', () => {
     expect(readFileSync(new URL('./exec.ts', import.meta.url), 'utf8')).not.toMatch(/_handle/);
   });
 
+  it('gives a file to a child as its stdin descriptor (the child reads it itself); a missing file is one clear error', async () => {
+    const file = new URL('./exec.ts', import.meta.url).pathname;
+    const got = await exec('sh', ['-c', 'readlink /proc/self/fd/0; sha256sum'], { stdin: { file } });
+    const [fd0, sum] = got.stdout.trim().split('\n');
+    expect(fd0).toBe(file);
+    expect(sum).toBe((await exec('sha256sum', [file])).stdout.trim().replace(`  ${file}`, '  -'));
+    const missing = await exec('cat', [], { stdin: { file: `${file}.missing` } }).catch((e: unknown) => e);
+    expect(isPipelineError(missing) && missing.message).toMatch(/ENOENT.*exec\.ts\.missing|exec\.ts\.missing.*ENOENT/);
+  });
+
   it('stops a child whose reader went away instead of leaving it blocked on a full pipe', async () => {
     const child = exec('yes', [], { stdout: 'stream', label: 'yes' });
     for await (const _chunk of child.stdout!) break; // the reader gives up (a failed file write does the same)

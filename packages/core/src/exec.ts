@@ -21,8 +21,10 @@ export interface ExecOptions {
   /** Added to (and overriding) the inherited environment. An `undefined` value removes a variable. */
   env?: Record<string, string | undefined>;
   /**
-   * Text, bytes, a readable stream or `{ file }` for stdin. Default: ignored. `{ fromProcess: true }`:
-   * another process will write it (started with `stdout: { pipeTo: thisProcess }`).
+   * Text, bytes, a readable stream or `{ file }` for stdin. Default: ignored. A file is opened here
+   * and its descriptor given to the child: it reads the file itself, no byte passes through
+   * Node.js. `{ fromProcess: true }`: another process will write it (started with
+   * `stdout: { pipeTo: thisProcess }`).
    */
   stdin?: string | Uint8Array | Readable | { file: string } | { fromProcess: true };
   /**
@@ -190,16 +192,27 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
   if (pipeTo && !theirs) throw new Error(`${label}: stdout.pipeTo needs a process started with stdin: { fromProcess: true }`);
   const stdoutMode = pipeTo ? 'pipeTo' : (options.stdout ?? 'pipe');
   const toFile = typeof options.stdout === 'object' && 'file' in options.stdout ? options.stdout : undefined;
+  const fromFile = typeof options.stdin === 'object' && options.stdin !== null && 'file' in options.stdin ? options.stdin.file : undefined;
   let fd: number | undefined;
-  if (toFile) {
+  let inFd: number | undefined;
+  const opening = (path: string, flags: string, what: 'reading' | 'creating') => {
     try {
-      fd = openSync(toFile.file, toFile.append ? 'a' : 'w', 0o600);
+      return openSync(path, flags, 0o600);
     } catch (error) {
-      const rejected = Promise.reject(toPipelineError(fileSystemError(error, toFile.file, 'creating'), 'EXEC_FAILED'));
-      rejected.catch(() => {}); // the caller's await reports it, whenever it comes
-      return Object.assign(rejected, { stdout: null, stdin: null, pid: undefined, kill: () => false }) as ExecProcess;
+      return toPipelineError(fileSystemError(error, path, what), 'EXEC_FAILED');
     }
+  };
+  const openedIn = fromFile === undefined ? undefined : opening(fromFile, 'r', 'reading');
+  const openedOut = toFile && !(openedIn instanceof Error) ? opening(toFile.file, toFile.append ? 'a' : 'w', 'creating') : undefined;
+  const failedOpen = [openedIn, openedOut].find((o): o is PipelineError => o instanceof Error);
+  if (failedOpen) {
+    if (typeof openedIn === 'number') closeSync(openedIn);
+    const rejected = Promise.reject(failedOpen);
+    rejected.catch(() => {}); // the caller's await reports it, whenever it comes
+    return Object.assign(rejected, { stdout: null, stdin: null, pid: undefined, kill: () => false }) as ExecProcess;
   }
+  if (typeof openedIn === 'number') inFd = openedIn;
+  if (typeof openedOut === 'number') fd = openedOut;
   const started = Date.now();
   const subprocess = execa(file, [...args], {
     cwd: options.cwd,
@@ -207,7 +220,7 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     extendEnv: false,
     // The default 'ignore' is a stdio mode, not input text (it is a string too). Text, bytes and
     // Node streams (which need not have a file descriptor) are written through execa's `input`.
-    stdin: !fromProcess && options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array || isNodeReadable(stdin)) ? 'pipe' : (stdin as never),
+    stdin: inFd !== undefined ? inFd : !fromProcess && options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array || isNodeReadable(stdin)) ? 'pipe' : (stdin as never),
     input: !fromProcess && options.stdin !== undefined && (typeof stdin === 'string' || stdin instanceof Uint8Array || isNodeReadable(stdin)) ? stdin : undefined,
     stdout: stdoutMode === 'stream' ? 'pipe' : stdoutMode === 'pipeTo' ? theirs : fd !== undefined ? fd : (stdoutMode as never),
     stderr: 'pipe',
@@ -281,8 +294,8 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
     throw new PipelineError('EXEC_FAILED', `${label} ${why}${shown ? `: ${shown}` : ''}`, { details });
   });
 
-  if (fd !== undefined) {
-    const opened = fd;
+  for (const opened of [fd, inFd]) {
+    if (opened === undefined) continue;
     const close = () => closeSync(opened);
     void promise.then(close, close);
   }

@@ -85,6 +85,18 @@ export class LocalFolderDestination implements Destination {
     await writeFileAtomic(toPath, createReadStream(from), { signal: options.signal, onBytes: options.onBytes });
   }
 
+  /** The stored file's path (restore's programs read it themselves). */
+  async localFile(setId: string, name: string): Promise<string> {
+    assertFileName(name);
+    const from = join(this.setDir(setId), name);
+    const found = await stat(from).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT' || error.code === 'ENOTDIR') throw new PipelineError('SET_NOT_FOUND', `${setId}/${name} is not in ${this.root}`);
+      throw fileSystemError(error, from, 'reading');
+    });
+    if (!found.isFile()) throw new PipelineError('SET_NOT_FOUND', `${setId}/${name} in ${this.root} is not a file`);
+    return from;
+  }
+
   /** The stored file as a stream (restore reads it in one pass, without a copy). */
   async read(setId: string, name: string, options: DestinationOperationOptions = {}): Promise<Readable> {
     assertFileName(name);

@@ -9,11 +9,14 @@
  * whether the copy was damaged (CHECKSUM_MISMATCH, the real cause) or the failure was the
  * program's own. The cost is reading the rest of one artifact, on failure only.
  */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { PassThrough, Writable, type Readable } from 'node:stream';
 import { DigestStream, type FileDigest } from './atomic-file.js';
 import type { Artifact, RunContext } from './context.js';
-import { PipelineError } from './errors.js';
-import type { ExecProcess } from './exec.js';
+import { isPipelineError, PipelineError } from './errors.js';
+import { isChainConsequence, type ExecProcess, type ExecResult } from './exec.js';
+import { digestOf, sha256Program, teeProgram } from './stream-programs.js';
 
 /**
  * A program the core splices into a restore stream: reads its input on stdin, writes its output
@@ -228,6 +231,144 @@ export function checkedChain(o: CheckedChainOptions): CheckedChain {
       o.source.destroy();
       feed?.destroy();
       proc?.kill();
+      out.destroy();
+    },
+  };
+}
+
+export interface CheckedFileChainOptions extends Omit<CheckedChainOptions, 'source'> {
+  /** The stored copy, a file on this machine (`Destination.localFile`). */
+  file: string;
+  /** A private folder for the chain's named pipes. */
+  tmpDir: string;
+}
+
+/** The stored copy could not be read: another copy may do better (an interruption is not the copy's fault). */
+function readFailure(error: unknown, copy: string): PipelineError {
+  if (isPipelineError(error) && error.code === 'ABORTED') return error;
+  const e = new PipelineError('DESTINATION_FAILED', `reading ${copy} failed: ${(error as Error).message}`, { cause: error });
+  e.details = { ...e.details, fetching: true };
+  return e;
+}
+
+/**
+ * `checkedChain` for a stored copy that is a local file, in OS processes: no byte of the stored
+ * copy passes through Node.js, and neither sha256 is computed here. Only the plaintext, the last
+ * program's output, is read by this process, to hold its end back until the checks passed.
+ *
+ *   file ─▶ tee ─▶ [filter program] ─▶ tee ─▶ stream (its end held until both match)
+ *           ├──▶ FIFO ─▶ sha256            ├──▶ FIFO ─▶ sha256 (plain)
+ *           └──▶ FIFO ─▶ wc -c             └──▶ FIFO ─▶ wc -c (plain)
+ *
+ * The promises are `checkedChain`'s: a filter program that fails, or a reader that goes away,
+ * does not stop the first tee (an output whose reader left is dropped, the others go on), so the
+ * whole stored copy is still hashed and the check says whether it was damaged.
+ */
+export async function checkedFileChain(o: CheckedFileChainOptions): Promise<CheckedChain> {
+  const [hash, tee] = await Promise.all([sha256Program(), teeProgram()]);
+  const fifoDir = await mkdtemp(join(o.tmpDir, 'restore-stream-'));
+  const procs: ExecProcess[] = [];
+  const started = (p: ExecProcess) => {
+    procs.push(p);
+    p.catch(() => {});
+    return p;
+  };
+  const stopAll = () => {
+    for (const p of procs) p.kill();
+  };
+  const fifos = (what: string) => [join(fifoDir, `${what}-sha256`), join(fifoDir, `${what}-bytes`)] as const;
+  const storedFifos = fifos('stored');
+  const plainFifos = o.filter ? fifos('plain') : undefined;
+  let stopped = false;
+  const out = new PassThrough({ highWaterMark: 1024 * 1024 });
+  try {
+    await o.exec('mkfifo', ['-m', '600', '--', ...storedFifos, ...(plainFifos ?? [])], { label: 'mkfifo' });
+  } catch (error) {
+    await rm(fifoDir, { recursive: true, force: true });
+    throw error;
+  }
+  // Readers first (each opens its FIFO, which a tee opens for writing), then the chain from its end.
+  const digest = (paths: readonly [string, string], what: string) => ({
+    sha256: started(o.exec(hash.command, [...hash.args, paths[0]], { label: `${hash.label} (${what})` })),
+    bytes: started(o.exec('wc', ['-c', '--', paths[1]], { label: `wc -c (${what})` })),
+  });
+  const storedDigest = digest(storedFifos, o.copy);
+  const plainDigest = plainFifos ? digest(plainFifos, o.name) : undefined;
+  let last: ExecProcess;
+  let proc: ExecProcess | undefined;
+  let first: ExecProcess;
+  if (o.filter && plainFifos) {
+    last = started(o.exec(tee.command, [...tee.args, ...plainFifos], { stdin: { fromProcess: true }, stdout: 'stream', label: `${tee.label} (plain)` }));
+    proc = started(o.exec(o.filter.command, o.filter.args, { env: o.filter.env, label: o.filter.label, stdin: { fromProcess: true }, stdout: { pipeTo: last } }));
+    first = started(o.exec(tee.command, [...tee.args, ...storedFifos], { stdin: { file: o.file }, stdout: { pipeTo: proc }, label: tee.label }));
+  } else {
+    first = last = started(o.exec(tee.command, [...tee.args, ...storedFifos], { stdin: { file: o.file }, stdout: 'stream', label: tee.label }));
+  }
+  // The stored copy not read to its end (it could not be opened, a read failed): nothing else can finish.
+  void first.then(undefined, stopAll);
+
+  const read = (d: { sha256: ExecProcess; bytes: ExecProcess }, what: string): Promise<FileDigest> =>
+    Promise.all([d.sha256, d.bytes]).then(([sha, bytes]: ExecResult[]) => {
+      const n = Number(/^\s*(\d+)/.exec(bytes!.stdout)?.[1]);
+      if (!Number.isSafeInteger(n)) throw new PipelineError('EXEC_FAILED', `the size of ${what} could not be read from wc`);
+      return { sha256: digestOf(sha!, what), bytes: n };
+    });
+  const check = async (): Promise<void> => {
+    const source = await first.then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    if (stopped) throw new PipelineError('ABORTED', `reading ${o.copy} was stopped`, { details: { stopped: true } });
+    if (source !== undefined) throw readFailure(source, o.copy);
+    const stored = await read(storedDigest, o.copy);
+    if (stored.sha256 !== o.stored.sha256 || stored.bytes !== o.stored.bytes) {
+      throw new PipelineError('CHECKSUM_MISMATCH', `${o.copy} does not match its manifest (${short(stored)}; expected ${short(o.stored)})`, { details: { storedCopy: true, artifact: o.name } });
+    }
+    if (proc) {
+      const ran = await proc.then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      if (ran !== undefined) throw o.filter?.failure ? o.filter.failure(ran) : ran;
+    }
+    const tail = await last.then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    // The plaintext's tee fails only when its own outputs do (Node.js reads its stdout to the end).
+    if (tail !== undefined && !isChainConsequence(tail)) throw tail;
+    if (plainDigest && o.plain) {
+      const plain = await read(plainDigest, o.name);
+      if (plain.sha256 !== o.plain.sha256 || plain.bytes !== o.plain.bytes) {
+        throw new PipelineError('CHECKSUM_MISMATCH', `${o.name} decrypts to content that does not match the manifest (${short(plain)}; expected ${short(o.plain)})`, {
+          hint: 'The stored copy is the one the manifest names, but its content is not what was backed up: every copy of this set is the same; restore another set.',
+          details: { artifact: o.name },
+        });
+      }
+    }
+    if (stopped) throw new PipelineError('ABORTED', `reading ${o.copy} was stopped`, { details: { stopped: true } });
+  };
+  const checked = check();
+  checked.catch(() => {});
+  // The fifos go once every member is gone, whatever happened.
+  void Promise.allSettled(procs).then(() => rm(fifoDir, { recursive: true, force: true }));
+  if (last.stdout) {
+    last.stdout.on('error', () => {});
+    last.stdout.pipe(forwarder(out, () => checked));
+  } else {
+    // The chain never started (the file could not be opened): the checks say why.
+    void checked.then(
+      () => out.destroy(new PipelineError('EXEC_FAILED', `${o.copy}: the restore chain did not start`)),
+      (error: unknown) => out.destroy(error as Error),
+    );
+  }
+  return {
+    stream: out,
+    checked,
+    stop: () => {
+      if (stopped) return;
+      stopped = true;
+      stopAll();
       out.destroy();
     },
   };

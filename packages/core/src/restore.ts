@@ -25,7 +25,7 @@ import { psql, quoteIdent, quoteLiteral, type PgSource } from './postgres.js';
 import type { RestoreContext, RestoreReport, RestoreTarget } from './restore-context.js';
 import { listSets, recordDamage } from './sets.js';
 import { pathInSet } from './names.js';
-import { checkedChain, isDamagedCopy, isFetchFailure, type OpenedArtifact, type RestoreInput } from './restore-stream.js';
+import { checkedChain, checkedFileChain, isDamagedCopy, isFetchFailure, type OpenedArtifact, type RestoreInput } from './restore-stream.js';
 
 /** PostgreSQL's own databases: never a restore target. */
 export const SYSTEM_DATABASES: readonly string[] = ['postgres', 'template0', 'template1'];
@@ -157,7 +157,8 @@ export async function openArtifact(hooks: PipelineHooks, from: NamedDestination,
   const stored: Artifact = { ...entry, path: '', meta: entry.meta ?? {} } as Artifact;
   const filter = method ? await hooks.decryptFilter.get(method)?.promise(stored, ctx) : undefined;
   const read = from.destination.read?.bind(from.destination);
-  const streams = !!read;
+  const localFile = from.destination.localFile?.bind(from.destination);
+  const streams = !!read || !!localFile;
   if (method && !filter) {
     ctx.log.info({ destination: from.name, setId, artifact: entry.name }, `${entry.name}: fetched and decrypted through files (the "${method}" plugin has no decryptFilter: one more pass over the data)`);
     let fetched: Artifact;
@@ -170,11 +171,13 @@ export async function openArtifact(hooks: PipelineHooks, from: NamedDestination,
     const stream = createReadStream(plain.path);
     return { artifact: plain, file: plain.path, stream, checked: Promise.resolve(), stop: () => stream.destroy() };
   }
-  let source: Readable;
+  let source: Readable | undefined;
+  let file: string | undefined;
   let fetchedFile: string | undefined;
   if (streams) {
     ctx.log.info({ destination: from.name, setId, artifact: entry.name }, `fetching ${entry.name} from ${from.name} (one stream${filter ? `, decrypted by ${filter.label ?? filter.command}` : ''}, checked on the way)`);
-    source = await read!(setId, entry.name, { signal: ctx.signal }).catch((error: unknown) => {
+    const opening = localFile ? localFile(setId, entry.name, { signal: ctx.signal }).then((path) => (file = path)) : read!(setId, entry.name, { signal: ctx.signal }).then((stream) => (source = stream));
+    await opening.catch((error: unknown) => {
       throw markFetching(error);
     });
   } else {
@@ -184,17 +187,18 @@ export async function openArtifact(hooks: PipelineHooks, from: NamedDestination,
     } catch (error) {
       throw markFetching(error);
     }
-    source = createReadStream(fetchedFile, { highWaterMark: 1024 * 1024 });
+    file = fetchedFile;
   }
   // One pass: `fetched` runs as the copy starts streaming (no file: `path` is empty; the checks end the stream).
   try {
     await hooks.fetched.promise(stored, ctx);
   } catch (error) {
-    source.destroy();
+    source?.destroy();
     throw markFetching(error);
   }
   const copy = `${from.name}/${setId}/${entry.name}`;
-  const chain = checkedChain({ source, stored: entry, plain: method ? entry.plain : undefined, filter, copy, name: entry.name, exec: ctx.exec });
+  const chained = { stored: entry, plain: method ? entry.plain : undefined, filter, copy, name: entry.name, exec: ctx.exec };
+  const chain = file ? await checkedFileChain({ ...chained, file, tmpDir: dir }) : checkedChain({ ...chained, source: source! });
   const checked = chain.checked.then(
     async () => {
       if (fetchedFile) await rm(fetchedFile, { force: true });

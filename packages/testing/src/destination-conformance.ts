@@ -361,6 +361,18 @@ export function describeDestinationConformance(name: string, setup: () => Promis
       await d.delete(setId);
     });
 
+    it('localFile (if declared) names a file on this machine holding the stored bytes; a missing file or set is SET_NOT_FOUND', async (test) => {
+      if (!d.localFile) test.skip();
+      const setId = newSetId();
+      const stored = await file(randomBytes(300_000));
+      await d.put(setId, 'db.dump', stored);
+      const path = await d.localFile!(setId, 'db.dump');
+      expect(await hashFile(path)).toEqual({ bytes: stored.bytes, sha256: stored.sha256 });
+      await expect(d.localFile!(setId, 'absent.dump')).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
+      await expect(d.localFile!('not-a-set', 'x')).rejects.toMatchObject({ code: 'SET_NOT_FOUND' });
+      await d.delete(setId);
+    });
+
     it('lists set ids in time order', async () => {
       const ids = [newSetId(), newSetId(), newSetId()];
       for (const id of [ids[2]!, ids[0]!, ids[1]!]) await d.put(id, MANIFEST_NAME, await manifestFor(id, [{ name: 'a', ...(await file('a')) }]));
