@@ -150,6 +150,32 @@ export function isFetchFailure(error: unknown): boolean {
 
 const short = (d: FileDigest) => `sha256 ${d.sha256.slice(0, 16)}…, ${d.bytes} bytes`;
 
+/** The stored copy's digest against the manifest: a mismatch is damage to that copy. */
+function checkStored(got: FileDigest, o: Pick<CheckedChainOptions, 'stored' | 'copy' | 'name'>): void {
+  if (got.sha256 !== o.stored.sha256 || got.bytes !== o.stored.bytes) {
+    throw new PipelineError('CHECKSUM_MISMATCH', `${o.copy} does not match its manifest (${short(got)}; expected ${short(o.stored)})`, { details: { storedCopy: true, artifact: o.name } });
+  }
+}
+
+/** The decrypting program's own failure, in its plugin's words when it has them. */
+async function checkProgram(proc: ExecProcess, filter: StreamFilter | undefined): Promise<void> {
+  const ran = await proc.then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+  if (ran !== undefined) throw filter?.failure ? filter.failure(ran) : ran;
+}
+
+/** The plaintext's digest against the manifest: a mismatch is content that was never backed up (every copy is the same). */
+function checkPlain(got: FileDigest, expected: { bytes: number; sha256: string }, name: string): void {
+  if (got.sha256 !== expected.sha256 || got.bytes !== expected.bytes) {
+    throw new PipelineError('CHECKSUM_MISMATCH', `${name} decrypts to content that does not match the manifest (${short(got)}; expected ${short(expected)})`, {
+      hint: 'The stored copy is the one the manifest names, but its content is not what was backed up: every copy of this set is the same; restore another set.',
+      details: { artifact: name },
+    });
+  }
+}
+
 /** source → sha256 → [filter program] → sha256 → stream, the end held until both match. */
 export function checkedChain(o: CheckedChainOptions): CheckedChain {
   const out = new PassThrough({ highWaterMark: 1024 * 1024 });
@@ -175,24 +201,11 @@ export function checkedChain(o: CheckedChainOptions): CheckedChain {
   let checked: Promise<void>;
   const check = async (): Promise<void> => {
     const stored = await storedHash.ended;
-    if (stored.sha256 !== o.stored.sha256 || stored.bytes !== o.stored.bytes) {
-      throw new PipelineError('CHECKSUM_MISMATCH', `${o.copy} does not match its manifest (${short(stored)}; expected ${short(o.stored)})`, { details: { storedCopy: true, artifact: o.name } });
-    }
-    if (proc) {
-      const ran = await proc.then(
-        () => undefined,
-        (error: unknown) => error,
-      );
-      if (ran !== undefined) throw o.filter?.failure ? o.filter.failure(ran) : ran;
-    }
+    checkStored(stored, o);
+    if (proc) await checkProgram(proc, o.filter);
     if (plainHash && o.plain) {
       const plain = await plainHash.ended;
-      if (plain.sha256 !== o.plain.sha256 || plain.bytes !== o.plain.bytes) {
-        throw new PipelineError('CHECKSUM_MISMATCH', `${o.name} decrypts to content that does not match the manifest (${short(plain)}; expected ${short(o.plain)})`, {
-          hint: 'The stored copy is the one the manifest names, but its content is not what was backed up: every copy of this set is the same; restore another set.',
-          details: { artifact: o.name },
-        });
-      }
+      checkPlain(plain, o.plain, o.name);
     }
     if (stopped) throw new PipelineError('ABORTED', `reading ${o.copy} was stopped`, { details: { stopped: true } });
   };
@@ -321,16 +334,8 @@ export async function checkedFileChain(o: CheckedFileChainOptions): Promise<Chec
     if (stopped) throw new PipelineError('ABORTED', `reading ${o.copy} was stopped`, { details: { stopped: true } });
     if (source !== undefined) throw readFailure(source, o.copy);
     const stored = await read(storedDigest, o.copy);
-    if (stored.sha256 !== o.stored.sha256 || stored.bytes !== o.stored.bytes) {
-      throw new PipelineError('CHECKSUM_MISMATCH', `${o.copy} does not match its manifest (${short(stored)}; expected ${short(o.stored)})`, { details: { storedCopy: true, artifact: o.name } });
-    }
-    if (proc) {
-      const ran = await proc.then(
-        () => undefined,
-        (error: unknown) => error,
-      );
-      if (ran !== undefined) throw o.filter?.failure ? o.filter.failure(ran) : ran;
-    }
+    checkStored(stored, o);
+    if (proc) await checkProgram(proc, o.filter);
     const tail = await last.then(
       () => undefined,
       (error: unknown) => error,
@@ -339,12 +344,7 @@ export async function checkedFileChain(o: CheckedFileChainOptions): Promise<Chec
     if (tail !== undefined && !isChainConsequence(tail)) throw tail;
     if (plainDigest && o.plain) {
       const plain = await read(plainDigest, o.name);
-      if (plain.sha256 !== o.plain.sha256 || plain.bytes !== o.plain.bytes) {
-        throw new PipelineError('CHECKSUM_MISMATCH', `${o.name} decrypts to content that does not match the manifest (${short(plain)}; expected ${short(o.plain)})`, {
-          hint: 'The stored copy is the one the manifest names, but its content is not what was backed up: every copy of this set is the same; restore another set.',
-          details: { artifact: o.name },
-        });
-      }
+      checkPlain(plain, o.plain, o.name);
     }
     if (stopped) throw new PipelineError('ABORTED', `reading ${o.copy} was stopped`, { details: { stopped: true } });
   };
