@@ -175,6 +175,15 @@ class StderrCollector {
   }
 }
 
+/** Opens a child's stdin or stdout file (created 0600); a failure is the exec's error, naming the path. */
+function openFile(path: string, flags: 'r' | 'a' | 'w', doing: 'reading' | 'creating'): number {
+  try {
+    return openSync(path, flags, 0o600);
+  } catch (error) {
+    throw toPipelineError(fileSystemError(error, path, doing), 'EXEC_FAILED');
+  }
+}
+
 export function exec(file: string, args: readonly string[] = [], options: ExecOptions = {}): ExecProcess {
   const label = options.label ?? file.split('/').pop()!;
   const env: Record<string, string | undefined> = { ...process.env, ...options.env };
@@ -193,26 +202,18 @@ export function exec(file: string, args: readonly string[] = [], options: ExecOp
   const stdoutMode = pipeTo ? 'pipeTo' : (options.stdout ?? 'pipe');
   const toFile = typeof options.stdout === 'object' && 'file' in options.stdout ? options.stdout : undefined;
   const fromFile = typeof options.stdin === 'object' && options.stdin !== null && 'file' in options.stdin ? options.stdin.file : undefined;
-  let fd: number | undefined;
+  // Files are opened here and their descriptors given to the child: no byte passes through Node.js.
   let inFd: number | undefined;
-  const opening = (path: string, flags: string, what: 'reading' | 'creating') => {
-    try {
-      return openSync(path, flags, 0o600);
-    } catch (error) {
-      return toPipelineError(fileSystemError(error, path, what), 'EXEC_FAILED');
-    }
-  };
-  const openedIn = fromFile === undefined ? undefined : opening(fromFile, 'r', 'reading');
-  const openedOut = toFile && !(openedIn instanceof Error) ? opening(toFile.file, toFile.append ? 'a' : 'w', 'creating') : undefined;
-  const failedOpen = [openedIn, openedOut].find((o): o is PipelineError => o instanceof Error);
-  if (failedOpen) {
-    if (typeof openedIn === 'number') closeSync(openedIn);
-    const rejected = Promise.reject(failedOpen);
+  let fd: number | undefined;
+  try {
+    if (fromFile !== undefined) inFd = openFile(fromFile, 'r', 'reading');
+    if (toFile) fd = openFile(toFile.file, toFile.append ? 'a' : 'w', 'creating');
+  } catch (error) {
+    if (inFd !== undefined) closeSync(inFd);
+    const rejected = Promise.reject(error);
     rejected.catch(() => {}); // the caller's await reports it, whenever it comes
     return Object.assign(rejected, { stdout: null, stdin: null, pid: undefined, kill: () => false }) as ExecProcess;
   }
-  if (typeof openedIn === 'number') inFd = openedIn;
-  if (typeof openedOut === 'number') fd = openedOut;
   const started = Date.now();
   const subprocess = execa(file, [...args], {
     cwd: options.cwd,

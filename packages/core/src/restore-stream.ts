@@ -310,8 +310,8 @@ export async function checkedFileChain(o: CheckedFileChainOptions): Promise<Chec
   let last: ExecProcess;
   let proc: ExecProcess | undefined;
   let first: ExecProcess;
-  if (o.filter && plainFifos) {
-    last = started(o.exec(tee.command, [...tee.args, ...plainFifos], { stdin: { fromProcess: true }, stdout: 'stream', label: `${tee.label} (plain)` }));
+  if (o.filter) {
+    last = started(o.exec(tee.command, [...tee.args, ...plainFifos!], { stdin: { fromProcess: true }, stdout: 'stream', label: `${tee.label} (plain)` }));
     proc = started(o.exec(o.filter.command, o.filter.args, { env: o.filter.env, label: o.filter.label, stdin: { fromProcess: true }, stdout: { pipeTo: last } }));
     first = started(o.exec(tee.command, [...tee.args, ...storedFifos], { stdin: { file: o.file }, stdout: { pipeTo: proc }, label: tee.label }));
   } else {
