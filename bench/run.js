@@ -768,8 +768,31 @@ async function profileRun(dir, configFile, scaleGB) {
     timeArgs: ['-v'],
   });
   await writeFile(join(profDir, 'time-v.txt'), r.timeText);
-  console.error(`   profile written to ${profDir}`);
-  return { dir: profDir, timeV: r.timeText.split('\n').filter((l) => /Elapsed|User time|System time|Maximum resident|context switches|File system/.test(l)).map((l) => l.trim()) };
+  // and one restore of the set that run made (node's own CPU on the way back)
+  const restoreDir = join(profDir, 'restore');
+  await mkdir(restoreDir, { recursive: true });
+  const db = 'restored_profile';
+  const d = await measure([process.execPath, '--cpu-prof', '--cpu-prof-dir', restoreDir, CLI, '--config', configFile, '--log-level', 'warn', '--quiet', 'restore', 'latest', '--to', db, '--jobs', '2', '--from', 'local'], { timeArgs: ['-v'] });
+  await writeFile(join(restoreDir, 'time-v.txt'), d.timeText);
+  await pg.psql(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
+  console.error(`   profiles written to ${profDir} (restore: ${restoreDir})`);
+  const timeV = (text) => text.split('\n').filter((l) => /Elapsed|User time|System time|Maximum resident|context switches|File system/.test(l)).map((l) => l.trim());
+  return { dir: profDir, timeV: timeV(r.timeText), restore: { dir: restoreDir, timeV: timeV(d.timeText), top: topOfProfile(restoreDir) } };
+}
+
+/** The 15 functions with the most self time in the .cpuprofile files of a folder, in ms. */
+function topOfProfile(folder) {
+  const self = new Map();
+  for (const name of readdirSync(folder).filter((n) => n.endsWith('.cpuprofile'))) {
+    const { nodes, samples, timeDeltas } = JSON.parse(readFileSync(join(folder, name), 'utf8'));
+    const byId = new Map(nodes.map((n) => [n.id, n]));
+    samples.forEach((id, i) => {
+      const { functionName, url, lineNumber } = byId.get(id).callFrame;
+      const key = `${functionName || '(anonymous)'} ${url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/(packages|plugins)\//, '$1/')}:${lineNumber + 1}`;
+      self.set(key, (self.get(key) ?? 0) + (timeDeltas[i] ?? 0) / 1000);
+    });
+  }
+  return [...self].sort((a, b) => b[1] - a[1]).slice(0, 15).map(([k, ms]) => `${ms.toFixed(0)} ms ${k}`);
 }
 
 // ---------------------------------------------------------------- table

@@ -4,7 +4,10 @@
  * at once, and a failure names its cause: PostgreSQL's ERROR/FATAL lines wherever they are in
  * stderr, a full disk with the path being written.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { exec, pgErrorLines, settleChain } from './exec.js';
 import { isPipelineError } from './errors.js';
@@ -27,6 +30,27 @@ describe('exec chains', () => {
     expect(sum).toBe((await exec('sha256sum', [file])).stdout.trim().replace(`  ${file}`, '  -'));
     const missing = await exec('cat', [], { stdin: { file: `${file}.missing` } }).catch((e: unknown) => e);
     expect(isPipelineError(missing) && missing.message).toMatch(/ENOENT.*exec\.ts\.missing|exec\.ts\.missing.*ENOENT/);
+  });
+
+  it('writes a stdout file the child fills itself: new ones 0600, content replaced, an empty one never truncated', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'exec-file-'));
+    try {
+      const fresh = join(dir, 'fresh');
+      await exec('echo', ['one'], { stdout: { file: fresh } });
+      expect(readFileSync(fresh, 'utf8')).toBe('one\n');
+      expect(statSync(fresh).mode & 0o777).toBe(0o600);
+      await exec('echo', ['2'], { stdout: { file: fresh } });
+      expect(readFileSync(fresh, 'utf8')).toBe('2\n');
+      // Truncating (even an empty file) would make ext4 write the whole file back on close; its
+      // mtime shows whether it happened.
+      const empty = join(dir, 'empty');
+      writeFileSync(empty, '');
+      utimesSync(empty, 946684800, 946684800);
+      await exec('true', [], { stdout: { file: empty } });
+      expect(statSync(empty).mtimeMs).toBe(946684800000);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('stops a child whose reader went away instead of leaving it blocked on a full pipe', async () => {

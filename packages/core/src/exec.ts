@@ -6,7 +6,7 @@
  * code always checked. A child whose reader went away (a full disk failed the file write) is
  * stopped at once rather than left blocked on a full pipe.
  */
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, constants, fstatSync, ftruncateSync, openSync } from 'node:fs';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { execa } from 'execa';
 import { fileSystemError } from './atomic-file.js';
@@ -175,11 +175,21 @@ class StderrCollector {
   }
 }
 
-/** Opens a child's stdin or stdout file (created 0600); a failure is the exec's error, naming the path. */
+/**
+ * Opens a child's stdin or stdout file (created 0600); a failure is the exec's error, naming the path.
+ * 'w' truncates only a file that has content: on ext4, truncating a file (even an empty one) makes
+ * its last close start writing it all back (auto_da_alloc), blocking this process meanwhile; a
+ * restore's scratch copy, deleted minutes later, would go to disk in full for nothing.
+ */
 function openFile(path: string, flags: 'r' | 'a' | 'w', doing: 'reading' | 'creating'): number {
+  let fd: number | undefined;
   try {
-    return openSync(path, flags, 0o600);
+    if (flags !== 'w') return openSync(path, flags, 0o600);
+    fd = openSync(path, constants.O_WRONLY | constants.O_CREAT, 0o600);
+    if (fstatSync(fd).size > 0) ftruncateSync(fd, 0);
+    return fd;
   } catch (error) {
+    if (fd !== undefined) closeSync(fd);
     throw toPipelineError(fileSystemError(error, path, doing), 'EXEC_FAILED');
   }
 }

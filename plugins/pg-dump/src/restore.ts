@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -283,10 +283,9 @@ async function streamInto(artifact: Artifact, stream: Readable, ctx: Ctx, file: 
 /** Writes `stream` into `dest` (0600) with the outer compression undone: one file, written once. */
 async function streamToFile(artifact: Artifact, stream: Readable, dest: string, ctx: Ctx): Promise<void> {
   const cmd = decompressCommand(outerCompression(artifact));
-  // Made first with mode 0600: the program only truncates and fills it.
-  await writeFile(dest, '', { mode: 0o600 });
+  // A new file (0600), never truncated (see exec's openFile: ext4 would write it all back on close).
   if (!cmd) {
-    await pipeline(stream, createWriteStream(dest, { flags: 'w' })).catch((error: unknown) => {
+    await pipeline(stream, createWriteStream(dest, { flags: 'wx', mode: 0o600 })).catch((error: unknown) => {
       throw fileSystemError(error, dest);
     });
     return;
