@@ -137,10 +137,11 @@ export function tapOnlyHooks(hooks: PipelineHooks, pluginName: string): TapOnlyH
   return Object.freeze(view) as unknown as TapOnlyHooks;
 }
 
-export function makePathResolver(configDir: string): (path: string) => string {
+/** Resolves a config path: `~` and `~/…` from `home` (this process's by default), relative ones from `configDir`. */
+export function makePathResolver(configDir: string, home: string = homedir()): (path: string) => string {
   return (path: string) => {
-    if (path === '~') return homedir();
-    if (path.startsWith('~/')) return resolve(homedir(), path.slice(2));
+    if (path === '~') return home;
+    if (path.startsWith('~/')) return resolve(home, path.slice(2));
     return isAbsolute(path) ? path : resolve(configDir, path);
   };
 }

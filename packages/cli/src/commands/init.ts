@@ -16,7 +16,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
-import { describeObjectStorage, EXIT, exec, mastodonObjectStorage, parseEnvFile, PipelineError, writeFileAtomic } from '@backup-pipeline/core';
+import { describeObjectStorage, EXIT, exec, makePathResolver, mastodonObjectStorage, parseEnvFile, PipelineError, writeFileAtomic } from '@backup-pipeline/core';
 import type { Command } from 'commander';
 import { CLI_DIR } from '../builtins.js';
 import { green, output as terminal } from '../output.js';
@@ -62,7 +62,6 @@ export interface InstanceFacts {
   objectStorage?: string;
 }
 
-const expandHome = (path: string) => (path === '~' ? homedir() : path.startsWith('~/') ? join(homedir(), path.slice(2)) : path);
 /** One line, printable, short: safe inside a YAML comment. */
 const clean = (value: string) => value.replace(/[^\x20-\x7e]/g, '?').slice(0, 200);
 
@@ -378,9 +377,11 @@ ${choices.physical ? renderPhysicalPipeline(f, choices.physical) : ''}`;
 
 export default async function init(command: Command): Promise<number> {
   const options = command.opts<InitOptions>();
-  const mastodonDir = resolve(expandHome(options.mastodonDir));
+  // `~` as a shell would expand it, relative paths from here.
+  const here = makePathResolver(process.cwd());
+  const mastodonDir = here(options.mastodonDir);
   const envFile = join(mastodonDir, '.env.production');
-  const output = isAbsolute(expandHome(options.output)) ? expandHome(options.output) : resolve(options.output);
+  const output = here(options.output);
 
   if (!options.force && (await stat(output).catch(() => undefined))) {
     throw new PipelineError('INIT_EXISTS', `${output} already exists`, {

@@ -64,11 +64,7 @@ export async function lookupUser(name: string): Promise<TargetUser> {
   return { name, uid: -1, gid: -1, home: join('/home', name), exists: false };
 }
 
-/** Config paths as the target user's run resolves them: `~` is that user's home. */
-function pathResolver(config: ResolvedConfig, home: string): (path: string) => string {
-  const relative = makePathResolver(config.dir);
-  return (path) => (path === '~' ? home : path.startsWith('~/') ? join(home, path.slice(2)) : relative(path));
-}
+
 
 /** The config resolved `~` in workDir with this process's $HOME; the run resolves it with the target user's. */
 function runWorkDir(config: ResolvedConfig, user: TargetUser): string {
@@ -105,7 +101,7 @@ export function unitName(pipeline: string): string {
  * target user's run resolves them (`~` is that user's home).
  */
 export function writePaths(config: ResolvedConfig, pipeline: ResolvedPipeline, user: TargetUser): string[] {
-  const api = { configDir: config.dir, resolvePath: pathResolver(config, user.home) };
+  const api = { configDir: config.dir, resolvePath: makePathResolver(config.dir, user.home) };
   const paths = [runWorkDir(config, user)];
   for (const name of pipeline.destinations) {
     const d = config.destinations[name];
@@ -121,7 +117,7 @@ export function writePaths(config: ResolvedConfig, pipeline: ResolvedPipeline, u
 
 /** Folders the run shares with another service (node_exporter reads the metrics folder): never made private. */
 export function sharedPaths(config: ResolvedConfig, pipeline: ResolvedPipeline, user: TargetUser): string[] {
-  const api = { configDir: config.dir, resolvePath: pathResolver(config, user.home) };
+  const api = { configDir: config.dir, resolvePath: makePathResolver(config.dir, user.home) };
   return pipeline.stages.filter((s) => s.plugin.name === 'metrics' && s.plugin.writablePaths).flatMap((s) => s.plugin.writablePaths!(s.options as never, api).map((p) => resolve(p)));
 }
 
