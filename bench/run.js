@@ -559,6 +559,11 @@ async function benchScale(scaleGB, RUNS) {
     delete b.stdout;
     return b;
   };
+  // The restore contenders restore the latest set of `pipeline run`: one is made first when no pipeline round ran.
+  let pipelineRan = false;
+  const pipelineSet = async () => {
+    if (!pipelineRan) await run.pipeline(0);
+  };
   const dropDb = (name) => pg.psql(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
 
   /** One run of each contender, by name; returns its sample. */
@@ -578,7 +583,11 @@ async function benchScale(scaleGB, RUNS) {
       if (statSync(join(idealB, 'set.dump.zst.gpg')).size !== a.outputBytes) throw new Error('ideal: the two copies differ in size');
       return a;
     },
-    pipeline: (i) => runPipeline(configFile, i, 'pipeline'),
+    pipeline: async (i) => {
+      const b = await runPipeline(configFile, i, 'pipeline');
+      pipelineRan = true;
+      return b;
+    },
     pipelineStaging: (i) => runPipeline(configStagingFile, i, 'pipelineStaging'),
     pipelineDir: (i) => runPipeline(configDirFile, i, 'pipelineDir'),
     floor: () => bash(FLOOR),
@@ -595,6 +604,7 @@ async function benchScale(scaleGB, RUNS) {
       return d;
     },
     pipelineRestore: async (i) => {
+      await pipelineSet();
       const rssFile = join(dir, `rss-restore-${i}.json`);
       const pdb = `restored_pipeline_${i}`;
       const d = await measure(pipelineArgs(configFile, '--quiet', 'restore', 'latest', '--to', pdb, '--jobs', '2', '--from', 'local'), { env: { BENCH_RSS_FILE: rssFile } });
@@ -605,6 +615,7 @@ async function benchScale(scaleGB, RUNS) {
     // The restore drill: verify the latest stored set with a test restore (into the throwaway cluster
     // where the verify stage makes one; before that lands, into a scratch database on the server).
     drill: async (i, extra = []) => {
+      await pipelineSet();
       const rssFile = join(dir, `rss-drill-${i}.json`);
       const d = await measure(pipelineArgs(configFile, '--json', 'verify', 'latest', '--restore-test', '--from', 'local', '-o', 'verify.jobs=2', ...extra), { env: { BENCH_RSS_FILE: rssFile }, stdout: 'capture' });
       await nodeSelf(d, rssFile);
