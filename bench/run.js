@@ -772,7 +772,8 @@ async function benchScale(scaleGB, RUNS) {
 
 /** One extra pipeline run with --cpu-prof (node's own CPU) and /usr/bin/time -v (the tree). */
 async function profileRun(dir, configFile, scaleGB) {
-  const profDir = join(flags.out, 'profiles', `${scaleGB}GB`);
+  const profDir = join(flags.out, 'profiles', `${scaleGB}GB${flags.tag ? `-${flags.tag}` : ''}`);
+  await rm(profDir, { recursive: true, force: true });
   await mkdir(profDir, { recursive: true });
   const r = await measure([process.execPath, '--cpu-prof', '--cpu-prof-dir', profDir, CLI, '--config', configFile, '--log-level', 'warn', '--json', 'run', 'nightly'], {
     stdout: 'capture',
