@@ -10,7 +10,7 @@
  *   npm run bench -- --scale 1,5 --runs 3,1
  *
  * Options: --scale GB[,GB…] (default 1), --runs N[,N…] (default 3; one per size), --cold-runs N (default 10),
- *          --profile (one extra pipeline run with --cpu-prof and /usr/bin/time -v, per size),
+ *          --profile (one extra pipeline run and one restore of its set with --cpu-prof and /usr/bin/time -v, per size),
  *          --text realistic|simple (the generator's content; default realistic, see bench/README.md),
  *          --ratio-only (generate and report dumpRatio only: no timed contenders, no cold start),
  *          --prepare-only (generate, or restore from the cache, and stop), --cache DIR
