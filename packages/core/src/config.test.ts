@@ -142,6 +142,35 @@ pipelines:
     expect(formatPath([])).toBe('(root)');
   });
 
+  it('resolves ~ in workDir and in a destination\'s declared folders from HOME, and refuses a staging work dir that holds a destination', async () => {
+    const project = await communityProject(
+      `
+import { definePlugin, z } from '@backup-pipeline/core';
+export default definePlugin({
+  name: 'folder',
+  description: 'a folder destination (and a stage that does nothing)',
+  options: z.object({}).strict(),
+  apply() {},
+  destination: {
+    options: z.object({ path: z.string() }).strict(),
+    create() { throw new Error('not needed'); },
+    writablePaths: (o, api) => [api.resolvePath(o.path)],
+  },
+});
+`,
+      'backup-pipeline-plugin-folder',
+    );
+    const home = join(project, 'home');
+    const content = (keepInWorkDir: boolean, path: string) => ({ workDir: '~/bp', keepInWorkDir, destinations: { copy: { use: 'folder', path } }, pipelines: { x: { stages: [{ use: 'folder' }], destinations: ['copy'] } } });
+    const file = join(project, 'pipeline.config.mjs');
+    expect((await resolveConfig(file, content(true, '~/bp/sets'), { cwd: project, env: { HOME: home } })).workDir).toBe(join(home, 'bp'));
+    expect((await resolveConfig(file, content(false, '~/elsewhere'), { cwd: project, env: { HOME: home } })).workDir).toBe(join(home, 'bp'));
+    const refused = await resolveConfig(file, content(false, '~/bp/sets'), { cwd: project, env: { HOME: home } }).catch((e: unknown) => e);
+    expect((refused as { details?: { problems?: Problem[] } }).details?.problems).toEqual([
+      { path: 'destinations.copy', message: expect.stringContaining(`writes to ${join(home, 'bp', 'sets')}, which overlaps workDir ${join(home, 'bp')}`) },
+    ]);
+  });
+
   it('validates content given directly (config as code)', async () => {
     const project = await communityProject(HELLO_PLUGIN);
     const config = await resolveConfig(join(project, 'pipeline.config.mjs'), { pipelines: { x: { source: 'mastodon', stages: [{ use: 'hello', greeting: 'a' }] } } }, { cwd: project });

@@ -411,11 +411,12 @@ export async function resolveConfig(file: string, content: unknown, options: Loa
     throw configProblems(file, problems);
   }
   const config = parsed.data;
-  const workDir = resolve(dir, config.workDir.replace(/^~(?=\/|$)/, options.env?.HOME ?? process.env.HOME ?? '~'));
+  const resolvePath = makePathResolver(dir, options.env?.HOME);
+  const workDir = resolvePath(config.workDir);
   if (config.keepInWorkDir === false) {
     // A staging work dir removes each set once shipped: a destination writing into it (or holding it)
     // would lose its copy with it.
-    const api = { configDir: dir, resolvePath: makePathResolver(dir) };
+    const api = { configDir: dir, resolvePath };
     for (const d of Object.values(destinations)) {
       for (const path of d.plugin.destination?.writablePaths?.(d.options as never, api) ?? []) {
         const p = resolve(path);
