@@ -30,7 +30,8 @@ export interface ExecOptions {
   /**
    * `'pipe'` (default: buffered, returned as `stdout`), `'stream'` (read it from `.stdout` yourself), a file, or `'ignore'`.
    * A file (created 0600 if missing) is opened here and its descriptor given to the child: it
-   * writes the file itself, no byte passes through Node.js.
+   * writes the file itself, no byte passes through Node.js. It is truncated only when it has
+   * content (an empty or new file is never truncated: ext4 writes a truncated file back on close).
    * `{ pipeTo: consumer }` connects stdout straight to the stdin of `consumer` (started with
    * `stdin: { fromProcess: true }`): an OS pipe, no byte passes through Node.js. The consumer sees
    * end-of-file when this process exits.

@@ -283,7 +283,7 @@ async function streamInto(artifact: Artifact, stream: Readable, ctx: Ctx, file: 
 /** Writes `stream` into `dest` (0600) with the outer compression undone: one file, written once. */
 async function streamToFile(artifact: Artifact, stream: Readable, dest: string, ctx: Ctx): Promise<void> {
   const cmd = decompressCommand(outerCompression(artifact));
-  // A new file (0600), never truncated (see exec's openFile: ext4 would write it all back on close).
+  // Never made empty first: exec's `stdout: { file }` (without a decompressor, the write stream) creates it 0600; a truncated file would be written back in full on close.
   if (!cmd) {
     await pipeline(stream, createWriteStream(dest, { flags: 'wx', mode: 0o600 })).catch((error: unknown) => {
       throw fileSystemError(error, dest);

@@ -14,8 +14,8 @@
  */
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { homedir, tmpdir } from 'node:os';
-import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { describeObjectStorage, EXIT, exec, makePathResolver, mastodonObjectStorage, parseEnvFile, PipelineError, writeFileAtomic } from '@backup-pipeline/core';
 import type { Command } from 'commander';
 import { CLI_DIR } from '../builtins.js';

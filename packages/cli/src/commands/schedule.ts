@@ -64,8 +64,6 @@ export async function lookupUser(name: string): Promise<TargetUser> {
   return { name, uid: -1, gid: -1, home: join('/home', name), exists: false };
 }
 
-
-
 /** The config resolved `~` in workDir with this process's $HOME; the run resolves it with the target user's. */
 function runWorkDir(config: ResolvedConfig, user: TargetUser): string {
   const home = process.env.HOME;
