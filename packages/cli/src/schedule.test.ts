@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { homedir, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
@@ -185,6 +185,9 @@ describe('writable paths of the unit', () => {
       expect(paths).toContain('/home/mastodon/backups/sets');
       expect(paths).toContain('/home/mastodon/backups/work');
       expect(paths.filter((p) => p.startsWith('/root'))).toEqual([]);
+      // An absolute workDir is that folder, whoever runs (it is not moved to the target's home).
+      const absolute = await resolveConfig(join(dir, 'pipeline.config.json'), { workDir: join(homedir(), 'bp-work'), pipelines: { nightly: { stages: [{ use: 'gpg', recipients: ['ABCD'] }] } } }, { pluginSearchDirs: [CLI_DIR] });
+      expect(writePaths(absolute, absolute.pipelines.nightly!, mastodon)[0]).toBe(join(homedir(), 'bp-work'));
     } finally {
       if (saved === undefined) delete process.env.GNUPGHOME;
       else process.env.GNUPGHOME = saved;

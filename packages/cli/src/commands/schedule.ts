@@ -64,13 +64,6 @@ export async function lookupUser(name: string): Promise<TargetUser> {
   return { name, uid: -1, gid: -1, home: join('/home', name), exists: false };
 }
 
-/** The config resolved `~` in workDir with this process's $HOME; the run resolves it with the target user's. */
-function runWorkDir(config: ResolvedConfig, user: TargetUser): string {
-  const home = process.env.HOME;
-  if (!home || home === '/' || home === user.home) return config.workDir;
-  return config.workDir === home || config.workDir.startsWith(home + '/') ? user.home + config.workDir.slice(home.length) : config.workDir;
-}
-
 /** GNUPGHOME of the run for a gpg stage without `gnupgHome`: the target user's ~/.gnupg. */
 export function defaultGnupgHome(user: TargetUser): string {
   // The invoking user's $GNUPGHOME only counts when it is the same user (the unit sets it then).
@@ -99,8 +92,9 @@ export function unitName(pipeline: string): string {
  * target user's run resolves them (`~` is that user's home).
  */
 export function writePaths(config: ResolvedConfig, pipeline: ResolvedPipeline, user: TargetUser): string[] {
+  // `config.workDir` is this process's reading of `~`; the run reads the config's own value with the target user's.
   const api = { configDir: config.dir, resolvePath: makePathResolver(config.dir, user.home) };
-  const paths = [runWorkDir(config, user)];
+  const paths = [api.resolvePath(config.raw.workDir)];
   for (const name of pipeline.destinations) {
     const d = config.destinations[name];
     if (d?.plugin.destination?.writablePaths) paths.push(...d.plugin.destination.writablePaths(d.options as never, api));
