@@ -12,6 +12,7 @@ import { join } from 'node:path';
 interface S3rverInstance {
   run(): Promise<AddressInfo>;
   close(): Promise<void>;
+  httpServer?: { closeAllConnections(): void };
 }
 type S3rverClass = new (options: Record<string, unknown>) => S3rverInstance;
 
@@ -48,7 +49,11 @@ export async function startS3Server(options: { bucket?: string } = {}): Promise<
     region: 'us-east-1',
     directory,
     stop: async () => {
-      await server.close().catch(() => {});
+      // close() alone waits for every request in flight, and one whose client was killed mid-body
+      // is in flight until the server's request timeout (300 s): a test server ends them all.
+      const closed = server.close().catch(() => {});
+      server.httpServer?.closeAllConnections();
+      await closed;
       await rm(directory, { recursive: true, force: true });
     },
   };
@@ -95,6 +100,11 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       },
     );
     out.on('error', () => res.destroy());
+    // A client that goes away mid-request takes the upstream request with it, as a real proxy does
+    // (otherwise the server waits for the rest of a body that never comes).
+    res.on('close', () => {
+      if (!res.writableFinished) out.destroy();
+    });
     if (dropAfter === undefined) {
       req.pipe(out);
       return;
