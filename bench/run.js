@@ -217,15 +217,38 @@ function perProcessSampler(rootPid) {
         prev.ticks = st.self;
         prev.comm = key;
       } else seen.set(st.pid, { comm: key, ticks: st.self, base: isServer ? st.self : 0 });
+      if (st.comm === 'node') scanThreads(st.pid);
+    }
+  };
+  // node's CPU by thread, to say where it goes: the main thread (JavaScript, and the syscalls it makes
+  // itself), or the others (libuv's pool, which runs copyFile and fs calls, and V8's GC and compiler).
+  const threads = new Map(); // "pid/tid" -> { name, ticks }
+  const scanThreads = (pid) => {
+    let tids = [];
+    try {
+      tids = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      return;
+    }
+    for (const tid of tids) {
+      const st = procStat(`${pid}/task/${tid}`);
+      // Node.js 20 leaves most threads named `node`: the main thread is the one whose tid is the pid.
+      if (st) threads.set(`${pid}/${tid}`, { name: String(pid) === tid ? 'main thread' : `other threads (${st.comm})`, ticks: st.self });
     }
   };
   scan();
   const timer = setInterval(scan, 250);
+  const byName = (entries) => {
+    const out = {};
+    for (const [name, ms] of entries) out[name] = (out[name] ?? 0) + ms;
+    return Object.fromEntries(Object.entries(out).filter(([, ms]) => ms >= 10).sort((a, b) => b[1] - a[1]).map(([k, v]) => [k, Math.round(v)]));
+  };
   return () => {
     clearInterval(timer);
-    const byComm = {};
-    for (const { comm, ticks, base } of seen.values()) byComm[comm] = (byComm[comm] ?? 0) + ((ticks - base) * 1000) / CLK_TCK;
-    return Object.fromEntries(Object.entries(byComm).filter(([, ms]) => ms >= 10).sort((a, b) => b[1] - a[1]).map(([k, v]) => [k, Math.round(v)]));
+    return {
+      byProcess: byName([...seen.values()].map(({ comm, ticks, base }) => [comm, ((ticks - base) * 1000) / CLK_TCK])),
+      nodeThreads: byName([...threads.values()].map(({ name, ticks }) => [name, (ticks * 1000) / CLK_TCK])),
+    };
   };
 }
 
@@ -259,7 +282,7 @@ async function measure(argv, { env = {}, cwd = ROOT, stdout = 'ignore', timeArgs
   const code = await new Promise((r) => child.on('close', (c, s) => r(c ?? s)));
   children.delete(child);
   const hrWallMs = Number(process.hrtime.bigint() - started) / 1e6;
-  const cpuByProcessMs = stopSampler();
+  const { byProcess: cpuByProcessMs, nodeThreads: nodeThreadsCpuMs } = stopSampler();
   const serverAfter = serverCpuTicks();
   const timeText = await readFile(timeFile, 'utf8').catch(() => '');
   const reaperWall = Number((await readFile(wallFile, 'utf8').catch(() => '')).trim());
@@ -271,7 +294,7 @@ async function measure(argv, { env = {}, cwd = ROOT, stdout = 'ignore', timeArgs
   const cpuMs = (user + sys) * 1000;
   const serverCpuMs = serverBefore === undefined || serverAfter === undefined ? null : ((serverAfter - serverBefore) * 1000) / CLK_TCK;
   const wallMs = reaperWall > 0 ? reaperWall : hrWallMs;
-  return { wallMs, cpuMs, serverCpuMs, totalCpuMs: cpuMs + (serverCpuMs ?? 0), treeMaxRssMB: maxKB / 1024, loadAvgAtStart, cpuByProcessMs, stdout: out, stderr: err, timeText };
+  return { wallMs, cpuMs, serverCpuMs, totalCpuMs: cpuMs + (serverCpuMs ?? 0), treeMaxRssMB: maxKB / 1024, loadAvgAtStart, cpuByProcessMs, nodeThreadsCpuMs, stdout: out, stderr: err, timeText };
 }
 
 // ---------------------------------------------------------------- environment
@@ -689,6 +712,7 @@ async function benchScale(scaleGB, RUNS) {
           ...(xs[0].summaryMs != null ? { outsideRunMs: round(median(xs.map((x) => x.wallMs - x.summaryMs)), 0) } : {}),
           ...(xs[0].nodeMaxRssMB ? { nodePeakRssMB: round(Math.max(...xs.map((x) => x.nodeMaxRssMB)), 1), nodeCpuMs: round(median(xs.map((x) => x.nodeCpuMs)), 0), childCpuMs: round(median(xs.map((x) => x.childCpuMs)), 0) } : {}),
           cpuByProcessMs: sumBy(xs.map((x) => x.cpuByProcessMs)),
+          ...(Object.keys(xs[0].nodeThreadsCpuMs ?? {}).length ? { nodeThreadsCpuMs: sumBy(xs.map((x) => x.nodeThreadsCpuMs)) } : {}),
           allWallMs: xs.map((x) => round(x.wallMs, 0)),
           allCpuMs: xs.map((x) => round(x.cpuMs, 0)),
           allServerCpuMs: xs.map((x) => round(x.serverCpuMs, 0)),
@@ -853,6 +877,7 @@ function printTable(results, cold) {
     if (r.pipelineStagingStages) lines.push(`  pipeline (keepInWorkDir: false) stages: ${Object.entries(r.pipelineStagingStages).map(([k, v]) => `${k} ${v.startMs != null ? `+${v.startMs} ` : ''}${s(v.ms)}`).join(', ')}`);
     if (r.pipelineStagingVsIdeal != null) lines.push(`  keepInWorkDir: false: pipelineStagingVsIdeal ${r.pipelineStagingVsIdeal} (CPU ${r.cpuRatios.pipelineStagingVsIdeal}), pipelineStagingVsRecipe ${r.pipelineStagingVsRecipe}`);
     for (const [k, v] of Object.entries(r.contenders)) if (v) lines.push(`  CPU by process, ${k}: ${Object.entries(v.cpuByProcessMs).map(([p, ms]) => `${p} ${s(ms)}`).join(', ')}`);
+    for (const [k, v] of Object.entries(r.contenders)) if (v?.nodeThreadsCpuMs) lines.push(`  node's CPU by thread, ${k}: ${Object.entries(v.nodeThreadsCpuMs).map(([p, ms]) => `${p} ${s(ms)}`).join(', ')}`);
     for (const e of r.errors) lines.push(`  FAILED ${e.contender} (run ${e.run}): ${e.error.split('\n')[0]}`);
   }
   if (cold) lines.push('', `cold start (median of ${cold.runs}, Node ${machine.node}): pipeline --help ${cold.helpMs} ms (≤ 250), pipeline validate ${cold.validateMs} ms (≤ 400)`);
