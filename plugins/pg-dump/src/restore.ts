@@ -283,7 +283,8 @@ async function streamInto(artifact: Artifact, stream: Readable, ctx: Ctx, file: 
 /** Writes `stream` into `dest` (0600) with the outer compression undone: one file, written once. */
 async function streamToFile(artifact: Artifact, stream: Readable, dest: string, ctx: Ctx): Promise<void> {
   const cmd = decompressCommand(outerCompression(artifact));
-  // Never made empty first: exec's `stdout: { file }` (without a decompressor, the write stream) creates it 0600; a truncated file would be written back in full on close.
+  // Never made empty first: exec's `stdout: { file }` (without a decompressor, the write stream)
+  // creates it 0600; a truncated file would be written back in full on close.
   if (!cmd) {
     await pipeline(stream, createWriteStream(dest, { flags: 'wx', mode: 0o600 })).catch((error: unknown) => {
       throw fileSystemError(error, dest);
