@@ -1,9 +1,10 @@
 /** The one-of-each helpers: secrets masking, exec, atomic writes, lock, set ids. */
-import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { chmod, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { hashFile, writeFileAtomic } from './atomic-file.js';
+import { copyFileAtomic, hashFile, writeFileAtomic } from './atomic-file.js';
 import { displayCommand, exec } from './exec.js';
 import { acquireLock } from './lock.js';
 import { makeSetId, parseSetId } from './manifest.js';
@@ -104,6 +105,58 @@ describe('writeFileAtomic', () => {
     }
     await expect(writeFileAtomic(path, Readable.from(failing()))).rejects.toThrow('interrupted');
     expect(await readFile(path, 'utf8')).toBe('good');
+  });
+});
+
+describe('copyFileAtomic', () => {
+  /** Bytes of `path` in the page cache (util-linux fincore). */
+  const cached = async (path: string) => Number((await exec('fincore', ['-b', '-n', '-o', 'RES', path])).stdout.trim());
+  // 20 MiB and a bit: not a multiple of dd's 4 MiB blocks or of the disk's sectors.
+  const source = async (dir: string) => {
+    const path = join(dir, 'staged.bin');
+    const bytes = randomBytes(20 * 1024 * 1024 + 1234);
+    await writeFile(path, bytes);
+    return { path, bytes };
+  };
+
+  it('copies past the page cache: the whole file, 0600, and at most its last block left in memory', async () => {
+    const dir = await tempDir();
+    const from = await source(dir);
+    const to = join(dir, 'copy', 'staged.bin');
+    expect(await cached(from.path)).toBeGreaterThanOrEqual(from.bytes.length); // fincore sees a file just written
+    expect(await copyFileAtomic(from.path, to, from.bytes.length)).toBe(from.bytes.length);
+    expect(await cached(to)).toBeLessThanOrEqual(4 * 1024 * 1024);
+    expect((await stat(to)).mode & 0o777).toBe(0o600);
+    expect((await readFile(to)).equals(from.bytes)).toBe(true);
+    expect(await readdir(join(dir, 'copy'))).toEqual(['staged.bin']);
+  });
+
+  it('copies through the page cache (copy_file_range) where dd cannot write past it', async () => {
+    const dir = await tempDir();
+    const from = await source(dir);
+    const folder = join(dir, 'copy');
+    await writeFile(join(dir, 'dd'), '#!/bin/sh\necho "dd: failed to open: Invalid argument" >&2\nexit 1\n');
+    await chmod(join(dir, 'dd'), 0o755);
+    const path = process.env.PATH;
+    process.env.PATH = `${dir}:${path}`;
+    const to = join(folder, 'staged.bin');
+    try {
+      expect(await copyFileAtomic(from.path, to, from.bytes.length)).toBe(from.bytes.length);
+    } finally {
+      process.env.PATH = path;
+    }
+    expect(await cached(to)).toBeGreaterThanOrEqual(from.bytes.length);
+    expect((await stat(to)).mode & 0o777).toBe(0o600);
+    expect((await readFile(to)).equals(from.bytes)).toBe(true);
+    expect(await readdir(folder)).toEqual(['staged.bin']);
+  });
+
+  it('leaves no partial behind when the source is shorter than it should be', async () => {
+    const dir = await tempDir();
+    const from = await source(dir);
+    const to = join(dir, 'copy', 'staged.bin');
+    await expect(copyFileAtomic(from.path, to, from.bytes.length + 1)).rejects.toMatchObject({ code: 'CHECKSUM_MISMATCH' });
+    expect(await readdir(join(dir, 'copy'))).toEqual([]);
   });
 });
 
