@@ -50,7 +50,7 @@ export interface PutSource {
   /**
    * Set by the core when it hashed this file as it wrote it into the staging folder and it is
    * unchanged since (same size and modification time): a destination may then copy it without
-   * reading it again to hash it (a local folder lets the kernel copy it: reflink, copy_file_range).
+   * reading it again to hash it (a local folder: `copyFileAtomic`).
    */
   hashedAsWritten?: boolean;
   /**

@@ -40,7 +40,7 @@ export class LocalFolderDestination implements Destination {
   async put(setId: string, name: string, source: PutSource, options: DestinationOperationOptions = {}): Promise<void> {
     const target = join(this.setDir(setId), name);
     // A staged file the core hashed as it wrote it is taken by hard link when the core offers it,
-    // else copied by the kernel (reflink or copy_file_range), not read again; any other source is hashed on the way and checked.
+    // else copied without being hashed again (copyFileAtomic); any other source is hashed on the way and checked.
     if (source.hashedAsWritten) {
       const bytes = await copyFileAtomic(source.path, target, source.bytes, { signal: options.signal, link: source.link });
       options.onBytes?.(bytes);
