@@ -4,7 +4,7 @@
  * verifyStored running the verify hook on fetched plaintext, prune under the lock, and
  * command-line stage options validated by the plugin's schema.
  */
-import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, expectTypeOf, it } from 'vitest';
 import { z } from 'zod';
@@ -125,6 +125,16 @@ describe('restore through keyed hooks', () => {
     expect(result).toMatchObject({ setId, from: 'work' });
     expect(await readFile(join(out, 'data.txt'), 'utf8')).toBe('the data');
     expect(seen).toEqual(['decliner:k', 'xor:k']);
+  });
+
+  it('a file already in the folder is not overwritten: RESTORE_TARGET_NOT_EMPTY, the file as it was', async () => {
+    const { config, runner } = await backedUp([{ plugin: xorPlugin('xor') }]);
+    const out = join(config.dir, 'out');
+    await mkdir(out);
+    await writeFile(join(out, 'data.txt'), 'mine');
+    const error = await runner.restore('nightly', { set: 'latest', filesTo: out }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'RESTORE_TARGET_NOT_EMPTY', message: `${join(out, 'data.txt')} already exists; not overwritten` });
+    expect(await readFile(join(out, 'data.txt'), 'utf8')).toBe('mine');
   });
 
   it('a set needing a plugin that is not loaded: RESTORE_NEEDS_PLUGIN, nothing fetched, the set still complete', async () => {

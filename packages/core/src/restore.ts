@@ -14,7 +14,7 @@ import { createReadStream } from 'node:fs';
 import { constants, copyFile, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { hashFile, writeFileAtomic } from './atomic-file.js';
+import { fileSystemError, hashFile, writeFileAtomic } from './atomic-file.js';
 import type { Artifact, RunContext } from './context.js';
 import type { NamedDestination } from './destination.js';
 import { isPipelineError, PipelineError, toPipelineError } from './errors.js';
@@ -503,7 +503,9 @@ export async function restoreStoredSet(hooks: PipelineHooks, located: LocatedSet
       // No plugin restores this format: the (decrypted) file itself, never over an existing one.
       const to = pathInSet(request.filesTo, artifact.name);
       await copyFile(artifact.path, to, constants.COPYFILE_EXCL).catch((error: unknown) => {
-        throw new PipelineError('RESTORE_TARGET_NOT_EMPTY', `${to} already exists; not overwritten (${(error as NodeJS.ErrnoException).code})`, { hint: 'Restore into an empty folder.' });
+        // Only an existing file is the target's fault; a full disk or a read-only folder says so.
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw fileSystemError(error, to);
+        throw new PipelineError('RESTORE_TARGET_NOT_EMPTY', `${to} already exists; not overwritten`, { hint: 'Restore into an empty folder.' });
       });
       reports.push({ artifact: artifact.name, into: request.filesTo, files: [artifact.name], mismatches: [], durationMs: 0 });
     }
