@@ -211,7 +211,9 @@ async function copyPastCache(from: string, partial: string, signal?: AbortSignal
     const direct = await exec('dd', [`if=${from}`, `of=${partial}`, 'bs=4M', 'oflag=direct', 'conv=notrunc,fsync', 'status=none'], { signal, label: 'dd', writes: partial }).then(
       () => true,
       (error: unknown) => {
-        if (signal?.aborted || (isPipelineError(error) && error.code === 'NO_SPACE')) throw error;
+        if (signal?.aborted) throw error;
+        // A full disk is said as every other write says it, naming the file and not dd's partial.
+        if (isPipelineError(error) && error.code === 'NO_SPACE') throw Object.assign(new Error(error.message), { code: error.details?.errno ?? 'ENOSPC', syscall: 'write' });
         return false;
       },
     );
